@@ -1,0 +1,146 @@
+"""What every host adapter implements, and the patching helpers they share.
+
+An adapter knows one host family: how to recognise it, where its seam between vision encoder
+and language model is, how its views are laid out, and where a per-view summary comes from.
+It hands the seam's features to :meth:`GSWAHandle.process <gswa_plugin.api.GSWAHandle.process>`
+and puts the weighted features back; the GSWA math never sees host code.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import MissingModuleError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..api import GSWAHandle
+    from ..config import GSWAConfig
+
+
+class Adapter(abc.ABC):
+    """Base class of host adapters. Subclass it and register an instance through
+    ``gswa_register_adapters``.
+
+    Attributes:
+        name: unique name, used by ``adapter:`` in the config and shown by ``gswa adapters``.
+        description: one line on the host classes it supports.
+        global_position: where the thumbnail sits among an image's views
+            (``"first"``, ``"last"`` or ``"none"``).
+        has_cls: whether the host's vision encoder has a CLS token (``summary: auto`` uses it).
+    """
+
+    name: str = ""
+    description: str = ""
+    global_position: str = "last"
+    has_cls: bool = True
+
+    @abc.abstractmethod
+    def matches(self, model: nn.Module) -> bool:
+        """Whether this adapter handles ``model`` (checked by ``enable()`` when no adapter is named)."""
+
+    def required_modules(self, model: nn.Module) -> dict[str, Any]:
+        """Modules and methods the adapter needs, by dotted path; missing ones raise
+        :class:`~gswa_plugin.errors.MissingModuleError` before anything is patched."""
+        return {}
+
+    @abc.abstractmethod
+    def summary_dim(self, model: nn.Module, config: GSWAConfig) -> int:
+        """Width of the per-view summaries this adapter will hand to GSWA."""
+
+    def reference_parameter(self, model: nn.Module) -> torch.Tensor:
+        """A parameter whose dtype and device GSWA should follow (default: the model's first)."""
+        return next(p for p in model.parameters() if p.is_floating_point())
+
+    @abc.abstractmethod
+    def install(self, model: nn.Module, handle: GSWAHandle) -> None:
+        """Patch the seam. Register every undo step with ``handle.add_undo``."""
+
+    def use_cls(self, config: GSWAConfig) -> bool:
+        """Whether summaries are CLS tokens (else the mean of the view's tokens)."""
+        if config.summary == "auto":
+            return self.has_cls
+        return config.summary == "cls"
+
+    def check(self, model: nn.Module) -> None:
+        """Raise :class:`MissingModuleError` naming every module or method the model lacks."""
+        missing = [path for path in self.required_modules(model) if resolve_path(model, path) is None]
+        if missing:
+            raise MissingModuleError(
+                f"{type(model).__name__} looks like a '{self.name}' model but lacks "
+                f"{', '.join(f'`{m}`' for m in missing)}, which the '{self.name}' adapter needs. "
+                "If the model is a modified variant, describe its seam with a declarative adapter "
+                "or pass `adapter:` naming the right one (see `gswa adapters`)."
+            )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def resolve_path(root: Any, dotted: str) -> Any:
+    """Follow a dotted attribute path (``"model.vision_tower"``); ``None`` where it breaks."""
+    obj = root
+    for part in dotted.split(".") if dotted else []:
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def model_type(model: nn.Module) -> str | None:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "model_type", None)
+
+
+def patch_method(owner: Any, name: str, make_wrapper: Callable[[Callable], Callable]) -> Callable[[], None]:
+    """Replace ``owner.name`` on this instance only, keeping its signature; returns the undo.
+
+    ``generate()`` picks arguments by reading the signature of the image-feature method, so the
+    wrapper carries ``functools.wraps`` of the original bound method. Undo deletes the instance
+    attribute, so the class method is visible again exactly as before.
+    """
+    had_instance_attr = name in vars(owner)
+    previous = vars(owner).get(name)
+    original = getattr(owner, name)
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    setattr(owner, name, wrapper)
+
+    def undo() -> None:
+        if had_instance_attr:
+            setattr(owner, name, previous)
+        else:
+            try:
+                delattr(owner, name)
+            except AttributeError:
+                pass
+
+    return undo
+
+
+def summarise(hidden: torch.Tensor, use_cls: bool, has_cls: bool) -> torch.Tensor:
+    """Per-view summary from encoder tokens ``[views, tokens, dim]``: the CLS token or the mean
+    of the patch tokens (CLS excluded where present)."""
+    if use_cls:
+        return hidden[:, 0]
+    tokens = hidden[:, 1:] if has_cls else hidden
+    return tokens.mean(dim=1)
+
+
+def runs_of_token(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """Lengths of the contiguous runs of ``token_id`` in ``input_ids`` ``[batch, seq]``, in
+    row-major order (the order images appear in a batch). Vectorised."""
+    mask = input_ids == token_id
+    if mask.dim() == 1:
+        mask = mask[None]
+    prev = torch.zeros_like(mask)
+    prev[:, 1:] = mask[:, :-1]
+    starts = (mask & ~prev).flatten()
+    run_id = torch.cumsum(starts.long(), 0) - 1
+    flat = mask.flatten()
+    if not bool(flat.any()):
+        return torch.zeros(0, dtype=torch.long)
+    return torch.bincount(run_id[flat]).cpu()

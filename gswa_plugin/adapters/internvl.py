@@ -1,0 +1,139 @@
+"""transformers' native InternVL (``InternVLForConditionalGeneration`` / ``InternVLModel``).
+
+The format of the InternVL2.5/3 "-hf" checkpoints and of InternVL2 converted to native classes
+(``gswa convert-internvl2``).
+
+Seam: the inner model's ``get_image_features``; its ``pooler_output`` is ``[tiles, 256, D]``
+after the projector for the whole batch, with no grouping per image. Each image's tiles are
+row-major with the thumbnail LAST (present only when the image has more than one tile). The
+InternViT CLS token is dropped inside the method, so it is read from the vision outputs the
+method returns (``last_hidden_state`` or the selected ``hidden_states`` layer). Tiles per image
+are not passed to the model: they are counted from the runs of image-context tokens in
+``input_ids`` (256 per tile), captured by a pre-hook on the inner forward and by a wrapper
+around ``generate()``, which encodes images before ``input_ids`` reach the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..hookspecs import hookimpl
+from ._base import Adapter, model_type, patch_method, resolve_path, runs_of_token, summarise
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    """The module that owns ``get_image_features`` (``model.model`` for the generation class)."""
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "vision_tower"):
+        return inner
+    return model
+
+
+def _input_ids_from_call(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+    return ids if isinstance(ids, torch.Tensor) and not ids.is_floating_point() else None
+
+
+def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -> None:
+    """Keep the ``input_ids`` of the current call in ``handle.state['input_ids']`` for layout
+    inference: a pre-hook on the inner forward, and a wrapper around ``generate()``. Shared by
+    adapters of hosts whose tiles per image are only visible in ``input_ids``."""
+
+    def pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        ids = _input_ids_from_call(args, kwargs)
+        if ids is not None:
+            handle.state["input_ids"] = ids
+
+    def post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        handle.state.pop("input_ids", None)
+
+    h1 = inner.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    h2 = inner.register_forward_hook(post_hook, with_kwargs=True)
+    handle.add_undo(h1.remove)
+    handle.add_undo(h2.remove)
+
+    if hasattr(model, "generate"):
+
+        def make_generate(original: Callable) -> Callable:
+            def generate(*args: Any, **kwargs: Any) -> Any:
+                ids = _input_ids_from_call(args, kwargs)
+                if ids is None:
+                    ids = kwargs.get("inputs")
+                handle.state["input_ids"] = ids
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    handle.state.pop("input_ids", None)
+
+            return generate
+
+        handle.add_undo(patch_method(model, "generate", make_generate))
+
+
+class InternVLAdapter(Adapter):
+    name = "internvl"
+    description = "transformers InternVLForConditionalGeneration / InternVLModel (InternVL2.5/3 -hf, converted InternVL2)"
+    global_position = "last"
+    has_cls = True
+
+    def matches(self, model: nn.Module) -> bool:
+        return model_type(model) == "internvl"
+
+    def required_modules(self, model: nn.Module) -> dict[str, Any]:
+        prefix = "model." if _inner(model) is not model else ""
+        return {f"{prefix}{m}": None for m in ("vision_tower", "multi_modal_projector", "get_image_features")}
+
+    def _layers(self, model: nn.Module) -> list[int]:
+        layer = model.config.vision_feature_layer
+        return list(layer) if isinstance(layer, (list, tuple)) else [layer]
+
+    def summary_dim(self, model: nn.Module, config: Any) -> int:
+        return model.config.vision_config.hidden_size * len(self._layers(model))
+
+    def reference_parameter(self, model: nn.Module) -> torch.Tensor:
+        return next(resolve_path(model, self._prefix(model) + "multi_modal_projector").parameters())
+
+    def _prefix(self, model: nn.Module) -> str:
+        return "model." if _inner(model) is not model else ""
+
+    def install(self, model: nn.Module, handle: Any) -> None:
+        inner = _inner(model)
+        cfg = model.config
+        use_cls = self.use_cls(handle.config)
+        adapter = self
+
+        def make_wrapper(original: Callable) -> Callable:
+            def get_image_features(pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+                want_tuple = kwargs.get("return_dict") is False
+                kwargs["return_dict"] = True
+                out = original(pixel_values=pixel_values, **kwargs)
+                vision_feature_layer = kwargs.get("vision_feature_layer")
+                layer = vision_feature_layer if vision_feature_layer is not None else cfg.vision_feature_layer
+                layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+                hidden = [
+                    out.last_hidden_state if (l == -1 or out.hidden_states is None) else out.hidden_states[l]
+                    for l in layers
+                ]
+                summaries = torch.cat([summarise(h, use_cls, adapter.has_cls) for h in hidden], dim=-1)
+                feats = out.pooler_output
+                ids = handle.state.pop("input_ids", None)
+                counts = None
+                if ids is not None:
+                    runs = runs_of_token(ids, cfg.image_token_id)
+                    counts = (runs // feats.shape[1]).tolist()
+                layout = handle.layout_for(feats.shape[0], counts)
+                out.pooler_output = handle.process(feats, summaries, layout, pixel_values=pixel_values)
+                return out.to_tuple() if want_tuple else out
+
+            return get_image_features
+
+        handle.add_undo(patch_method(inner, "get_image_features", make_wrapper))
+        install_input_ids_capture(model, inner, handle)
+
+
+@hookimpl
+def gswa_register_adapters(register: Callable[[Adapter], None]) -> None:
+    register(InternVLAdapter())

@@ -1,0 +1,25 @@
+"""The built-in plugin: the paper's weighting variants and the default tile processing.
+
+It is registered like a third-party plugin, through the hooks in :mod:`gswa_plugin.hookspecs`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .core import BUILTIN_VARIANTS, TileBatch, apply_weights
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def gswa_register_variants(register: Callable[[str, Any], None]) -> None:
+    for name, factory in BUILTIN_VARIANTS.items():
+        register(name, factory)
+
+
+@hookimpl(trylast=True)
+def gswa_process_tiles(batch: TileBatch, handle: Any) -> TileBatch:
+    """Default processing: weights from the model's GSWA module, then scale the features."""
+    batch.weights = handle.module(batch.summaries, batch.layout)
+    batch.features = apply_weights(batch.features, batch.weights)
+    return batch

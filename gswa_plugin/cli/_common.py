@@ -1,0 +1,24 @@
+"""Helpers shared by the CLI commands: error reporting and console output."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import typer
+from rich.console import Console
+
+from ..errors import GSWAError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn a :class:`GSWAError` into a red message on stderr and exit code 2 (no traceback)."""
+    try:
+        yield
+    except GSWAError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(code=2) from exc

@@ -1,0 +1,336 @@
+"""The GSWA math, with no host code.
+
+Data flows one way: a host adapter hands over a :class:`TileBatch` (every view of every image
+flattened, per-view summaries, and the :class:`TileLayout` saying how many views each image has
+and where its global thumbnail sits); :class:`GSWAModule` turns the summaries into per-tile
+weights; :func:`apply_weights` scales each view's features.
+
+Definition (see the docs' "Concepts" page), per image with ``T >= 2`` tiles and a thumbnail:
+
+1. summaries ``g`` (thumbnail) and ``s_1..s_T`` (tiles), padded into ``[images, 1 + T_max, D]``
+   with the thumbnail in slot 0 and a mask over the missing tiles;
+2. a *variant* maps them to attention logits from the thumbnail to each tile
+   (``[images, T_max]`` or per head ``[images, heads, T_max]``);
+3. ``w_i = mean_h(T * softmax_h(logits)_i)``, so the mean tile weight is 1 and all-zero logits
+   give exactly 1 (computed as ``T * e_i / sum(e)`` so that the uniform case is bit-exact);
+4. optional floor ``w <- w + m (1 - w)``; the thumbnail gets ``global_weight``; an image with a
+   single view has no thumbnail and keeps weight 1.
+
+Everything is batched over images with different tile counts by padding and masking; there is
+no Python loop over tiles or images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import LayoutError
+
+GlobalPosition = Literal["first", "last", "none"]
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """How the flat views at the seam split into images.
+
+    Attributes:
+        views_per_image: number of views (tiles plus thumbnail) of each image, in the order
+            the host stacked them.
+        global_position: where each multi-view image's thumbnail sits among its views:
+            ``"first"`` (LLaVA-NeXT, Gemma3), ``"last"`` (InternVL, Idefics3) or ``"none"``
+            (tiles only, no thumbnail).
+    """
+
+    views_per_image: tuple[int, ...]
+    global_position: GlobalPosition = "last"
+
+    def __post_init__(self) -> None:
+        if self.global_position not in ("first", "last", "none"):
+            raise LayoutError(f"global_position must be 'first', 'last' or 'none', got {self.global_position!r}")
+        if any(int(n) < 1 for n in self.views_per_image):
+            raise LayoutError(f"every image needs at least one view, got views_per_image={self.views_per_image}")
+        object.__setattr__(self, "views_per_image", tuple(int(n) for n in self.views_per_image))
+
+    @property
+    def num_views(self) -> int:
+        return sum(self.views_per_image)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.views_per_image)
+
+    def has_global(self, n_views: int) -> bool:
+        """Whether an image with ``n_views`` views carries a thumbnail."""
+        return self.global_position != "none" and n_views > 1
+
+    def global_indices(self) -> list[int | None]:
+        """Flat index of each image's thumbnail (``None`` where it has none)."""
+        out: list[int | None] = []
+        start = 0
+        for n in self.views_per_image:
+            if not self.has_global(n):
+                out.append(None)
+            else:
+                out.append(start if self.global_position == "first" else start + n - 1)
+            start += n
+        return out
+
+    def tiles_per_image(self) -> list[int]:
+        """Number of weighted tiles of each image (views minus the thumbnail)."""
+        return [n - 1 if self.has_global(n) else n for n in self.views_per_image]
+
+
+@dataclass
+class TileBatch:
+    """What flows through the ``gswa_process_tiles`` hook.
+
+    Attributes:
+        features: ``[views, tokens, dim]`` visual features of every view of every image, in the
+            host's order (after the projector in the ``embed`` mode).
+        summaries: ``[views, summary_dim]`` one summary per view (CLS or mean).
+        layout: how the views split into images.
+        weights: ``[views]`` weight of each view once computed (thumbnail and single-view images
+            included), ``None`` before.
+        extra: free space for plugins and adapters (e.g. ``pixel_values`` for pictures).
+    """
+
+    features: torch.Tensor
+    summaries: torch.Tensor
+    layout: TileLayout
+    weights: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.layout.num_views
+        if self.features.shape[0] != n or self.summaries.shape[0] != n:
+            raise LayoutError(
+                f"the layout describes {n} views ({list(self.layout.views_per_image)} per image) but "
+                f"{self.features.shape[0]} feature rows and {self.summaries.shape[0]} summaries reached the seam"
+            )
+
+    def tile_weights(self) -> list[torch.Tensor]:
+        """Per image, the weights of its tiles (thumbnail excluded), in the host's tile order."""
+        if self.weights is None:
+            return []
+        w = self.weights.detach()
+        out = []
+        start = 0
+        for n in self.layout.views_per_image:
+            ws = w[start : start + n]
+            if self.layout.has_global(n):
+                ws = ws[1:] if self.layout.global_position == "first" else ws[:-1]
+            out.append(ws)
+            start += n
+        return out
+
+
+# --- padding ---------------------------------------------------------------------------------
+@dataclass
+class Padded:
+    """Summaries of a batch laid out per image: thumbnail in slot 0, tiles in slots 1..T.
+
+    An image without a thumbnail (a ``none`` layout) gets the mean of its tile summaries in
+    slot 0, so it is still weighted; an image with a single view is one tile of weight 1.
+    """
+
+    tokens: torch.Tensor  # [images, 1 + T_max, D]
+    tile_mask: torch.Tensor  # [images, T_max] True where a tile exists
+    image_index: torch.Tensor  # [views] image of each flat view
+    slot: torch.Tensor  # [views] slot of each flat view in `tokens`
+    has_thumbnail: torch.Tensor  # [images] bool
+
+
+def pad_summaries(summaries: torch.Tensor, layout: TileLayout) -> Padded:
+    """Scatter flat per-view summaries into a padded per-image tensor (vectorised)."""
+    device = summaries.device
+    counts = torch.tensor(layout.views_per_image, device=device)
+    n_images = counts.shape[0]
+    image_index = torch.repeat_interleave(torch.arange(n_images, device=device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(summaries.shape[0], device=device) - starts[image_index]
+    if layout.global_position == "none":
+        has_thumb = torch.zeros_like(counts, dtype=torch.bool)
+    else:
+        has_thumb = counts > 1
+    view_has_thumb = has_thumb[image_index]
+    if layout.global_position == "first":
+        is_thumb = view_has_thumb & (pos == 0)
+        tile_pos = torch.where(view_has_thumb, pos - 1, pos)
+    else:
+        is_thumb = view_has_thumb & (pos == counts[image_index] - 1)
+        tile_pos = pos
+    slot = torch.where(is_thumb, torch.zeros_like(pos), tile_pos + 1)
+    n_tiles = counts - has_thumb.long()
+    t_max = int(n_tiles.max()) if n_images else 0
+    tokens = summaries.new_zeros(n_images, 1 + t_max, summaries.shape[-1])
+    tokens = tokens.index_put((image_index, slot), summaries)
+    tile_mask = torch.arange(t_max, device=device)[None, :] < n_tiles[:, None]
+    if not bool(has_thumb.all()):
+        mean = tokens[:, 1:].sum(1) / n_tiles[:, None].to(tokens.dtype)
+        tokens = torch.cat([torch.where(has_thumb[:, None], tokens[:, 0], mean)[:, None], tokens[:, 1:]], dim=1)
+    return Padded(tokens, tile_mask, image_index, slot, has_thumb)
+
+
+def logits_to_weights(
+    logits: torch.Tensor, tile_mask: torch.Tensor, temperature: float = 1.0, min_weight: float = 0.0
+) -> torch.Tensor:
+    """Attention logits ``[B, T]`` or ``[B, H, T]`` -> tile weights ``[B, T]`` with mean 1.
+
+    Padding tiles get weight 0. All-zero logits give exactly 1 for every tile.
+    """
+    if logits.dim() == 2:
+        logits = logits[:, None, :]
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    mask = tile_mask[:, None, :]
+    logits = logits.masked_fill(~mask, float("-inf"))
+    m = logits.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(logits.dtype).min)
+    e = torch.exp(logits - m).masked_fill(~mask, 0.0)
+    n_tiles = tile_mask.sum(-1, keepdim=True).to(e.dtype)[:, None, :]  # [B, 1, 1]
+    # T * e / sum(e) (not T * (e / sum(e))): exactly 1 when all e are equal.
+    w = (n_tiles * e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)).mean(dim=1)
+    if min_weight:
+        w = w + min_weight * (1.0 - w)
+    return w.masked_fill(~tile_mask, 0.0)
+
+
+def apply_weights(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Scale each view's features ``[views, ...]`` by its weight ``[views]`` (in the features' dtype)."""
+    shape = (-1,) + (1,) * (features.dim() - 1)
+    return features * weights.to(features.dtype).view(shape)
+
+
+# --- variants --------------------------------------------------------------------------------
+class _Block(nn.Module):
+    """Pre-norm transformer block; with ``global_only`` only the thumbnail token is updated."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, global_only: bool):
+        super().__init__()
+        self.global_only = global_only
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = max(1, int(dim * mlp_ratio))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        if self.global_only:
+            upd, _ = self.attn(h[:, :1], h, h, key_padding_mask=key_padding_mask, need_weights=False)
+            x = torch.cat([x[:, :1] + upd, x[:, 1:]], dim=1)
+        else:
+            upd, _ = self.attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=False)
+            x = x + upd
+        return x + self.mlp(self.norm2(x))
+
+
+class AttentionScorer(nn.Module):
+    """The ``self_attn`` / ``cross_attn`` variants: up-projection, blocks, then a scoring layer.
+
+    ``x = Linear_up(LayerNorm([g; s_1..s_T]))``; ``num_layers`` pre-norm blocks (full
+    self-attention for ``self_attn``; for ``cross_attn`` only the thumbnail token attends, so
+    tiles do not interact); the logits are the thumbnail query's scaled dot products with the
+    tile keys of a final multi-head scoring layer. With ``identity_init`` the query projection
+    starts at zero, so the attention is uniform and every weight is exactly 1.
+    """
+
+    def __init__(self, summary_dim: int, cfg: Any, global_only: bool = False):
+        super().__init__()
+        dim, heads = cfg.hidden_size, cfg.num_heads
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.in_norm = nn.LayerNorm(summary_dim)
+        self.up = nn.Linear(summary_dim, dim)
+        self.blocks = nn.ModuleList(
+            _Block(dim, heads, cfg.mlp_ratio, cfg.dropout, global_only) for _ in range(cfg.num_layers)
+        )
+        self.score_norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        if cfg.identity_init:
+            nn.init.zeros_(self.query.weight)
+            nn.init.zeros_(self.query.bias)
+
+    def forward(self, tokens: torch.Tensor, tile_mask: torch.Tensor) -> torch.Tensor:
+        x = self.up(self.in_norm(tokens))
+        # key padding: the thumbnail slot is always valid; True marks padding for nn.MultiheadAttention
+        pad = torch.cat([torch.zeros_like(tile_mask[:, :1]), ~tile_mask], dim=1)
+        for block in self.blocks:
+            x = block(x, pad)
+        h = self.score_norm(x)
+        b = h.shape[0]
+        q = self.query(h[:, :1]).view(b, 1, self.heads, self.head_dim).transpose(1, 2)  # [B, H, 1, d]
+        k = self.key(h[:, 1:]).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
+        return (q @ k.transpose(-1, -2)).squeeze(-2) / math.sqrt(self.head_dim)  # [B, H, T]
+
+
+class CosineScorer(nn.Module):
+    """The training-free ``cosine`` variant: ``logits_i = cos(g, s_i) / cosine_temperature``."""
+
+    def __init__(self, summary_dim: int, cfg: Any):
+        super().__init__()
+        self.tau = cfg.cosine_temperature
+
+    def forward(self, tokens: torch.Tensor, tile_mask: torch.Tensor) -> torch.Tensor:
+        t = tokens.float()
+        return F.cosine_similarity(t[:, :1], t[:, 1:], dim=-1) / self.tau
+
+
+#: A variant factory: ``(summary_dim, config) -> nn.Module`` whose ``forward(tokens, tile_mask)``
+#: returns logits ``[images, tiles]`` or ``[images, heads, tiles]``.
+VariantFactory = Callable[[int, Any], nn.Module]
+
+BUILTIN_VARIANTS: dict[str, VariantFactory] = {
+    "self_attn": lambda d, cfg: AttentionScorer(d, cfg, global_only=False),
+    "cross_attn": lambda d, cfg: AttentionScorer(d, cfg, global_only=True),
+    "cosine": CosineScorer,
+}
+
+
+class GSWAModule(nn.Module):
+    """GSWA for one host: summaries + layout -> one weight per view.
+
+    Args:
+        summary_dim: width of the per-view summaries the adapter provides.
+        config: a :class:`~gswa_plugin.config.GSWAConfig`.
+        scorer: the variant's module (built from its factory).
+    """
+
+    def __init__(self, summary_dim: int, config: Any, scorer: nn.Module):
+        super().__init__()
+        self.summary_dim = summary_dim
+        self.config = config
+        self.scorer = scorer
+
+    def forward(self, summaries: torch.Tensor, layout: TileLayout) -> torch.Tensor:
+        """Weight of every flat view ``[views]`` (float32)."""
+        if summaries.shape[-1] != self.summary_dim:
+            raise LayoutError(
+                f"GSWA was built for summaries of width {self.summary_dim}, got {summaries.shape[-1]}"
+            )
+        ref = next(self.parameters(), None)
+        if ref is not None:
+            summaries = summaries.to(ref.dtype)
+        padded = pad_summaries(summaries, layout)
+        logits = self.scorer(padded.tokens, padded.tile_mask)
+        tile_w = logits_to_weights(logits, padded.tile_mask, self.config.temperature, self.config.min_weight)
+        # slot 0 holds each image's thumbnail: prepend its weight, then gather every view's
+        # weight by (image, slot). A single-view image is one tile whose weight is exactly 1.
+        glob = torch.full_like(tile_w[:, :1], self.config.global_weight)
+        per_slot = torch.cat([glob, tile_w], dim=1)
+        return per_slot[padded.image_index, padded.slot]
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def layout_from_counts(counts: Sequence[int], global_position: GlobalPosition) -> TileLayout:
+    return TileLayout(tuple(int(c) for c in counts), global_position)

@@ -1,0 +1,59 @@
+"""Every error the package raises.
+
+Each class subclasses :class:`GSWAError` and, where it makes sense, a builtin exception
+(``ValueError``, ``LookupError``, ``RuntimeError``, ``ImportError``) so that existing
+``except ValueError`` code keeps working. The troubleshooting page of the docs lists each one
+with its cause and fix.
+"""
+
+from __future__ import annotations
+
+
+class GSWAError(Exception):
+    """Base class of every error raised by gswa-plugin."""
+
+
+class ConfigError(GSWAError, ValueError):
+    """A GSWA configuration is invalid.
+
+    All problems found are reported at once; ``problems`` holds one line per problem.
+    """
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid GSWA configuration{where} ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class AdapterNotFoundError(GSWAError, LookupError):
+    """No registered adapter matches the model (or the adapter named in the config is unknown)."""
+
+
+class MissingModuleError(GSWAError, AttributeError):
+    """The model matches an adapter by type but lacks a module or method the adapter needs."""
+
+
+class AlreadyEnabledError(GSWAError, RuntimeError):
+    """``enable()`` was called on a model that already has GSWA enabled."""
+
+
+class NotEnabledError(GSWAError, RuntimeError):
+    """An operation needs GSWA enabled on the model, and it is not."""
+
+
+class LayoutError(GSWAError, ValueError):
+    """The tiles that reached the seam cannot be split into images as the host laid them out."""
+
+
+class CheckpointError(GSWAError, ValueError):
+    """A saved GSWA checkpoint is missing, unreadable, or does not fit the model."""
+
+
+class PluginLoadError(GSWAError, ImportError):
+    """A plugin that was asked for could not be found or failed to load."""
+
+
+class RegistrationError(GSWAError, ValueError):
+    """A plugin registered an adapter or variant wrongly (duplicate name, wrong type)."""

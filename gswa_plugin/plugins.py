@@ -1,0 +1,177 @@
+"""The plugin manager: built-in plugins, third-party discovery, and the registries built from hooks.
+
+Built-in adapters and variants are plugins like any other, listed in :data:`BUILTIN_PLUGINS`
+and registered through the same hooks a third party uses. Third-party plugins are found through
+the entry-point group ``gswa``. The environment variable ``GSWA_PLUGINS`` limits which of them
+load: unset loads all installed ones, a comma-separated list loads only those names, and an
+empty value loads none. A plugin that was asked for and fails to load raises
+:class:`~gswa_plugin.errors.PluginLoadError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginLoadError, RegistrationError
+
+#: Entry-point group third-party plugins are published under.
+ENTRY_POINT_GROUP = "gswa"
+#: Environment variable limiting which third-party plugins load.
+PLUGINS_ENV = "GSWA_PLUGINS"
+
+#: Modules registered on every plugin manager, in order.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "gswa_plugin.builtin",
+    "gswa_plugin.adapters.internvl",
+)
+
+_manager: pluggy.PluginManager | None = None
+
+
+def _selected_names() -> set[str] | None:
+    raw = os.environ.get(PLUGINS_ENV)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    selected = _selected_names()
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if selected is not None:
+        missing = sorted(selected - set(found))
+        if missing:
+            installed = ", ".join(sorted(found)) or "none"
+            raise PluginLoadError(
+                f"{PLUGINS_ENV} asks for plugin(s) {', '.join(missing)} but no such entry point is installed "
+                f"in group '{ENTRY_POINT_GROUP}' (installed: {installed}); install the plugin's package or "
+                f"fix {PLUGINS_ENV}"
+            )
+    for name, ep in sorted(found.items()):
+        if selected is not None and name not in selected:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # any failure of a requested plugin is the user's to see
+            raise PluginLoadError(
+                f"plugin '{name}' ({ep.value}) failed to load: {type(exc).__name__}: {exc}. "
+                f"Fix or uninstall it, or leave it out with {PLUGINS_ENV}=<names to load>"
+            ) from exc
+        try:
+            pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginLoadError(f"plugin '{name}' ({ep.value}) is not a valid gswa plugin: {exc}") from exc
+
+
+def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A fresh plugin manager with the hook specs, the built-in plugins and (optionally) third-party ones."""
+    pm = pluggy.PluginManager("gswa")
+    pm.add_hookspecs(hookspecs)
+    for modname in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(modname), name=modname)
+    if load_entry_points:
+        _load_entry_points(pm)
+    pm.check_pending()
+    return pm
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (created on first use)."""
+    global _manager
+    if _manager is None:
+        _manager = make_plugin_manager()
+    return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget the process-wide manager so the next use rebuilds it (tests, ``GSWA_PLUGINS`` changes)."""
+    global _manager
+    _manager = None
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> None:
+    """Register a plugin object or module on the process-wide manager at run time."""
+    pm = get_plugin_manager()
+    pm.register(plugin, name=name)
+    pm.check_pending()
+
+
+def unregister_plugin(plugin: Any = None, name: str | None = None) -> None:
+    """Remove a plugin registered with :func:`register_plugin`."""
+    get_plugin_manager().unregister(plugin, name=name)
+
+
+def _collect(hook_name: str) -> list[tuple[str, Any, str]]:
+    """Call a registration hook plugin by plugin (in registration order) so that each registered
+    item is attributed to its plugin; returns (name, object, plugin name)."""
+    pm = get_plugin_manager()
+    out: list[tuple[str, Any, str]] = []
+    hook = getattr(pm.hook, hook_name)
+    for impl in hook.get_hookimpls():
+        plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        items: list[tuple[str, Any]] = []
+        if hook_name == "gswa_register_adapters":
+
+            def register(adapter: Any, _items: list = items) -> None:
+                from .adapters._base import Adapter
+
+                if not isinstance(adapter, Adapter):
+                    raise RegistrationError(
+                        f"gswa_register_adapters: expected an Adapter instance, got {type(adapter).__name__}"
+                    )
+                _items.append((adapter.name, adapter))
+
+        else:
+
+            def register(name: str, factory: Any, _items: list = items) -> None:
+                if not isinstance(name, str) or not callable(factory):
+                    raise RegistrationError(
+                        "gswa_register_variants: register(name, factory) takes a str and a callable, "
+                        f"got {type(name).__name__} and {type(factory).__name__}"
+                    )
+                _items.append((name, factory))
+
+        impl.function(**{k: register for k in impl.argnames})
+        out.extend((n, obj, plugin_name) for n, obj in items)
+    seen: dict[str, str] = {}
+    for name, _, plugin_name in out:
+        if name in seen:
+            kind = "adapter" if hook_name == "gswa_register_adapters" else "variant"
+            raise RegistrationError(
+                f"{kind} '{name}' is registered twice: by '{seen[name]}' and by '{plugin_name}'"
+            )
+        seen[name] = plugin_name
+    return out
+
+
+def adapters() -> dict[str, Any]:
+    """Registered adapters by name, in registration order."""
+    return {name: obj for name, obj, _ in _collect("gswa_register_adapters")}
+
+
+def adapter_sources() -> dict[str, str]:
+    """Which plugin registered each adapter."""
+    return {name: src for name, _, src in _collect("gswa_register_adapters")}
+
+
+def variants() -> dict[str, Any]:
+    """Registered weighting variants (name -> factory)."""
+    return {name: obj for name, obj, _ in _collect("gswa_register_variants")}
+
+
+def variant_sources() -> dict[str, str]:
+    return {name: src for name, _, src in _collect("gswa_register_variants")}
+
+
+def adapter_names() -> list[str]:
+    return list(adapters())
+
+
+def variant_names() -> list[str]:
+    return list(variants())
