@@ -29,6 +29,7 @@ PLUGINS_ENV = "GSWA_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "gswa_plugin.builtin",
     "gswa_plugin.adapters.internvl",
+    "gswa_plugin.adapters.idefics3",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -1,0 +1,118 @@
+"""More tiny hosts built in code, offline: Idefics3, SmolVLM, Aya Vision, Cohere2 Vision and the
+InternVL2 remote-code stand-in.
+
+Each host is the real transformers class with a small random config, and its real processor
+(the PIL image-processor variant where torchvision is missing) with a word-level tokenizer that
+holds the family's special tokens, so that the real processor writes the real prompt format.
+Tile sizes are small (64 px) to keep tests fast; the tiling logic is the processors' own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .tiny import WORDS, _image_processor_class, _processor_class
+
+#: Special tokens every tiny tokenizer starts with.
+BASE_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+#: Tile edge (px) of the tiny hosts in this module.
+TILE = 64
+
+
+def word_tokenizer(specials: list[str], extra_special: dict[str, str] | None = None, words: list[str] | None = None) -> Any:
+    """A ``PreTrainedTokenizerFast`` over a word-level vocabulary: ``BASE_SPECIALS``, then
+    ``specials`` (each one token), then ``words``. Angle-bracket tokens are split off whole."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for tok in BASE_SPECIALS + specials + (words if words is not None else WORDS):
+        vocab.setdefault(tok, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(r"<[^>]+>", behavior="isolated"), pre_tokenizers.WhitespaceSplit()]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=extra_special or {},
+    )
+    tok.add_special_tokens({"additional_special_tokens": [s for s in specials if s.startswith("<")]})
+    return tok
+
+
+def _text_config(model_type: str, vocab_size: int, hidden: int = 64, layers: int = 2, **extra: Any) -> dict[str, Any]:
+    return dict(
+        model_type=model_type,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        **extra,
+    )
+
+
+def _finish(model: Any) -> Any:
+    model = model.eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 2
+    return model
+
+
+# --- Idefics3 / SmolVLM ---------------------------------------------------------------------
+IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<global-img>", "<image>", "<end_of_utterance>"] + [
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+]
+
+
+def idefics3_tokenizer() -> Any:
+    return word_tokenizer(IDEFICS3_SPECIALS, {"image_token": "<image>"})
+
+
+def tiny_idefics3(family: str = "idefics3", seed: int = 0, tile: int = TILE) -> Any:
+    """A tiny ``Idefics3ForConditionalGeneration`` (``family="idefics3"``) or
+    ``SmolVLMForConditionalGeneration`` (``family="smolvlm"``): SigLIP-like encoder with
+    ``tile`` px inputs and 16 px patches, pixel shuffle 2 (4 tokens per view), Llama text model."""
+    import transformers
+
+    cls_name = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[family]
+    config_cls = getattr(transformers, f"{cls_name}Config")
+    model_cls = getattr(transformers, f"{cls_name}ForConditionalGeneration")
+    tok = idefics3_tokenizer()
+    cfg = config_cls(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=tile, patch_size=16
+        ),
+        text_config=_text_config("llama", len(tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return _finish(model_cls(cfg))
+
+
+def tiny_idefics3_processor(family: str = "idefics3", tile: int = TILE, longest_edge: int = 3 * TILE) -> Any:
+    """The real ``Idefics3Processor`` / ``SmolVLMProcessor`` with its real image processor: images
+    resized to at most ``longest_edge`` px, split into ``tile`` px tiles (row-major) plus the
+    global view last."""
+    import transformers
+
+    cls_name = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[family]
+    image_processor = _image_processor_class(getattr(transformers, f"{cls_name}ImageProcessor"))(
+        size={"longest_edge": longest_edge}, max_image_size={"longest_edge": tile}
+    )
+    proc_cls = _processor_class(getattr(transformers, f"{cls_name}Processor"))
+    kwargs: dict[str, Any] = {"video_processor": None} if family == "smolvlm" else {}
+    return proc_cls(image_processor=image_processor, tokenizer=idefics3_tokenizer(), image_seq_len=(tile // 16) ** 2 // 4, **kwargs)
