@@ -30,6 +30,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gswa_plugin.builtin",
     "gswa_plugin.adapters.internvl",
     "gswa_plugin.adapters.idefics3",
+    "gswa_plugin.adapters.aya_vision",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from .tiny import WORDS, _image_processor_class, _processor_class
+from .hf import image_processor_class, processor_class
+from .tiny import WORDS
 
 #: Special tokens every tiny tokenizer starts with.
 BASE_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -110,9 +111,58 @@ def tiny_idefics3_processor(family: str = "idefics3", tile: int = TILE, longest_
     import transformers
 
     cls_name = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[family]
-    image_processor = _image_processor_class(getattr(transformers, f"{cls_name}ImageProcessor"))(
+    image_processor = image_processor_class(getattr(transformers, f"{cls_name}ImageProcessor"))(
         size={"longest_edge": longest_edge}, max_image_size={"longest_edge": tile}
     )
-    proc_cls = _processor_class(getattr(transformers, f"{cls_name}Processor"))
+    proc_cls = processor_class(getattr(transformers, f"{cls_name}Processor"))
     kwargs: dict[str, Any] = {"video_processor": None} if family == "smolvlm" else {}
     return proc_cls(image_processor=image_processor, tokenizer=idefics3_tokenizer(), image_seq_len=(tile // 16) ** 2 // 4, **kwargs)
+
+
+# --- Aya Vision -----------------------------------------------------------------------------
+AYA_SPECIALS = ["<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "<image>"]
+#: The tile markers Aya's processor writes as plain text (``TILE_1``.. and ``TILE_GLOBAL``).
+AYA_TILE_WORDS = [f"TILE_{i}" for i in range(1, 13)] + ["TILE_GLOBAL"]
+
+
+def aya_tokenizer() -> Any:
+    return word_tokenizer(AYA_SPECIALS, {"image_token": "<image>"}, WORDS + AYA_TILE_WORDS)
+
+
+def tiny_aya_vision(seed: int = 0, tile: int = TILE) -> Any:
+    """A tiny ``AyaVisionForConditionalGeneration``: SigLIP tower (``tile`` px, 16 px patches),
+    pixel shuffle 2 (4 tokens per view), Cohere2 text model."""
+    from transformers import AyaVisionConfig, AyaVisionForConditionalGeneration
+
+    tok = aya_tokenizer()
+    cfg = AyaVisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=tile,
+            patch_size=16,
+            vision_use_head=False,
+        ),
+        text_config=_text_config("cohere2", len(tok), layer_types=["full_attention", "full_attention"]),
+        image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        downsample_factor=2,
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return _finish(AyaVisionForConditionalGeneration(cfg))
+
+
+def tiny_aya_vision_processor(tile: int = TILE, max_patches: int = 12) -> Any:
+    """The real ``AyaVisionProcessor`` with the real GotOcr2 image processor (``tile`` px tiles,
+    row-major, thumbnail last)."""
+    from transformers import AyaVisionProcessor, GotOcr2ImageProcessor
+
+    image_processor = image_processor_class(GotOcr2ImageProcessor)(
+        size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=max_patches
+    )
+    return processor_class(AyaVisionProcessor)(
+        image_processor=image_processor, tokenizer=aya_tokenizer(), img_size=tile, patch_size=16, downsample_factor=2
+    )
