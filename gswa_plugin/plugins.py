@@ -31,6 +31,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gswa_plugin.adapters.internvl",
     "gswa_plugin.adapters.idefics3",
     "gswa_plugin.adapters.aya_vision",
+    "gswa_plugin.adapters.llava_next",
+    "gswa_plugin.adapters.llava_onevision",
 )
 
 _manager: pluggy.PluginManager | None = None
