@@ -77,10 +77,12 @@ def load_image(image: str | os.PathLike[str] | Image.Image | None) -> tuple[Imag
 
 def load_model(model: str | os.PathLike[str]) -> tuple[Any, Any]:
     """A real checkpoint (local directory or cached hub id) and its processor."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from .hf import load_processor
 
     try:
-        processor = AutoProcessor.from_pretrained(model)
+        processor = load_processor(model)
         net = AutoModelForImageTextToText.from_pretrained(model).eval()
     except OSError as exc:
         raise FileNotFoundError(

@@ -13,6 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .hf import image_processor_class, processor_class
+
+# older names, used by other modules
+_image_processor_class = image_processor_class
+_processor_class = processor_class
+
 #: Word-level vocabulary of the tiny tokenizers; special tokens come first.
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>", "<image>"]
 WORDS = (
@@ -111,7 +117,7 @@ def tiny_internvl_processor(image_size: int = 448, max_patches: int = 12) -> Any
     px, thumbnail last) and the tiny tokenizer."""
     from transformers import GotOcr2ImageProcessor, InternVLProcessor
 
-    image_processor = _image_processor_class(GotOcr2ImageProcessor)(
+    image_processor = image_processor_class(GotOcr2ImageProcessor)(
         size={"height": image_size, "width": image_size},
         crop_to_patches=True,
         min_patches=1,
@@ -119,45 +125,11 @@ def tiny_internvl_processor(image_size: int = 448, max_patches: int = 12) -> Any
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
     )
-    return _processor_class(InternVLProcessor)(
+    return processor_class(InternVLProcessor)(
         image_processor=image_processor,
         tokenizer=tiny_tokenizer(),
         image_seq_length=(image_size // 14) ** 2 // 4,
     )
-
-
-def _image_processor_class(cls: type) -> type:
-    """The PIL image processor where torchvision is missing (transformers falls back to it anyway)."""
-    from transformers.utils import is_torchvision_available
-
-    if is_torchvision_available():
-        return cls
-    import transformers
-
-    return getattr(transformers, cls.__name__ + "Pil", cls)
-
-
-def _processor_class(cls: type) -> type:
-    """``cls``, or where torchvision is missing a subclass that accepts ``video_processor=None``.
-
-    Without torchvision, transformers 5.x cannot resolve the video-processor base class and
-    refuses to build any processor that declares one, even when no video processor is passed.
-    Only that class check is relaxed; processing is the real class's.
-    """
-    from transformers.utils import is_torchvision_available
-
-    if is_torchvision_available():
-        return cls
-
-    class NoVideo(cls):  # type: ignore[misc, valid-type]
-        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
-            if argument is None and "video" in argument_name:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    NoVideo.__name__ = cls.__name__
-    NoVideo.__qualname__ = cls.__qualname__
-    return NoVideo
 
 
 def sample_image(name: str = "astronaut") -> Image.Image:
