@@ -33,6 +33,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gswa_plugin.adapters.aya_vision",
     "gswa_plugin.adapters.llava_next",
     "gswa_plugin.adapters.llava_onevision",
+    "gswa_plugin.adapters.internvl_chat",
 )
 
 _manager: pluggy.PluginManager | None = None

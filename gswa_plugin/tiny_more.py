@@ -166,3 +166,86 @@ def tiny_aya_vision_processor(tile: int = TILE, max_patches: int = 12) -> Any:
     return processor_class(AyaVisionProcessor)(
         image_processor=image_processor, tokenizer=aya_tokenizer(), img_size=tile, patch_size=16, downsample_factor=2
     )
+
+
+# --- InternVL2 remote code (stand-in) -------------------------------------------------------
+INTERNVL_CHAT_SPECIALS = ["<img>", "</img>", "<IMG_CONTEXT>", "<|im_start|>", "<|im_end|>", "<image>"]
+INTERNVL_CHAT_TILE = 56
+
+
+def internvl_chat_tokenizer() -> Any:
+    """A word-level tokenizer holding InternVL2's image tokens and the ``internlm2-chat`` markers."""
+    return word_tokenizer(INTERNVL_CHAT_SPECIALS, None, WORDS + ["system", "you", "are", "helpful"])
+
+
+def tiny_internvl_chat(seed: int = 0, tile: int = INTERNVL_CHAT_TILE, select_layer: int = -1) -> Any:
+    """A tiny :class:`~gswa_plugin.standins.internvl_chat.InternVLChatModel` (the InternVL2 remote-code
+    stand-in): InternViT with CLS (``tile`` px, patch 14), pixel shuffle 0.5, ``mlp1``, and a Qwen2
+    language model (as in InternVL2-1B). ``img_context_token_id`` is set from the tiny tokenizer,
+    as InternVL's training script does."""
+    from .standins.internvl_chat import InternVLChatConfig, InternVLChatModel
+
+    tok = internvl_chat_tokenizer()
+    cfg = InternVLChatConfig(
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=[tile, tile],
+            patch_size=[14, 14],
+            use_mean_pooling=True,
+        ),
+        llm_config=dict(
+            _text_config("qwen2", len(tok)),
+            architectures=["Qwen2ForCausalLM"],
+        ),
+        select_layer=select_layer,
+        force_image_size=tile,
+    )
+    cfg.llm_config._attn_implementation = "eager"
+    cfg.vision_config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = InternVLChatModel(cfg).eval()
+    model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    model.language_model.generation_config.pad_token_id = 0
+    return model
+
+
+def internvl_chat_tiles(images: list[Any], tile: int = INTERNVL_CHAT_TILE, max_num: int = 6) -> tuple[torch.Tensor, list[int]]:
+    """Tile images as InternVL2's ``load_image``/``dynamic_preprocess`` does (closest aspect-ratio
+    grid of at most ``max_num`` tiles, row-major, thumbnail last), with the real GotOcr2 image
+    processor that transformers ported that algorithm into. Returns ``(pixel_values, num_patches_list)``."""
+    from transformers import GotOcr2ImageProcessor
+
+    proc = image_processor_class(GotOcr2ImageProcessor)(
+        size={"height": tile, "width": tile},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=max_num,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    out = proc(images=images, return_tensors="pt")
+    return out["pixel_values"], [int(n) for n in out["num_patches"]]
+
+
+def internvl_chat_inputs(images: list[Any], questions: list[str], model: Any, tile: int = INTERNVL_CHAT_TILE) -> dict[str, Any]:
+    """Training-path inputs of the InternVL2 stand-in, built the way InternVL's fine-tuning script
+    does: one image per sample, ``<img>`` + ``<IMG_CONTEXT>`` x ``num_image_token * tiles`` +
+    ``</img>`` in the prompt, and ``image_flags`` of 1 for every real tile."""
+    from .standins.internvl_chat import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
+
+    pixel_values, num_patches = internvl_chat_tiles(images, tile)
+    tok = internvl_chat_tokenizer()
+    texts = [
+        q.replace("<image>", IMG_START_TOKEN + IMG_CONTEXT_TOKEN * model.num_image_token * n + IMG_END_TOKEN)
+        for q, n in zip(questions, num_patches)
+    ]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    return {
+        "pixel_values": pixel_values,
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "image_flags": torch.ones(pixel_values.shape[0], 1, dtype=torch.long),
+    }
