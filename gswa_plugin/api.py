@@ -123,7 +123,7 @@ def find_adapter(model: nn.Module, name: str | None = None) -> Any:
             )
         return registry[name]
     for adapter in registry.values():
-        if adapter.matches(model):
+        if adapter.auto_match and adapter.matches(model):
             return adapter
     mtype = getattr(getattr(model, "config", None), "model_type", None)
     raise AdapterNotFoundError(

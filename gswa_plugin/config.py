@@ -40,6 +40,11 @@ class GSWAConfig:
         None,
         "Name of the adapter to use (see `gswa adapters`). Empty: chosen from the model.",
     )
+    declare: dict | None = _f(
+        None,
+        "With `adapter: declarative`: the description of a host without a built-in adapter (seam, "
+        "features, global view, summary, where to apply, tiles per image). See the docs page 'Adapters'.",
+    )
     variant: str = _f(
         "self_attn",
         "Weighting variant: `self_attn` (the paper's, tiles and thumbnail interact through "
@@ -253,4 +258,13 @@ def _validate(data: dict[str, Any], partial: bool = False) -> list[str]:
             close = difflib.get_close_matches(data["adapter"], names, n=1, cutoff=0.5)
             hint = f"; did you mean `{close[0]}`?" if close else ""
             problems.append(f"`adapter` must be one of {', '.join(map(repr, names))}; got {data['adapter']!r}{hint}")
+    declare = data.get("declare")
+    if isinstance(declare, dict):
+        from .adapters.declarative import NAME, validate_declaration  # late import: adapters import this module
+
+        problems.extend(validate_declaration(declare))
+        if data.get("adapter") != NAME:
+            problems.append(f"`declare` is read only by `adapter: {NAME}`; add `adapter: {NAME}` or remove `declare`")
+    elif data.get("adapter") == "declarative":
+        problems.append("`adapter: declarative` needs a `declare:` mapping describing the host (see the docs page 'Adapters')")
     return problems

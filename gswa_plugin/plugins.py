@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gswa_plugin.adapters.llava_next",
     "gswa_plugin.adapters.llava_onevision",
     "gswa_plugin.adapters.internvl_chat",
+    "gswa_plugin.adapters.declarative",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -32,12 +32,15 @@ class Adapter(abc.ABC):
         global_position: where the thumbnail sits among an image's views
             (``"first"``, ``"last"`` or ``"none"``).
         has_cls: whether the host's vision encoder has a CLS token (``summary: auto`` uses it).
+        auto_match: whether ``enable()`` may pick this adapter when the config names none
+            (``False`` for adapters used only when named, such as ``declarative``).
     """
 
     name: str = ""
     description: str = ""
     global_position: str = "last"
     has_cls: bool = True
+    auto_match: bool = True
 
     @abc.abstractmethod
     def matches(self, model: nn.Module) -> bool:
