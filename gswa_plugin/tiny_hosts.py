@@ -13,31 +13,18 @@ from typing import Any
 
 import torch
 
-from .tiny import SPECIAL_TOKENS, WORDS, _image_processor_class, _processor_class, tiny_tokenizer
+from .hf import image_processor_class, processor_class
+from .tiny import SPECIAL_TOKENS, WORDS, tiny_tokenizer
+from .tiny_more import _finish, _text_config
 
 PATCH = 14
+VOCAB = len(SPECIAL_TOKENS) + len(WORDS)
 
 
 def anyres_pinpoints(tile: int, max_tiles: int) -> list[list[int]]:
     """Every ``rows x cols`` grid of ``tile``-px tiles with at most ``max_tiles`` tiles, as
     ``[height, width]`` pinpoints (what ``image_grid_pinpoints`` holds)."""
     return [[r * tile, c * tile] for r in range(1, max_tiles + 1) for c in range(1, max_tiles + 1) if r * c <= max_tiles]
-
-
-def _text_config(text_hidden: int, text_layers: int) -> dict[str, Any]:
-    return dict(
-        model_type="qwen2",
-        hidden_size=text_hidden,
-        intermediate_size=text_hidden * 2,
-        num_hidden_layers=text_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(SPECIAL_TOKENS) + len(WORDS),
-        max_position_embeddings=8192,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
 
 
 def _vision_config(kind: str, tile: int, vision_hidden: int, vision_layers: int) -> dict[str, Any]:
@@ -52,11 +39,11 @@ def _vision_config(kind: str, tile: int, vision_hidden: int, vision_layers: int)
     )
 
 
-def _finish(model: Any, seed: int) -> Any:
-    model.eval()
-    model.generation_config.pad_token_id = 0
-    model.generation_config.eos_token_id = 2
-    return model
+def _build(model_class: Any, cfg: Any, seed: int) -> Any:
+    """A randomly initialised model (eval, fp32, eager attention) from ``seed``."""
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return _finish(model_class(cfg))
 
 
 # --- LLaVA-NeXT ---------------------------------------------------------------------------
@@ -74,7 +61,7 @@ def tiny_llava_next_config(
 
     return LlavaNextConfig(
         vision_config=_vision_config("clip_vision_model", tile, vision_hidden, vision_layers),
-        text_config=_text_config(text_hidden, text_layers),
+        text_config=_text_config("qwen2", VOCAB, text_hidden, text_layers),
         image_grid_pinpoints=anyres_pinpoints(tile, max_tiles),
         image_token_id=SPECIAL_TOKENS.index("<image>"),
         vision_feature_layer=-2,
@@ -86,10 +73,7 @@ def tiny_llava_next(seed: int = 0, **config_kwargs: Any) -> Any:
     """A randomly initialised tiny ``LlavaNextForConditionalGeneration`` (eval, fp32, eager attention)."""
     from transformers import LlavaNextForConditionalGeneration
 
-    cfg = tiny_llava_next_config(**config_kwargs)
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    return _finish(LlavaNextForConditionalGeneration(cfg), seed)
+    return _build(LlavaNextForConditionalGeneration, tiny_llava_next_config(**config_kwargs), seed)
 
 
 def tiny_llava_next_processor(tile: int = 56, max_tiles: int = 4) -> Any:
@@ -97,12 +81,12 @@ def tiny_llava_next_processor(tile: int = 56, max_tiles: int = 4) -> Any:
     image first, then row-major tiles of ``tile`` px) and the tiny tokenizer."""
     from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
-    image_processor = _image_processor_class(LlavaNextImageProcessor)(
+    image_processor = image_processor_class(LlavaNextImageProcessor)(
         size={"shortest_edge": tile},
         crop_size={"height": tile, "width": tile},
         image_grid_pinpoints=anyres_pinpoints(tile, max_tiles),
     )
-    return _processor_class(LlavaNextProcessor)(
+    return processor_class(LlavaNextProcessor)(
         image_processor=image_processor,
         tokenizer=tiny_tokenizer(),
         patch_size=PATCH,
@@ -127,7 +111,7 @@ def tiny_llava_onevision_config(
 
     return LlavaOnevisionConfig(
         vision_config=_vision_config("siglip_vision_model", tile, vision_hidden, vision_layers),
-        text_config=_text_config(text_hidden, text_layers),
+        text_config=_text_config("qwen2", VOCAB, text_hidden, text_layers),
         image_grid_pinpoints=anyres_pinpoints(tile, max_tiles),
         image_token_id=SPECIAL_TOKENS.index("<image>"),
         video_token_id=SPECIAL_TOKENS.index("<video>"),
@@ -141,10 +125,7 @@ def tiny_llava_onevision(seed: int = 0, **config_kwargs: Any) -> Any:
     """A randomly initialised tiny ``LlavaOnevisionForConditionalGeneration`` (eval, fp32, eager attention)."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    cfg = tiny_llava_onevision_config(**config_kwargs)
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    return _finish(LlavaOnevisionForConditionalGeneration(cfg), seed)
+    return _build(LlavaOnevisionForConditionalGeneration, tiny_llava_onevision_config(**config_kwargs), seed)
 
 
 def tiny_llava_onevision_processor(
@@ -155,11 +136,11 @@ def tiny_llava_onevision_processor(
     tokenizer. ``vision_aspect_ratio`` must match the model's."""
     from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor
 
-    image_processor = _image_processor_class(LlavaOnevisionImageProcessor)(
+    image_processor = image_processor_class(LlavaOnevisionImageProcessor)(
         size={"height": tile, "width": tile},
         image_grid_pinpoints=anyres_pinpoints(tile, max_tiles),
     )
-    return _processor_class(LlavaOnevisionProcessor)(
+    return processor_class(LlavaOnevisionProcessor)(
         image_processor=image_processor,
         tokenizer=tiny_tokenizer(),
         video_processor=None,

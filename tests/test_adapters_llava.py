@@ -23,6 +23,8 @@ from gswa_plugin.tiny_hosts import (
     tiny_llava_onevision_processor,
 )
 
+from .conftest import lm_inputs_embeds
+
 SMALL = {"hidden_size": 32, "num_heads": 4}
 PEAKED = {**SMALL, "identity_init": False, "temperature": 0.1}
 
@@ -60,21 +62,6 @@ def seen():
 
 def _photos():
     return [sample_image("astronaut"), sample_image("coffee").resize((300, 100)), sample_image("chelsea")]
-
-
-def _lm_embeds(model, inputs) -> torch.Tensor:
-    got = {}
-
-    def hook(module, args, kwargs):
-        got["e"] = kwargs["inputs_embeds"].detach().clone()
-
-    h = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**inputs)
-    finally:
-        h.remove()
-    return got["e"]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -136,9 +123,9 @@ def test_onevision_multi_image_samples_carry_no_tiles():
         text=["<image> <image> describe", "<image> describe"], images=[[a, b], [c]], return_tensors="pt", padding=True
     )
     model = tiny_llava_onevision()
-    base = _lm_embeds(model, inputs)
+    base = lm_inputs_embeds(model, **inputs)
     handle = gswa_plugin.enable(model, PEAKED)
-    got = _lm_embeds(model, inputs)
+    got = lm_inputs_embeds(model, **inputs)
     layout = handle.last_batch.layout
     assert layout.views_per_image[:2] == (1, 1)  # the two images of the first sample: one view each
     assert layout.views_per_image[2] > 1  # the single image of the second sample is tiled
@@ -154,9 +141,9 @@ def test_onevision_weights_act_before_anyres_max_shrinking(seen):
     proc = tiny_llava_onevision_processor(vision_aspect_ratio="anyres_max_1")
     model = tiny_llava_onevision(vision_aspect_ratio="anyres_max_1")
     inputs = proc(text=["<image> describe"], images=[sample_image("astronaut")], return_tensors="pt")
-    base = _lm_embeds(model, inputs)
+    base = lm_inputs_embeds(model, **inputs)
     handle = gswa_plugin.enable(model, PEAKED)
-    got = _lm_embeds(model, inputs)
+    got = lm_inputs_embeds(model, **inputs)
     w = handle.last_batch.weights
     assert not torch.allclose(w, torch.ones_like(w))
     torch.testing.assert_close(seen.after, seen.before * w[:, None, None], rtol=0, atol=0)

@@ -10,8 +10,9 @@ from . import HostCase
 PROMPTS = ["<image> describe the image", "what is in the picture <image> ?"]
 
 
-def llava_next_inputs() -> dict:
-    proc = tiny_llava_next_processor()
+def anyres_inputs(make_processor) -> dict:
+    """Two prompts with one real photograph each (2x2 and 1x3 grids), left-padded."""
+    proc = make_processor()
     proc.tokenizer.padding_side = "left"  # decoder-only generation
     return dict(
         proc(
@@ -26,7 +27,7 @@ def llava_next_inputs() -> dict:
 CASE = HostCase(
     adapter="llava_next",
     make_model=tiny_llava_next,
-    make_inputs=llava_next_inputs,
+    make_inputs=lambda: anyres_inputs(tiny_llava_next_processor),
     views_per_image=[5, 4],  # base + 2x2 tiles; base + 1x3 tiles (base first)
     language_model=lambda m: m.model.language_model,
 )
