@@ -249,3 +249,66 @@ def internvl_chat_inputs(images: list[Any], questions: list[str], model: Any, ti
         "attention_mask": enc["attention_mask"],
         "image_flags": torch.ones(pixel_values.shape[0], 1, dtype=torch.long),
     }
+
+
+# --- GOT-OCR2 (no built-in adapter: retrofitted with the declarative adapter) ---------------
+GOT_SPECIALS = ["<img>", "</img>", "<imgpad>", "<|im_start|>", "<|im_end|>"]
+GOT_TILE = 128
+#: Words of GOT-OCR2's fixed prompt (system query and the OCR instruction).
+GOT_WORDS = "system you should follow instructions carefully and explain your answers in detail. ocr upon patch reference: user assistant".split()
+
+
+def got_ocr2_tokenizer() -> Any:
+    return word_tokenizer(GOT_SPECIALS, {"image_token": "<imgpad>"}, WORDS + GOT_WORDS)
+
+
+def tiny_got_ocr2(seed: int = 0, tile: int = GOT_TILE) -> Any:
+    """A tiny ``GotOcr2ForConditionalGeneration``: SAM-style windowed ViT (``tile`` px, 16 px
+    patches, a channels-first neck), two stride-2 convolutions (4 tokens per view), Qwen2 text model."""
+    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
+
+    tok = got_ocr2_tokenizer()
+    cfg = GotOcr2Config(
+        vision_config=dict(
+            hidden_size=32,
+            output_channels=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=tile,
+            patch_size=16,
+            window_size=4,
+            global_attn_indexes=[1],
+            mlp_dim=64,
+            initializer_range=0.02,  # the default (1e-10) makes every view's features identical
+        ),
+        text_config=_text_config("qwen2", len(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<imgpad>"),
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return _finish(GotOcr2ForConditionalGeneration(cfg))
+
+
+def tiny_got_ocr2_processor() -> Any:
+    """The real ``GotOcr2Processor`` with the real GotOcr2 image processor (PIL)."""
+    from transformers import GotOcr2ImageProcessor, GotOcr2Processor
+
+    image_processor = image_processor_class(GotOcr2ImageProcessor)(size={"height": GOT_TILE, "width": GOT_TILE})
+    return processor_class(GotOcr2Processor)(image_processor=image_processor, tokenizer=got_ocr2_tokenizer())
+
+
+def got_ocr2_inputs(images: list[Any], max_patches: int = 6) -> dict[str, Any]:
+    """GOT-OCR2's multi-crop inputs for a batch of images: the processor writes its own OCR
+    prompt, tiles each image into at most ``max_patches`` crops (row-major) plus a thumbnail
+    last, and expands ``<imgpad>`` (4 per view here) between ``<img>`` and ``</img>``."""
+    proc = tiny_got_ocr2_processor()
+    return dict(
+        proc(
+            images,
+            crop_to_patches=True,
+            max_patches=max_patches,
+            num_image_tokens=(GOT_TILE // 16 // 4) ** 2,
+            return_tensors="pt",
+            padding=True,
+        )
+    )

@@ -1,0 +1,489 @@
+"""The declarative adapter: retrofit a tiling model that has no built-in adapter from YAML alone.
+
+The ``declare:`` mapping inside the ``gswa:`` block says where the host's seam is and how its
+views are laid out; this adapter does the rest. It never matches a model by itself: it is used
+only when the config names it (``adapter: declarative``). Example (transformers' GOT-OCR2, which
+tiles a page into 2-12 crops plus a thumbnail LAST)::
+
+    gswa:
+      adapter: declarative
+      declare:
+        match: {model_type: got_ocr2}
+        seam: model.get_image_features
+        features: pooler_output
+        global_view: last
+        summary: {from: module, module: model.vision_tower, output: last_hidden_state,
+                  token: mean, channels: first, dim: vision_config.output_channels}
+        apply: after_projector
+        tiles_from: {group: run, token: image_token_id}
+
+Keys of ``declare`` (every problem is reported at once, by :func:`validate_declaration`):
+
+``match`` (required)
+    ``{model_type: <str or list>}`` and/or ``{class: <str or list>}`` (class name of the model).
+    Checked against the model when GSWA is enabled, so a declaration is not applied to the
+    wrong family by mistake.
+``seam`` (required)
+    Dotted path, from the model, of the method whose output holds every view's features
+    (``model.get_image_features``, ``extract_feature``). It is wrapped on this instance only,
+    keeping its signature (``generate()`` reads it).
+``features`` (default ``pooler_output``)
+    Where the views are in the method's output: an attribute name, an integer index into a
+    tuple, or ``return`` (the output itself). The value must be ``[views, tokens, dim]`` or a
+    list/tuple of such tensors (concatenated in order, split back the same way).
+``global_view`` (required)
+    ``first``, ``last`` or ``none``: where each multi-view image's whole-image view sits.
+``summary`` (default ``{from: features}``)
+    ``{from: features}``: the mean of each view's tokens at the seam (width ``dim``, default
+    ``text_config.hidden_size``). ``{from: module, module: <dotted path>}``: read from the output
+    of that submodule's forward during the seam call; ``output`` (attribute, index or ``return``,
+    default ``last_hidden_state``), ``token`` (``mean``, ``cls`` = token 0, or an integer index;
+    default ``mean``), ``channels`` (``last``: ``[views, tokens, dim]``, the default; ``first``:
+    feature maps ``[views, dim, ...]``), ``dim`` (an integer or a dotted path into
+    ``model.config``; default ``vision_config.hidden_size``), ``layer`` (with
+    ``output: hidden_states``, the index of the layer).
+``apply`` (default ``after_projector``)
+    ``after_projector``: scale the seam's output. ``before_projector``: scale the input of the
+    module named by ``projector`` (dotted path) instead; a projector that opens with a norm
+    cancels that scale, so use it only for norm-free projectors.
+``tiles_from`` (default: none; then ``gswa_plugin.set_tiles`` or single-view images)
+    How many views each image has, read off ``input_ids``. ``token``: the image placeholder
+    (an integer id or a ``model.config`` attribute, e.g. ``image_token_id``). ``tokens_per_view``:
+    placeholders per view (an integer; default: the tokens per view at the seam). ``group``:
+    ``run`` (each contiguous run of placeholders is one image: InternVL, GOT-OCR2),
+    ``start_token`` (each image opens with ``start_token``, an id or config attribute),
+    ``global_marker`` (each view is its own run and the global view's run, preceded by
+    ``marker_token``, closes the image; ``marker_token: auto`` takes the token before the batch's
+    last run: Idefics3, Aya Vision) or ``fixed`` (``views_per_image`` views for every image).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
+from ..hookspecs import hookimpl
+from ._base import Adapter, patch_method, resolve_path, runs_of_token
+from ._layout import views_closed_by_marker, views_opened_by_marker
+from .internvl import install_input_ids_capture
+
+NAME = "declarative"
+
+_TOP_KEYS = ("match", "seam", "features", "global_view", "summary", "apply", "projector", "tiles_from")
+_SUMMARY_KEYS = ("from", "module", "output", "token", "channels", "dim", "layer")
+_TILES_KEYS = ("token", "tokens_per_view", "group", "start_token", "marker_token", "views_per_image")
+_GROUPS = ("run", "start_token", "global_marker", "fixed")
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """A validated ``declare:`` mapping (see the module docstring for each key)."""
+
+    model_types: tuple[str, ...]
+    class_names: tuple[str, ...]
+    seam: str
+    features: str | int
+    global_view: str
+    summary_from: str
+    summary_module: str | None
+    summary_output: str | int
+    summary_token: str | int
+    summary_channels: str
+    summary_dim: int | str | None
+    summary_layer: int | None
+    apply: str
+    projector: str | None
+    tiles_group: str | None
+    tiles_token: int | str | None
+    tokens_per_view: int | None
+    start_token: int | str | None
+    marker_token: int | str | None
+    views_per_image: int | None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_path(v: Any) -> bool:
+    return isinstance(v, str) and bool(v) and all(part.isidentifier() for part in v.split("."))
+
+
+def _names(v: Any) -> tuple[str, ...] | None:
+    if isinstance(v, str) and v:
+        return (v,)
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x for x in v):
+        return tuple(v)
+    return None
+
+
+def _unknown(keys: Any, allowed: tuple[str, ...], where: str) -> list[str]:
+    return [f"{where}: unknown key `{k}`; valid keys: {', '.join(allowed)}" for k in keys if k not in allowed]
+
+
+def validate_declaration(data: Any) -> list[str]:
+    """Every problem of a ``declare:`` mapping, one readable line each (empty when valid)."""
+    try:
+        parse_declaration(data)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def parse_declaration(data: Any) -> Declaration:
+    """Validate a ``declare:`` mapping and turn it into a :class:`Declaration`.
+
+    Raises:
+        ConfigError: listing every problem at once, each prefixed by the key it concerns.
+    """
+    p: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"`declare` must be a mapping (see the docs page 'Adapters'), got {type(data).__name__}"])
+    p += _unknown(data, _TOP_KEYS, "declare")
+
+    match = data.get("match")
+    model_types: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+    if not isinstance(match, dict) or not match:
+        p.append("declare.match is required: `{model_type: <name>}` and/or `{class: <ModelClassName>}`")
+    else:
+        p += _unknown(match, ("model_type", "class"), "declare.match")
+        for key in ("model_type", "class"):
+            if key in match:
+                names = _names(match[key])
+                if names is None:
+                    p.append(f"declare.match.{key} must be a name or a list of names, got {match[key]!r}")
+                elif key == "model_type":
+                    model_types = names
+                else:
+                    class_names = names
+
+    seam = data.get("seam")
+    if not _is_path(seam):
+        p.append(f"declare.seam must be the dotted path of a method, e.g. `model.get_image_features`; got {seam!r}")
+
+    features = data.get("features", "pooler_output")
+    if not (_is_int(features) or (isinstance(features, str) and features.isidentifier())):
+        p.append(f"declare.features must be an attribute name, an integer index or `return`; got {features!r}")
+
+    global_view = data.get("global_view")
+    if global_view not in ("first", "last", "none"):
+        p.append(f"declare.global_view is required: `first`, `last` or `none`; got {global_view!r}")
+
+    summary = data.get("summary", {"from": "features"})
+    s_from, s_module, s_output, s_token, s_channels, s_dim, s_layer = "features", None, "last_hidden_state", "mean", "last", None, None
+    if not isinstance(summary, dict):
+        p.append(f"declare.summary must be a mapping such as `{{from: features}}`; got {summary!r}")
+    else:
+        p += _unknown(summary, _SUMMARY_KEYS, "declare.summary")
+        s_from = summary.get("from", "module" if "module" in summary else "features")
+        if s_from not in ("features", "module"):
+            p.append(f"declare.summary.from must be `features` or `module`; got {s_from!r}")
+        s_module = summary.get("module")
+        if s_from == "module" and not _is_path(s_module):
+            p.append(f"declare.summary.module must be the dotted path of a submodule (with `from: module`); got {s_module!r}")
+        if s_from == "features" and s_module is not None:
+            p.append("declare.summary.module is only read with `from: module`")
+        s_output = summary.get("output", "last_hidden_state")
+        if not (_is_int(s_output) or (isinstance(s_output, str) and s_output.isidentifier())):
+            p.append(f"declare.summary.output must be an attribute name, an integer index or `return`; got {s_output!r}")
+        s_token = summary.get("token", "mean")
+        if not (_is_int(s_token) or s_token in ("mean", "cls")):
+            p.append(f"declare.summary.token must be `mean`, `cls` or an integer token index; got {s_token!r}")
+        s_channels = summary.get("channels", "last")
+        if s_channels not in ("last", "first"):
+            p.append(f"declare.summary.channels must be `last` ([views, tokens, dim]) or `first` ([views, dim, ...]); got {s_channels!r}")
+        if s_channels == "first" and s_token != "mean":
+            p.append("declare.summary.token must be `mean` with `channels: first` (feature maps have no token order)")
+        s_dim = summary.get("dim")
+        if s_dim is not None and not ((_is_int(s_dim) and s_dim > 0) or _is_path(s_dim)):
+            p.append(f"declare.summary.dim must be a positive integer or a dotted path into model.config; got {s_dim!r}")
+        s_layer = summary.get("layer")
+        if s_layer is not None and not _is_int(s_layer):
+            p.append(f"declare.summary.layer must be an integer layer index; got {s_layer!r}")
+
+    apply = data.get("apply", "after_projector")
+    projector = data.get("projector")
+    if apply not in ("after_projector", "before_projector"):
+        p.append(f"declare.apply must be `after_projector` or `before_projector`; got {apply!r}")
+    if apply == "before_projector" and not _is_path(projector):
+        p.append(f"declare.projector (dotted path of the projector module) is required with `apply: before_projector`; got {projector!r}")
+    if apply != "before_projector" and projector is not None:
+        p.append("declare.projector is only read with `apply: before_projector`")
+
+    tiles = data.get("tiles_from")
+    group = token = per_view = start = marker = fixed = None
+    if tiles is not None:
+        if not isinstance(tiles, dict):
+            p.append(f"declare.tiles_from must be a mapping such as `{{group: run, token: image_token_id}}`; got {tiles!r}")
+        else:
+            p += _unknown(tiles, _TILES_KEYS, "declare.tiles_from")
+            group = tiles.get("group", "run")
+            if group not in _GROUPS:
+                p.append(f"declare.tiles_from.group must be one of {', '.join(_GROUPS)}; got {group!r}")
+            token = tiles.get("token")
+            if group != "fixed" and not (_is_int(token) or _is_path(token)):
+                p.append(f"declare.tiles_from.token (placeholder id or model.config attribute) is required; got {token!r}")
+            per_view = tiles.get("tokens_per_view")
+            if per_view is not None and per_view != "auto" and not (_is_int(per_view) and per_view > 0):
+                p.append(f"declare.tiles_from.tokens_per_view must be a positive integer or `auto`; got {per_view!r}")
+            per_view = None if per_view == "auto" else per_view
+            start = tiles.get("start_token")
+            if group == "start_token" and not (_is_int(start) or _is_path(start)):
+                p.append(f"declare.tiles_from.start_token (id or model.config attribute) is required with `group: start_token`; got {start!r}")
+            marker = tiles.get("marker_token", "auto")
+            if group == "global_marker" and not (_is_int(marker) or _is_path(marker)):
+                p.append(f"declare.tiles_from.marker_token must be an id, a model.config attribute or `auto`; got {marker!r}")
+            fixed = tiles.get("views_per_image")
+            if group == "fixed" and not (_is_int(fixed) and fixed > 0):
+                p.append(f"declare.tiles_from.views_per_image (a positive integer) is required with `group: fixed`; got {fixed!r}")
+            if group == "global_marker" and global_view != "last":
+                p.append("declare.tiles_from.group `global_marker` needs `global_view: last` (the marked global view closes the image)")
+    if p:
+        raise ConfigError(p)
+    return Declaration(
+        model_types=model_types,
+        class_names=class_names,
+        seam=seam,
+        features=features,
+        global_view=global_view,
+        summary_from=s_from,
+        summary_module=s_module,
+        summary_output=s_output,
+        summary_token=s_token,
+        summary_channels=s_channels,
+        summary_dim=s_dim,
+        summary_layer=s_layer,
+        apply=apply,
+        projector=projector,
+        tiles_group=group,
+        tiles_token=token,
+        tokens_per_view=per_view,
+        start_token=start,
+        marker_token=marker,
+        views_per_image=fixed,
+    )
+
+
+def _pick(output: Any, where: str | int) -> Any:
+    """``output.<where>``, ``output[where]`` or ``output`` itself for ``"return"``."""
+    if where == "return":
+        return output
+    if _is_int(where):
+        return output[where]
+    if isinstance(output, dict) and where in output:
+        return output[where]
+    return getattr(output, where)
+
+
+def _put(output: Any, where: str | int, value: Any) -> Any:
+    """``output`` with ``where`` replaced by ``value`` (a new tuple for index access)."""
+    if where == "return":
+        return value
+    if _is_int(where) and isinstance(output, tuple) and not hasattr(output, "keys"):
+        items = list(output)
+        items[where] = value
+        return tuple(items)
+    if _is_int(where):
+        output[where] = value
+        return output
+    if isinstance(output, dict) and not hasattr(output, where):
+        output[where] = value
+        return output
+    setattr(output, where, value)
+    if hasattr(output, "keys") and where in output.keys():
+        output[where] = value
+    return output
+
+
+def _config_value(model: nn.Module, ref: int | str | None) -> Any:
+    if ref is None or _is_int(ref):
+        return ref
+    return resolve_path(model.config, ref)
+
+
+class DeclarativeAdapter(Adapter):
+    """Adapter built from the ``declare:`` mapping of the config (see the module docstring)."""
+
+    name = NAME
+    description = "any tiling model, described in YAML (`declare:` in the gswa block); used only when named"
+    global_position = "last"
+    has_cls = False
+    auto_match = False
+
+    def matches(self, model: nn.Module) -> bool:
+        # Any model can be described; the declaration's own `match` is checked at enable time.
+        return True
+
+    def declaration(self, config: Any) -> Declaration:
+        if getattr(config, "declare", None) is None:
+            raise ConfigError(["`adapter: declarative` needs a `declare:` mapping describing the seam (see the docs page 'Adapters')"])
+        return parse_declaration(config.declare)
+
+    def _check_model(self, model: nn.Module, decl: Declaration) -> None:
+        mtype = getattr(getattr(model, "config", None), "model_type", None)
+        cls = type(model).__name__
+        ok_type = not decl.model_types or mtype in decl.model_types
+        ok_cls = not decl.class_names or cls in decl.class_names
+        if not (ok_type and ok_cls):
+            want = [f"model_type in {list(decl.model_types)}"] if decl.model_types else []
+            want += [f"class in {list(decl.class_names)}"] if decl.class_names else []
+            raise AdapterNotFoundError(
+                f"the declarative adapter's `declare.match` asks for {' and '.join(want)} but the model is "
+                f"{cls} (model_type={mtype!r}); fix `declare.match` or enable it on the model it describes"
+            )
+        paths = {"declare.seam": decl.seam}
+        if decl.summary_module:
+            paths["declare.summary.module"] = decl.summary_module
+        if decl.projector:
+            paths["declare.projector"] = decl.projector
+        missing = [f"{key} `{path}`" for key, path in paths.items() if resolve_path(model, path) is None]
+        if resolve_path(model, decl.seam) is not None and not callable(resolve_path(model, decl.seam)):
+            missing.append(f"declare.seam `{decl.seam}` (not a method)")
+        for key, ref in (("declare.tiles_from.token", decl.tiles_token), ("declare.tiles_from.start_token", decl.start_token)):
+            if isinstance(ref, str) and not _is_int(_config_value(model, ref)):
+                missing.append(f"{key} `{ref}` (no such integer in model.config)")
+        if isinstance(decl.marker_token, str) and decl.marker_token != "auto" and decl.tiles_group == "global_marker":
+            if not _is_int(_config_value(model, decl.marker_token)):
+                missing.append(f"declare.tiles_from.marker_token `{decl.marker_token}` (no such integer in model.config)")
+        if missing:
+            raise MissingModuleError(
+                f"the declaration does not fit this {cls}: it has no {', '.join(missing)}. "
+                "Paths start at the model (e.g. `model.get_image_features`); print(model) shows its modules"
+            )
+
+    def summary_dim(self, model: nn.Module, config: Any) -> int:
+        decl = self.declaration(config)
+        self._check_model(model, decl)
+        if config.summary == "cls" and decl.summary_token != "cls":
+            raise ConfigError(["`summary: cls` but `declare.summary.token` is not `cls`; the declaration decides the summary"])
+        ref = decl.summary_dim
+        if ref is None:
+            ref = "vision_config.hidden_size" if decl.summary_from == "module" else "text_config.hidden_size"
+        dim = _config_value(model, ref)
+        if not _is_int(dim):
+            raise ConfigError([f"declare.summary.dim: `{ref}` is not an integer in model.config; give the summary width as an integer"])
+        return dim
+
+    def reference_parameter(self, model: nn.Module) -> torch.Tensor:
+        return next(p for p in model.parameters() if p.is_floating_point())
+
+    def install(self, model: nn.Module, handle: Any) -> None:
+        decl = self.declaration(handle.config)
+        self._check_model(model, decl)
+        owner_path, _, method = decl.seam.rpartition(".")
+        owner = resolve_path(model, owner_path) if owner_path else model
+        seen: dict[str, Any] = {}
+        per_view = decl.tokens_per_view
+        tiles_token = _config_value(model, decl.tiles_token)
+        start_token = _config_value(model, decl.start_token)
+        marker = None if decl.marker_token in (None, "auto") else _config_value(model, decl.marker_token)
+        dim = handle.module.summary_dim
+        # The registered adapter is shared by every model; the handle gets a copy that carries
+        # this declaration's global position (read by handle.layout_for).
+        bound = copy.copy(self)
+        bound.global_position = decl.global_view
+        handle.adapter = bound
+
+        def summaries_of(features: torch.Tensor) -> torch.Tensor:
+            if decl.summary_from == "features":
+                return features.mean(dim=1)
+            out = seen.pop("module_output", None)
+            if out is None:
+                raise LayoutError(f"declare.summary.module `{decl.summary_module}` did not run during the `{decl.seam}` call")
+            if decl.summary_output == "hidden_states" and decl.summary_layer is not None:
+                hidden = out.hidden_states[decl.summary_layer]
+            else:
+                hidden = _pick(out, decl.summary_output)
+            if decl.summary_channels == "first":
+                return hidden.flatten(2).mean(dim=-1)
+            if decl.summary_token == "mean":
+                return hidden.mean(dim=1)
+            return hidden[:, 0 if decl.summary_token == "cls" else decl.summary_token]
+
+        def counts(n_views: int, tokens: int) -> list[int] | None:
+            ids = handle.state.pop("input_ids", None)
+            if decl.tiles_group == "fixed":
+                if n_views % decl.views_per_image:
+                    raise LayoutError(
+                        f"declare.tiles_from.views_per_image is {decl.views_per_image} but {n_views} views reached the seam"
+                    )
+                return [decl.views_per_image] * (n_views // decl.views_per_image)
+            if decl.tiles_group is None or ids is None:
+                return None
+            n = per_view or tokens
+            if decl.tiles_group == "run":
+                return (runs_of_token(ids, tiles_token) // n).tolist()
+            if decl.tiles_group == "start_token":
+                return views_opened_by_marker(ids, tiles_token, n, start_token)
+            return views_closed_by_marker(ids, tiles_token, n, marker)
+
+        def weigh(features: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+            if features.dim() != 3:
+                raise LayoutError(
+                    f"declare.features must give [views, tokens, dim] (or a list of such tensors); got a tensor of shape "
+                    f"{tuple(features.shape)} at `{decl.seam}`"
+                )
+            summaries = summaries_of(features)
+            if summaries.shape[-1] != dim:
+                raise LayoutError(
+                    f"declare.summary gives summaries of width {summaries.shape[-1]} but `dim` resolved to {dim}; "
+                    "set declare.summary.dim to the width of the summarised output"
+                )
+            layout = handle.layout_for(features.shape[0], counts(features.shape[0], features.shape[1]))
+            return handle.process(features, summaries, layout, **extra)
+
+        def weigh_any(value: Any, extra: dict[str, Any]) -> Any:
+            if isinstance(value, (list, tuple)):
+                sizes = [v.shape[0] for v in value]
+                weighted = weigh(torch.cat(list(value), dim=0), extra)
+                return type(value)(weighted.split(sizes)) if isinstance(value, tuple) else list(weighted.split(sizes))
+            return weigh(value, extra)
+
+        if decl.summary_module:
+
+            def capture(module: nn.Module, args: tuple, output: Any) -> None:
+                if seen.get("active"):
+                    seen["module_output"] = output
+
+            h = resolve_path(model, decl.summary_module).register_forward_hook(capture)
+            handle.add_undo(h.remove)
+
+        if decl.apply == "before_projector":
+
+            def scale_input(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+                if not seen.get("active") or not args:
+                    return None
+                return (weigh(args[0], {}),) + tuple(args[1:]), kwargs
+
+            h = resolve_path(model, decl.projector).register_forward_pre_hook(scale_input, with_kwargs=True)
+            handle.add_undo(h.remove)
+
+        def make_wrapper(original: Callable) -> Callable:
+            def seam(*args: Any, **kwargs: Any) -> Any:
+                seen.clear()
+                seen["active"] = True
+                try:
+                    out = original(*args, **kwargs)
+                finally:
+                    seen["active"] = False
+                if decl.apply == "before_projector":
+                    return out
+                pixel_values = kwargs.get("pixel_values", args[0] if args else None)
+                extra = {"pixel_values": pixel_values} if isinstance(pixel_values, torch.Tensor) else {}
+                return _put(out, decl.features, weigh_any(_pick(out, decl.features), extra))
+
+            return seam
+
+        handle.add_undo(patch_method(owner, method, make_wrapper))
+        install_input_ids_capture(model, owner, handle)
+
+
+@hookimpl
+def gswa_register_adapters(register: Callable[[Adapter], None]) -> None:
+    register(DeclarativeAdapter())
