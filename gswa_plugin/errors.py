@@ -57,3 +57,10 @@ class PluginLoadError(GSWAError, ImportError):
 
 class RegistrationError(GSWAError, ValueError):
     """A plugin registered an adapter or variant wrongly (duplicate name, wrong type)."""
+
+
+class DataError(GSWAError, ValueError):
+    """A training data file is malformed, or a record in it is unusable (e.g. a missing image).
+
+    The message names the file and line (or record) and the fix.
+    """

@@ -1,0 +1,43 @@
+"""Training GSWA with transformers' Trainer (and accelerate, DeepSpeed, FSDP, PEFT).
+
+Public pieces::
+
+    from gswa_plugin.training import (
+        load_recipe, train,                      # run a recipe (also `gswa train`)
+        from_pretrained_with_gswa, GSWATrainer,  # checkpoints with gswa.* keys, GSWA learning rate
+        GSWADiagnosticsCallback, add_diagnostics,
+        ConversationDataset, ConversationCollator, load_processor,
+        apply_freezing, FREEZE_POLICIES,
+    )
+"""
+
+from __future__ import annotations
+
+from .callback import GSWADiagnosticsCallback, add_diagnostics
+from .config import FREEZE_POLICIES, TrainConfig, load_recipe, validate_recipe
+from .data import ConversationCollator, ConversationDataset, load_processor, save_processor
+from .freezing import apply_freezing
+from .run import build_model, build_trainer, train
+from .trainer import GSWATrainer, extract_gswa, from_pretrained_with_gswa, read_gswa_state, unwrap
+
+__all__ = [
+    "FREEZE_POLICIES",
+    "ConversationCollator",
+    "ConversationDataset",
+    "GSWADiagnosticsCallback",
+    "GSWATrainer",
+    "TrainConfig",
+    "add_diagnostics",
+    "apply_freezing",
+    "build_model",
+    "build_trainer",
+    "extract_gswa",
+    "from_pretrained_with_gswa",
+    "load_processor",
+    "load_recipe",
+    "read_gswa_state",
+    "save_processor",
+    "train",
+    "unwrap",
+    "validate_recipe",
+]

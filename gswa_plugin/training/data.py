@@ -1,0 +1,426 @@
+"""Conversation data for training: JSON/JSONL files with image paths -> model inputs.
+
+Two record formats are read (one record per JSONL line, or a JSON list of records):
+
+* LLaVA: ``{"id": ..., "image": "a.jpg" | ["a.jpg", ...], "conversations": [{"from": "human",
+  "value": "<image>\\nWhat is ...?"}, {"from": "gpt", "value": "..."}]}``;
+* OpenAI-style ``messages``: ``{"messages": [{"role": "user", "content": [{"type": "image",
+  "image": "a.jpg"}, {"type": "text", "text": "What is ...?"}]}, {"role": "assistant",
+  "content": "..."}]}``; string contents with ``<image>`` placeholders plus a top-level
+  ``"images"`` list (the lmms-engine layout) work too.
+
+Images are tiled by the host's real processor, exactly as at inference, so GSWA trains on the
+tile layouts it will see. Only the assistant's answers carry labels; the prompt (system and
+user turns, the assistant prefix, the image tokens) is masked with ``-100``.
+
+Every file is read and every record checked when the dataset is built: a malformed line is a
+:class:`~gswa_plugin.errors.DataError` naming file and line; a missing image is an error naming
+the record, or with ``on_missing_image="skip"`` a counted skip (``dataset.skipped``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: Placeholder for an image inside a turn's text (LLaVA convention).
+IMAGE_PLACEHOLDER = "<image>"
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Turn:
+    role: str  # "system", "user" or "assistant"
+    text: str  # with IMAGE_PLACEHOLDER where images go
+
+
+@dataclass
+class Record:
+    """One conversation: where it came from, its turns, and its image files in order."""
+
+    source: str  # "file:line"
+    id: str | None
+    turns: list[Turn]
+    images: list[Path] = field(default_factory=list)
+
+    def name(self) -> str:
+        return f"{self.source}" + (f" (id {self.id!r})" if self.id is not None else "")
+
+
+# --- reading ----------------------------------------------------------------------------------
+def iter_raw_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
+    """``("file:line", object)`` for every record of a JSON or JSONL file.
+
+    Raises:
+        DataError: the file is missing, or a line (JSONL) / the file (JSON) is not valid JSON.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file not found: {p}; check `data.train_files` / `data.eval_files`")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{p}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); fix the file "
+                "(a .json file holds one list of records; use .jsonl for one record per line)"
+            ) from exc
+        if not isinstance(data, list):
+            raise DataError(f"{p}: a .json data file must hold a list of records, got {type(data).__name__}")
+        for i, obj in enumerate(data):
+            yield f"{p}:record {i}", obj
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{p}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno}); fix or remove the line"
+            ) from exc
+        yield f"{p}:{lineno}", obj
+
+
+def _image_ref(part: dict[str, Any], where: str) -> str:
+    for key in ("image", "path", "url", "image_url"):
+        value = part.get(key)
+        if isinstance(value, dict):
+            value = value.get("url") or value.get("path")
+        if isinstance(value, str) and value:
+            if value.startswith(("http://", "https://", "data:")):
+                raise DataError(
+                    f"{where}: image {value[:60]!r} is a URL; download it and give a file path (training reads local files)"
+                )
+            return value[len("file://"):] if value.startswith("file://") else value
+    raise DataError(f"{where}: an image part needs a file path under `image` (or `path`/`url`), got {part!r}")
+
+
+def parse_record(obj: Any, where: str, root: Path) -> Record:
+    """Turn one raw record (LLaVA or OpenAI ``messages``) into a :class:`Record`.
+
+    Raises:
+        DataError: naming ``where`` and what is wrong.
+    """
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: a record must be a JSON object, got {type(obj).__name__}")
+    rid = obj.get("id")
+    rid = None if rid is None else str(rid)
+    turns: list[Turn] = []
+    images: list[str] = []
+    if "conversations" in obj:
+        conv = obj["conversations"]
+        if not isinstance(conv, list):
+            raise DataError(f"{where}: `conversations` must be a list of turns")
+        for i, t in enumerate(conv):
+            if not isinstance(t, dict) or "value" not in t or t.get("from") not in _ROLES:
+                raise DataError(
+                    f"{where}: turn {i} of `conversations` needs `from` (one of {', '.join(_ROLES)}) and `value`"
+                )
+            turns.append(Turn(_ROLES[t["from"]], str(t["value"])))
+        img = obj.get("image", obj.get("images"))
+        images = [img] if isinstance(img, str) else list(img or [])
+    elif "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list):
+            raise DataError(f"{where}: `messages` must be a list")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in _ROLES:
+                raise DataError(f"{where}: message {i} needs `role` (one of system, user, assistant)")
+            content = m.get("content")
+            if isinstance(content, str):
+                turns.append(Turn(_ROLES[m["role"]], content))
+                continue
+            if not isinstance(content, list):
+                raise DataError(f"{where}: message {i} `content` must be a string or a list of parts")
+            pieces: list[str] = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text":
+                    pieces.append(str(part.get("text", "")))
+                elif kind in ("image", "image_url"):
+                    images.append(_image_ref(part, f"{where}: message {i}"))
+                    pieces.append(IMAGE_PLACEHOLDER + "\n")
+                else:
+                    raise DataError(f"{where}: message {i} has a part of unknown type {kind!r} (use `text` or `image`)")
+            turns.append(Turn(_ROLES[m["role"]], "".join(pieces)))
+        extra = obj.get("images")
+        if extra:
+            images.extend([extra] if isinstance(extra, str) else list(extra))
+    else:
+        raise DataError(
+            f"{where}: unknown record format; expected `conversations` (LLaVA) or `messages` (OpenAI style)"
+        )
+    if not any(t.role == "assistant" and t.text.strip() for t in turns):
+        raise DataError(f"{where}: the conversation has no assistant answer to train on")
+    n_placeholders = sum(t.text.count(IMAGE_PLACEHOLDER) for t in turns)
+    if n_placeholders == 0 and images:
+        first_user = next((t for t in turns if t.role == "user"), None)
+        if first_user is None:
+            raise DataError(f"{where}: the record has images but no user turn to put them in")
+        first_user.text = IMAGE_PLACEHOLDER * len(images) + "\n" + first_user.text
+    elif n_placeholders != len(images):
+        raise DataError(
+            f"{where}: {n_placeholders} `{IMAGE_PLACEHOLDER}` placeholder(s) but {len(images)} image(s); "
+            "give one placeholder per image"
+        )
+    paths = [Path(i) if Path(i).is_absolute() else root / i for i in images]
+    return Record(where, rid, turns, paths)
+
+
+# --- chat formats -----------------------------------------------------------------------------
+def render_segments(
+    turns: Sequence[Turn], template: str, tokenizer: Any, system_prompt: str | None = None
+) -> list[tuple[str, bool]]:
+    """The conversation as text segments ``(text, is_target)``; targets are the assistant answers.
+
+    ``internlm2`` is InternVL2's chat format; ``plain`` a minimal one for word-level tokenizers;
+    ``tokenizer`` the tokenizer's own chat template, cut into segments by rendering growing
+    prefixes of the conversation (so the template must render a prefix as a prefix).
+    """
+    turns = list(turns)
+    if system_prompt and not any(t.role == "system" for t in turns):
+        turns.insert(0, Turn("system", system_prompt))
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    if template == "tokenizer":
+        return _segments_from_chat_template(turns, tokenizer)
+    segs: list[tuple[str, bool]] = []
+    for t in turns:
+        if template == "internlm2":
+            if t.role == "assistant":
+                segs += [("<|im_start|>assistant\n", False), (t.text + "<|im_end|>", True), ("\n", False)]
+            else:
+                segs.append((f"<|im_start|>{t.role}\n{t.text}<|im_end|>\n", False))
+        elif template == "plain":
+            if t.role == "assistant":
+                segs += [("assistant : ", False), (f"{t.text} {eos}".rstrip(), True), ("\n", False)]
+            else:
+                segs.append((f"{t.role} : {t.text}\n", False))
+        else:
+            raise DataError(f"unknown chat template {template!r}; use internlm2, plain or tokenizer")
+    return segs
+
+
+def _segments_from_chat_template(turns: list[Turn], tokenizer: Any) -> list[tuple[str, bool]]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("`data.template: tokenizer` but the tokenizer has no chat template; use `internlm2` or `plain`")
+    msgs = [{"role": t.role, "content": t.text} for t in turns]
+    segs: list[tuple[str, bool]] = []
+    done = ""
+    for i, t in enumerate(turns):
+        if t.role != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False, add_generation_prompt=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise DataError(
+                "the tokenizer's chat template does not render a conversation prefix as a prefix, so answers "
+                "cannot be cut out for the labels; use `data.template: internlm2` or `plain`"
+            )
+        segs += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    return segs
+
+
+# --- processor --------------------------------------------------------------------------------
+def load_processor(path: str | os.PathLike[str], max_patches: int | None = None, min_patches: int | None = None) -> Any:
+    """The host's processor from a checkpoint directory.
+
+    ``AutoProcessor`` first; where it cannot be built (transformers without torchvision refuses
+    processors that declare a video processor) the real processor class is assembled from the
+    saved tokenizer and image processor, with ``image_seq_length`` from the saved configs.
+    """
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (ValueError, TypeError, AttributeError, ImportError, OSError):
+        import transformers
+
+        from ..tiny import _processor_class
+
+        cfg: dict[str, Any] = {}
+        for name in ("processor_config.json", "config.json"):
+            f = Path(path) / name
+            if f.is_file():
+                cfg = {**json.loads(f.read_text(encoding="utf-8")), **cfg}
+        cls_name = cfg.get("processor_class", "InternVLProcessor")
+        cls = _processor_class(getattr(transformers, cls_name))
+        kwargs = {"image_seq_length": cfg["image_seq_length"]} if "image_seq_length" in cfg else {}
+        processor = cls(
+            image_processor=AutoImageProcessor.from_pretrained(path),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            **kwargs,
+        )
+    ip = processor.image_processor
+    if max_patches is not None:
+        ip.max_patches = max_patches
+    if min_patches is not None:
+        ip.min_patches = min_patches
+    return processor
+
+
+def save_processor(processor: Any, directory: str | os.PathLike[str]) -> None:
+    """Save a processor so :func:`load_processor` reads it back (components where the whole
+    processor cannot be saved, as without torchvision)."""
+    try:
+        processor.save_pretrained(directory)
+    except AttributeError:
+        processor.tokenizer.save_pretrained(directory)
+        processor.image_processor.save_pretrained(directory)
+        meta = {"processor_class": type(processor).__name__}
+        if hasattr(processor, "image_seq_length"):
+            meta["image_seq_length"] = processor.image_seq_length
+        (Path(directory) / "processor_config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+# --- dataset ----------------------------------------------------------------------------------
+class ConversationDataset(torch.utils.data.Dataset):
+    """Conversations from JSON/JSONL files, encoded with the host's processor on access.
+
+    Args:
+        files: data files (JSON list or JSONL).
+        processor: the host's processor (tokenizer + image processor).
+        template: chat format (see :func:`render_segments`).
+        system_prompt: system message put first where a record has none.
+        max_length: longest sequence; longer ones are cut at the end (never inside images).
+        image_root: where relative image paths resolve; ``None``: each data file's directory.
+        on_missing_image: ``"error"`` or ``"skip"`` (count the record and leave it out).
+
+    Raises:
+        DataError: a malformed file, line or record, or (with ``"error"``) a missing image.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        processor: Any,
+        template: str = "internlm2",
+        system_prompt: str | None = None,
+        max_length: int = 4096,
+        image_root: str | os.PathLike[str] | None = None,
+        on_missing_image: str = "error",
+    ):
+        if on_missing_image not in ("error", "skip"):
+            raise DataError(f"on_missing_image must be 'error' or 'skip', got {on_missing_image!r}")
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.template = template
+        self.system_prompt = system_prompt
+        self.max_length = max_length
+        self.records: list[Record] = []
+        self.skipped: list[str] = []
+        if not files:
+            raise DataError("no data files given; set `data.train_files`")
+        for f in files:
+            root = Path(image_root) if image_root is not None else Path(f).parent
+            for where, obj in tqdm(iter_raw_records(f), desc=f"reading {Path(f).name}", unit=" records", disable=None):
+                rec = parse_record(obj, where, root)
+                missing = [p for p in rec.images if not p.is_file()]
+                if missing:
+                    if on_missing_image == "skip":
+                        self.skipped.append(rec.name())
+                        continue
+                    raise DataError(
+                        f"{rec.name()}: image not found: {missing[0]}; fix the path, set `data.image_root`, "
+                        "or set `data.on_missing_image: skip` to leave such records out (they are counted)"
+                    )
+                self.records.append(rec)
+        if self.skipped:
+            logger.warning("skipped %d record(s) with missing images, e.g. %s", len(self.skipped), self.skipped[0])
+        if not self.records:
+            raise DataError(f"no usable records in {', '.join(map(str, files))}")
+        probe = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        # the special tokens the tokenizer puts before a text (e.g. BOS), added once per sequence
+        self._prefix = probe[: len(probe) - len(bare)] if probe[len(probe) - len(bare):] == bare else []
+        self._image_token = getattr(processor, "image_token", IMAGE_PLACEHOLDER)
+        self._image_ids = {
+            i for i in (getattr(processor, name, None) for name in ("image_token_id", "start_image_token_id", "end_image_token_id"))
+            if i is not None
+        }
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.encode(self.records[index])
+
+    def encode(self, rec: Record) -> dict[str, torch.Tensor]:
+        """Input ids, labels (prompt masked), attention mask and pixel values of one record."""
+        images = [Image.open(p).convert("RGB") for p in rec.images]
+        ids: list[int] = list(self._prefix)
+        labels: list[int] = [IGNORE_INDEX] * len(ids)
+        pixels: list[torch.Tensor] = []
+        used = 0
+        for text, is_target in render_segments(rec.turns, self.template, self.tokenizer, self.system_prompt):
+            n = text.count(IMAGE_PLACEHOLDER)
+            if n:
+                text = text.replace(IMAGE_PLACEHOLDER, self._image_token)
+                out = self.processor(
+                    text=[text], images=images[used : used + n], return_tensors="pt", add_special_tokens=False
+                )
+                seg = out["input_ids"][0].tolist()
+                pixels.append(out["pixel_values"])
+                used += n
+            else:
+                seg = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += seg
+            labels += seg if is_target else [IGNORE_INDEX] * len(seg)
+        if len(ids) > self.max_length:
+            last_image = max((i for i, t in enumerate(ids) if t in self._image_ids), default=-1)
+            if last_image >= self.max_length:
+                raise DataError(
+                    f"{rec.name()}: its image tokens alone need {last_image + 1} tokens, more than "
+                    f"`data.max_length` ({self.max_length}); raise max_length or lower `model.max_patches`"
+                )
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        item = {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.ones(len(ids), dtype=torch.long),
+        }
+        if pixels:
+            item["pixel_values"] = torch.cat(pixels, dim=0)
+        return item
+
+
+class ConversationCollator:
+    """Pads a list of encoded records into a batch (right padding; labels padded with ``-100``)
+    and stacks every record's tiles into one ``pixel_values``, in record order."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        longest = max(it["input_ids"].shape[0] for it in items)
+
+        def pad(key: str, value: int) -> torch.Tensor:
+            out = torch.full((len(items), longest), value, dtype=torch.long)
+            for i, it in enumerate(items):
+                out[i, : it[key].shape[0]] = it[key]
+            return out
+
+        batch = {
+            "input_ids": pad("input_ids", self.pad_token_id),
+            "labels": pad("labels", IGNORE_INDEX),
+            "attention_mask": pad("attention_mask", 0),
+        }
+        pix = [it["pixel_values"] for it in items if "pixel_values" in it]
+        if pix:
+            batch["pixel_values"] = torch.cat(pix, dim=0)
+        return batch

@@ -1,0 +1,349 @@
+"""GSWA inside transformers' ``Trainer`` and ``save_pretrained``/``from_pretrained``.
+
+GSWA's parameters live in ``model.gswa`` (prefix ``gswa.``), so a plain ``save_pretrained``
+already writes them next to the host's weights, and the Trainer checkpoints and resumes them.
+What this module adds:
+
+* :func:`from_pretrained_with_gswa`: load a checkpoint that has ``gswa.*`` keys (or a base
+  model without them), enable GSWA first, then load its weights strictly;
+* :class:`GSWATrainer`: a separate learning rate for GSWA's parameters, a ``gswa/`` folder
+  (``gswa_plugin.save`` format) in every checkpoint, PEFT checkpoints that keep GSWA and the
+  other non-LoRA trainable weights, and the diagnostics statistics in the trainer's logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .. import api
+from ..config import GSWAConfig, resolve_config
+from ..errors import CheckpointError
+from .freezing import is_gswa_parameter
+
+logger = logging.getLogger(__name__)
+
+#: Sub-folder of every checkpoint holding the GSWA weights alone (``gswa_plugin.load`` reads it).
+GSWA_SUBDIR = "gswa"
+#: With PEFT: the trainable weights outside LoRA (GSWA, a trained projector) of a checkpoint.
+EXTRA_TRAINABLE_FILE = "non_lora_trainable.safetensors"
+_PREFIX = api.MODULE_ATTR + "."
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model GSWA was enabled on, through DDP/FSDP (``.module``) and PEFT (``get_base_model``)."""
+    # unwrap before asking is_enabled(): PEFT forwards attribute lookups to the wrapped model
+    for _ in range(8):
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), nn.Module) and not api.is_enabled(model):
+            model = model.module
+        else:
+            break
+    return model
+
+
+# --- reading gswa.* tensors from a checkpoint -------------------------------------------------
+def _weight_files(path: Path) -> list[Path]:
+    for index in ("model.safetensors.index.json",):
+        f = path / index
+        if f.is_file():
+            shards = sorted(set(json.loads(f.read_text(encoding="utf-8"))["weight_map"].values()))
+            return [path / s for s in shards]
+    return sorted(path.glob("*.safetensors"))
+
+
+def read_gswa_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The ``gswa.*`` tensors of a checkpoint directory (prefix removed); empty when it has none.
+
+    Looks in the model's safetensors files (one file or an index with shards), then in a
+    ``gswa/`` sub-folder written by :class:`GSWATrainer` or ``gswa_plugin.save``.
+    """
+    p = Path(path)
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(p):
+        if f.name in (api.WEIGHTS_FILE, EXTRA_TRAINABLE_FILE):
+            continue
+        with safe_open(str(f), "pt") as sf:
+            for key in sf.keys():
+                if key.startswith(_PREFIX):
+                    state[key[len(_PREFIX):]] = sf.get_tensor(key)
+    if not state and (p / GSWA_SUBDIR / api.WEIGHTS_FILE).is_file():
+        state = load_file(str(p / GSWA_SUBDIR / api.WEIGHTS_FILE))
+    return state
+
+
+def saved_gswa_config(path: str | os.PathLike[str]) -> GSWAConfig | None:
+    """The GSWA config stored with a checkpoint (``gswa/gswa_config.yaml`` or ``gswa_config.yaml``)."""
+    for d in (Path(path) / GSWA_SUBDIR, Path(path)):
+        if (d / api.CONFIG_FILE).is_file():
+            return GSWAConfig.from_yaml(d / api.CONFIG_FILE)
+    return None
+
+
+@contextlib.contextmanager
+def _ignore_gswa_keys(cls: type) -> Iterator[None]:
+    """While loading, tell transformers that ``gswa.*`` keys are expected extras (they are
+    loaded right after, into the enabled module), so it does not report them as unexpected."""
+    before = cls.__dict__.get("_keys_to_ignore_on_load_unexpected", None)
+    had = "_keys_to_ignore_on_load_unexpected" in cls.__dict__
+    inherited = list(getattr(cls, "_keys_to_ignore_on_load_unexpected", None) or [])
+    cls._keys_to_ignore_on_load_unexpected = inherited + [r"^gswa\."]
+    try:
+        yield
+    finally:
+        if had:
+            cls._keys_to_ignore_on_load_unexpected = before
+        else:
+            delattr(cls, "_keys_to_ignore_on_load_unexpected")
+
+
+def model_class_for(path: str | os.PathLike[str]) -> type:
+    """The image-text-to-text class transformers maps the checkpoint's config to."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(path)
+    try:
+        return AutoModelForImageTextToText._model_mapping[type(config)]
+    except KeyError as exc:
+        raise CheckpointError(
+            f"{path}: transformers has no image-text-to-text class for model_type {config.model_type!r}; "
+            "pass `model_class=` (for InternVL2 checkpoints in the released layout, convert them first with "
+            "`gswa convert-internvl2`)"
+        ) from exc
+
+
+def from_pretrained_with_gswa(
+    path: str | os.PathLike[str],
+    gswa: GSWAConfig | dict[str, Any] | str | os.PathLike[str] | None = None,
+    model_class: type | None = None,
+    gswa_dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Load a host checkpoint and enable GSWA on it, with GSWA's weights where it has them.
+
+    The host is loaded with ``from_pretrained`` (``kwargs`` pass through), GSWA is enabled
+    (config: ``gswa`` if given, else the one saved with the checkpoint, else the defaults), and
+    the checkpoint's ``gswa.*`` weights are loaded strictly into ``model.gswa``. A checkpoint
+    without them (a base model) starts GSWA from its identity initialisation.
+
+    Args:
+        path: a checkpoint directory (``save_pretrained`` output, a Trainer checkpoint).
+        gswa: the GSWA config; must fit the saved weights where there are any.
+        model_class: the transformers class; default: the image-text-to-text class of the config.
+        gswa_dtype: dtype of GSWA's parameters (e.g. ``torch.float32`` under a bf16 host, so that
+            small updates are not rounded away); default: the host's.
+
+    Raises:
+        CheckpointError: the checkpoint's GSWA weights do not fit the config.
+    """
+    cls = model_class or model_class_for(path)
+    with _ignore_gswa_keys(cls):
+        model = cls.from_pretrained(path, **kwargs)
+    state = read_gswa_state(path)
+    cfg = resolve_config(gswa) if gswa is not None else saved_gswa_config(path)
+    if cfg is None:
+        if state:
+            raise CheckpointError(
+                f"{path} holds GSWA weights but no GSWA config ({GSWA_SUBDIR}/{api.CONFIG_FILE}); pass `gswa=` with "
+                "the settings it was trained with"
+            )
+        cfg = GSWAConfig()
+    handle = api.enable(model, cfg)
+    if gswa_dtype is not None:
+        handle.module.to(gswa_dtype)
+    if state:
+        try:
+            handle.module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            api.disable(model)
+            raise CheckpointError(f"the GSWA weights in {path} do not fit the config: {exc}") from exc
+    return model
+
+
+def extract_gswa(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], model: nn.Module | None = None) -> Path:
+    """Write the GSWA weights of a Trainer checkpoint in ``gswa_plugin.save`` format.
+
+    With a model (GSWA enabled) this is ``gswa_plugin.save(model, out)``; without one, the
+    checkpoint's ``gswa/`` folder (written by :class:`GSWATrainer`) is copied.
+    """
+    if model is not None:
+        return api.save(unwrap(model), out)
+    src = Path(checkpoint) / GSWA_SUBDIR
+    if not (src / api.WEIGHTS_FILE).is_file():
+        raise CheckpointError(
+            f"{checkpoint} has no {GSWA_SUBDIR}/{api.WEIGHTS_FILE}; load it with `from_pretrained_with_gswa` "
+            "and call `gswa_plugin.save(model, out)`"
+        )
+    dst = Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (api.WEIGHTS_FILE, api.CONFIG_FILE):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+def save_gswa_with_state(model: nn.Module, out: str | os.PathLike[str], state_dict: dict[str, Any] | None) -> Path:
+    """``gswa_plugin.save``, but taking the tensors from a gathered ``state_dict`` where one is
+    given (under DeepSpeed ZeRO-3 or FSDP the module's own parameters are shards)."""
+    base = unwrap(model)
+    path = api.save(base, out)
+    if state_dict:
+        gathered = {}
+        for key, value in state_dict.items():
+            i = key.find(_PREFIX)
+            if i >= 0 and (i == 0 or key[i - 1] == "."):
+                gathered[key[i + len(_PREFIX):]] = value.detach().contiguous().cpu()
+        own = api.get_handle(base).module.state_dict()
+        if gathered and set(gathered) == set(own) and all(gathered[k].shape == own[k].shape for k in own):
+            with safe_open(str(path / api.WEIGHTS_FILE), "pt") as f:
+                meta = f.metadata()
+            save_file(gathered, str(path / api.WEIGHTS_FILE), metadata=meta)
+    return path
+
+
+# --- the trainer ------------------------------------------------------------------------------
+def _trainer_base() -> type:
+    from transformers import Trainer
+
+    return Trainer
+
+
+class GSWATrainer(_trainer_base()):  # type: ignore[misc]
+    """``transformers.Trainer`` with GSWA's learning rate, checkpoints and statistics.
+
+    Args:
+        gswa_learning_rate: learning rate of the ``gswa.*`` parameters (``None``: the
+            Trainer's ``learning_rate``). The learning-rate schedule scales it like the others.
+        gswa_weight_decay: weight decay of the ``gswa.*`` parameters.
+        processor: saved with every checkpoint (a processor the Trainer itself cannot save,
+            such as one built without torchvision, is saved by components).
+        *args, **kwargs: passed to ``transformers.Trainer``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        gswa_learning_rate: float | None = None,
+        gswa_weight_decay: float = 0.0,
+        processor: Any = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.gswa_learning_rate = gswa_learning_rate
+        self.gswa_weight_decay = gswa_weight_decay
+        self.gswa_processor = processor
+
+    # optimizer: GSWA's parameters in their own groups ------------------------------------------
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        made_here = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if not made_here or self.gswa_learning_rate is None:
+            return optimizer
+        opt_model = self.model if model is None else model
+        gswa_ids = {id(p) for n, p in opt_model.named_parameters() if is_gswa_parameter(n)}
+        groups = []
+        for group in optimizer.param_groups:
+            rest = [p for p in group["params"] if id(p) not in gswa_ids]
+            mine = [p for p in group["params"] if id(p) in gswa_ids]
+            settings = {k: v for k, v in group.items() if k != "params"}
+            if rest:
+                groups.append({**settings, "params": rest})
+            if mine:
+                groups.append(
+                    {**settings, "params": mine, "lr": self.gswa_learning_rate, "weight_decay": self.gswa_weight_decay}
+                )
+        # regroup in place (before any step there is no optimizer state to move)
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
+    # checkpoints -----------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        if not self.args.should_save:
+            return
+        out = Path(output_dir if output_dir is not None else self.args.output_dir)
+        base = unwrap(self.model)
+        if api.is_enabled(base):
+            save_gswa_with_state(base, out / GSWA_SUBDIR, state_dict)
+        if hasattr(self.model, "get_base_model"):  # PEFT saves only the adapters: keep the rest that trains
+            extra = {
+                n: p.detach().contiguous().cpu()
+                for n, p in base.named_parameters()
+                if p.requires_grad and "lora_" not in n
+            }
+            if extra:
+                save_file(extra, str(out / EXTRA_TRAINABLE_FILE))
+        if self.gswa_processor is not None:
+            from .data import save_processor
+
+            save_processor(self.gswa_processor, out)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        target = model if model is not None else self.model
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(target, "get_base_model")):
+            self._load_host_and_gswa(resume_from_checkpoint, unwrap(target))
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        extra = Path(resume_from_checkpoint) / EXTRA_TRAINABLE_FILE
+        if hasattr(target, "get_base_model") and extra.is_file():
+            base = unwrap(target)
+            missing, unexpected = base.load_state_dict(load_file(str(extra)), strict=False)
+            if unexpected:
+                raise CheckpointError(
+                    f"{extra} holds weights this model lacks: {', '.join(unexpected[:5])}; resume with the same recipe"
+                )
+
+    def _load_host_and_gswa(self, checkpoint: str, base: nn.Module) -> None:
+        """Resume the host's weights through ``from_pretrained`` and GSWA's strictly.
+
+        ``save_pretrained`` writes some hosts (InternVL among them in transformers 5.x) under
+        their original checkpoint names, which the Trainer's plain ``load_state_dict`` does not
+        map back: it would report every host weight missing and resume with the base weights.
+        ``from_pretrained`` applies the key mapping, so trained host weights come back too.
+        """
+        from transformers import PreTrainedModel
+
+        if not isinstance(base, PreTrainedModel):
+            super()._load_from_checkpoint(checkpoint, model=base)
+            return
+        cls = type(base)
+        with _ignore_gswa_keys(cls):
+            loaded = cls.from_pretrained(
+                checkpoint, dtype=base.dtype, attn_implementation=base.config._attn_implementation
+            )
+        missing, unexpected = base.load_state_dict(loaded.state_dict(), strict=False)
+        del loaded
+        missing = [k for k in missing if not k.startswith(_PREFIX)]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"resuming from {checkpoint}: the host weights do not fit the model "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]}); resume with the recipe that wrote it"
+            )
+        if api.is_enabled(base):
+            state = read_gswa_state(checkpoint)
+            if not state:
+                raise CheckpointError(f"resuming from {checkpoint}: it holds no GSWA weights (`gswa.*` keys)")
+            try:
+                api.get_handle(base).module.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise CheckpointError(f"resuming from {checkpoint}: the GSWA weights do not fit: {exc}") from exc
+
+    # logging: the diagnostics' statistics join every log line ----------------------------------
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        from .callback import GSWADiagnosticsCallback
+
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, GSWADiagnosticsCallback):
+                logs.update(cb.latest)
+        super().log(logs, *args, **kwargs)
