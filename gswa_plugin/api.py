@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
+from . import __version__, modes
 from .config import GSWAConfig, resolve_config
 from .core import GSWAModule, TileBatch, TileLayout
 from .errors import (
@@ -175,6 +175,7 @@ def enable(model: nn.Module, config: GSWAConfig | dict[str, Any] | str | os.Path
     handle.add_undo(lambda: delattr(model, MODULE_ATTR))
     try:
         adapter.install(model, handle)
+        modes.install(model, handle)
     except BaseException:
         _run_undo(handle)
         raise
@@ -223,12 +224,19 @@ def tiles(model: nn.Module, views_per_image: Sequence[int]) -> Iterator[None]:
 
 
 # --- save / load -------------------------------------------------------------------------
-def save(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
-    """Write only GSWA's weights (``gswa.safetensors``) and its config (``gswa_config.yaml``)."""
+def save(
+    model: nn.Module, directory: str | os.PathLike[str], state_dict: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Write only GSWA's weights (``gswa.safetensors``) and its config (``gswa_config.yaml``).
+
+    ``state_dict`` (keys as in ``model.gswa.state_dict()``) replaces the module's own tensors, for
+    trainer integrations that hold GSWA's parameters gathered from a sharded model.
+    """
     handle = get_handle(model)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in handle.module.state_dict().items()}
+    source = handle.module.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().contiguous().cpu() for k, v in source.items()}
     meta = {
         "adapter": handle.adapter.name,
         "variant": handle.config.variant,

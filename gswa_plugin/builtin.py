@@ -19,7 +19,8 @@ def gswa_register_variants(register: Callable[[str, Any], None]) -> None:
 
 @hookimpl(trylast=True)
 def gswa_process_tiles(batch: TileBatch, handle: Any) -> TileBatch:
-    """Default processing: weights from the model's GSWA module, then scale the features."""
+    """Default processing: weights from the model's GSWA module, then (``embed`` mode) scale the features."""
     batch.weights = handle.module(batch.summaries, batch.layout)
-    batch.features = apply_weights(batch.features, batch.weights)
+    if handle.config.mode == "embed":  # the other modes act inside the language model (gswa_plugin.modes)
+        batch.features = apply_weights(batch.features, batch.weights)
     return batch

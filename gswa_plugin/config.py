@@ -55,8 +55,17 @@ class GSWAConfig:
     mode: str = _f(
         "embed",
         "Where the weights act. `embed`: multiply each tile's image embeddings after the "
-        "projector (the paper's).",
-        choices=("embed",),
+        "projector (the paper's; a pre-norm language model largely normalises it away). `value`: "
+        "multiply the value vectors of the tile's tokens in the language model's self-attention "
+        "(any attention kernel). `attn_bias`: add log(w) to the attention logits of the tile's "
+        "keys (`eager`/`sdpa` attention). See the docs page 'Application modes'.",
+        choices=("embed", "value", "attn_bias"),
+    )
+    mode_layers: int | None = _f(
+        None,
+        "`value`/`attn_bias` modes: act in the first this-many decoder layers of the language model "
+        "(empty: all layers).",
+        min=1,
     )
     hidden_size: int = _f(768, "Width GSWA maps the summaries to before its blocks.", min=1)
     num_layers: int = _f(

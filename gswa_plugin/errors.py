@@ -59,8 +59,17 @@ class RegistrationError(GSWAError, ValueError):
     """A plugin registered an adapter or variant wrongly (duplicate name, wrong type)."""
 
 
+class UnsupportedModeError(GSWAError, ValueError):
+    """The application mode asked for cannot work with this host (adapter or attention kernel)."""
+
+
 class DataError(GSWAError, ValueError):
     """A training data file is malformed, or a record in it is unusable (e.g. a missing image).
 
     The message names the file and line (or record) and the fix.
     """
+
+
+class HostNotInstalledError(GSWAError, ImportError):
+    """A host framework integration was used but the framework is not installed; the message names
+    the extra (``pip install gswa-plugin[...]``) or the install command."""

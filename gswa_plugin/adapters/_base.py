@@ -63,6 +63,22 @@ class Adapter(abc.ABC):
     def install(self, model: nn.Module, handle: GSWAHandle) -> None:
         """Patch the seam. Register every undo step with ``handle.add_undo``."""
 
+    def language_model(self, model: nn.Module) -> nn.Module | None:
+        """The language model's decoder stack (whose ``layers[i].self_attn`` the ``value`` and
+        ``attn_bias`` modes hook), or ``None`` where this adapter supports only ``mode: embed``."""
+        return None
+
+    def position_weights(self, model: nn.Module, handle: GSWAHandle, seq_len: int) -> torch.Tensor | None:
+        """Weight of every position of the language-model call in progress, ``[batch, seq_len]``.
+
+        Called by the ``value``/``attn_bias`` modes at the start of each language-model call: a
+        position holding view ``v``'s tokens gets ``handle.last_batch.weights[v]``, text gets 1.
+        Return ``None`` when the call holds no image position. Adapters that implement
+        :meth:`language_model` implement this too (see
+        :func:`gswa_plugin.modes.placeholder_position_weights` for placeholder-token hosts).
+        """
+        return None
+
     def use_cls(self, config: GSWAConfig) -> bool:
         """Whether summaries are CLS tokens (else the mean of the view's tokens)."""
         if config.summary == "auto":

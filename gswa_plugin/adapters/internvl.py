@@ -20,7 +20,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import LayoutError
 from ..hookspecs import hookimpl
+from ..modes import placeholder_position_weights
 from ._base import Adapter, model_type, patch_method, resolve_path, runs_of_token, summarise
 
 
@@ -46,9 +48,11 @@ def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -
         ids = _input_ids_from_call(args, kwargs)
         if ids is not None:
             handle.state["input_ids"] = ids
+        handle.state["call_input_ids"] = ids  # kept for the whole call (application modes)
 
     def post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         handle.state.pop("input_ids", None)
+        handle.state.pop("call_input_ids", None)
 
     h1 = inner.register_forward_pre_hook(pre_hook, with_kwargs=True)
     h2 = inner.register_forward_hook(post_hook, with_kwargs=True)
@@ -98,6 +102,22 @@ class InternVLAdapter(Adapter):
 
     def _prefix(self, model: nn.Module) -> str:
         return "model." if _inner(model) is not model else ""
+
+    def language_model(self, model: nn.Module) -> nn.Module | None:
+        return _inner(model).language_model
+
+    def position_weights(self, model: nn.Module, handle: Any, seq_len: int) -> torch.Tensor | None:
+        ids = handle.state.get("call_input_ids")
+        token = model.config.image_token_id
+        if ids is None or ids.shape[-1] != seq_len or not bool((ids == token).any()):
+            return None
+        batch = handle.last_batch
+        if batch is None or batch.weights is None:
+            raise LayoutError(
+                "the input holds image tokens but GSWA saw no image features in this forward; pass pixel_values "
+                "with the input_ids (precomputed image features bypass GSWA)"
+            )
+        return placeholder_position_weights(ids, token, batch.weights, batch.features.shape[1])
 
     def install(self, model: nn.Module, handle: Any) -> None:
         inner = _inner(model)

@@ -1,0 +1,226 @@
+"""Application modes (`embed`, `value`, `attn_bias`) on the tiny real InternVL with the real processor.
+
+Checks look at what the language model's attention actually receives: the value projection's
+output and the attention mask handed to the attention kernel.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gswa_plugin
+from gswa_plugin import ConfigError
+from gswa_plugin.adapters.internvl import InternVLAdapter
+from gswa_plugin.errors import UnsupportedModeError
+from gswa_plugin.hookspecs import hookimpl
+from gswa_plugin.modes import current_position_weights, placeholder_position_weights
+from gswa_plugin.plugins import register_plugin
+
+SMALL = {"hidden_size": 32, "num_heads": 4}
+
+
+def peaked(model, seed: int = 3):
+    """Give the enabled GSWA random (non-identity) parameters, so weights are non-uniform."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.gswa.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+
+
+def set_attn(model, impl: str) -> None:
+    model.config._attn_implementation = impl
+    model.model.language_model.config._attn_implementation = impl
+
+
+def capture(model, inputs, layer: int = 0):
+    """Layer ``layer``'s value-projection output and the attention mask its kernel receives."""
+    seen = {}
+    attn = model.model.language_model.layers[layer].self_attn
+
+    def v_hook(module, args, out):
+        seen["v"] = out.detach().clone()
+
+    def a_hook(module, args, kwargs):
+        m = kwargs.get("attention_mask")
+        seen["mask"] = None if m is None else m.detach().clone()
+
+    hs = [attn.v_proj.register_forward_hook(v_hook), attn.register_forward_pre_hook(a_hook, with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).logits
+    finally:
+        for h in hs:
+            h.remove()
+    return seen, logits
+
+
+def generate(model, inputs, use_cache: bool = True):
+    with torch.no_grad():
+        return model.generate(
+            **inputs,
+            max_new_tokens=3,
+            do_sample=False,
+            use_cache=use_cache,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("mode", ["value", "attn_bias"])
+def test_untrained_mode_is_identity(internvl_model, internvl_inputs, mode, impl):
+    set_attn(internvl_model, impl)
+    with torch.no_grad():
+        base = internvl_model(**internvl_inputs).logits
+    gen0 = generate(internvl_model, internvl_inputs)
+    gswa_plugin.enable(internvl_model, {**SMALL, "mode": mode})
+    with torch.no_grad():
+        out = internvl_model(**internvl_inputs).logits
+    gen1 = generate(internvl_model, internvl_inputs)
+    if mode == "attn_bias" and impl == "sdpa":
+        # SDPA's boolean/implicit causal mask becomes an additive one (+ log 1 = 0): same maths on every
+        # real position (a fully masked padding query is undefined either way), another kernel path
+        real = internvl_inputs["attention_mask"].bool()
+        torch.testing.assert_close(out[real], base[real], rtol=0, atol=1e-5)
+    else:
+        assert torch.equal(out, base)
+    assert torch.equal(gen0.sequences, gen1.sequences)
+
+
+def test_value_mode_scales_each_tiles_values_by_its_weight(internvl_model, internvl_inputs):
+    plain, _ = capture(internvl_model, internvl_inputs)
+    handle = gswa_plugin.enable(internvl_model, {**SMALL, "mode": "value"})
+    peaked(internvl_model)
+    seen, _ = capture(internvl_model, internvl_inputs)
+    view_w = handle.last_batch.weights
+    assert not torch.allclose(view_w, torch.ones_like(view_w))
+    ids = internvl_inputs["input_ids"]
+    pos_w = placeholder_position_weights(ids, internvl_model.config.image_token_id, view_w, 4)
+    # the language model's input is unchanged in this mode, so layer 0's values are exactly w * v
+    torch.testing.assert_close(seen["v"], plain["v"] * pos_w[..., None], rtol=1e-6, atol=1e-6)
+    text = ids != internvl_model.config.image_token_id
+    assert torch.equal(seen["v"][text], plain["v"][text])
+    # the embeddings are not scaled in this mode (no double weighting)
+    assert torch.equal(current_position_weights(handle), pos_w)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_attn_bias_adds_log_w_to_the_keys_of_each_tile(internvl_model, internvl_inputs, impl):
+    set_attn(internvl_model, impl)
+    plain, _ = capture(internvl_model, internvl_inputs)
+    handle = gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+    peaked(internvl_model)
+    seen, _ = capture(internvl_model, internvl_inputs)
+    ids = internvl_inputs["input_ids"]
+    pos_w = placeholder_position_weights(ids, internvl_model.config.image_token_id, handle.last_batch.weights, 4)
+    mask = seen["mask"]
+    assert mask.dtype.is_floating_point and mask.shape[-1] == ids.shape[1]
+    base = plain["mask"]
+    if base is None or base.dtype == torch.bool:  # SDPA: boolean or implicit causal mask
+        q = torch.arange(ids.shape[1])
+        allowed = (q[None, :] <= q[:, None])[None, None] if base is None else base
+    else:
+        allowed = base > torch.finfo(base.dtype).min / 2
+    allowed = allowed.expand_as(mask)
+    expected = torch.log(pos_w)[:, None, None, :].expand_as(mask)
+    if base is not None and base.dtype != torch.bool:
+        expected = expected + base
+    torch.testing.assert_close(mask[allowed], expected[allowed])
+    assert bool((mask[~allowed] < -1e30).all())
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("mode", ["embed", "value", "attn_bias"])
+def test_generate_with_kv_cache_matches_recomputation(internvl_model, internvl_inputs, mode, impl):
+    set_attn(internvl_model, impl)
+    gswa_plugin.enable(internvl_model, {**SMALL, "mode": mode})
+    peaked(internvl_model)
+    cached = generate(internvl_model, internvl_inputs, use_cache=True)
+    full = generate(internvl_model, internvl_inputs, use_cache=False)
+    assert torch.equal(cached.sequences, full.sequences)
+    for a, b in zip(cached.logits, full.logits):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_modes_move_the_answer_and_gradients_reach_gswa(internvl_model, internvl_inputs):
+    with torch.no_grad():
+        base = internvl_model(**internvl_inputs).logits[:, -1]
+    for mode in ("embed", "value", "attn_bias"):
+        gswa_plugin.enable(internvl_model, {**SMALL, "mode": mode})
+        peaked(internvl_model)
+        out = internvl_model(**internvl_inputs).logits[:, -1]
+        assert (out - base).abs().max() > 1e-3, mode
+        out.square().sum().backward()
+        grads = [p.grad for p in internvl_model.gswa.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), mode
+        gswa_plugin.disable(internvl_model)
+
+
+def test_mode_layers_hooks_only_the_first_layers(internvl_model):
+    layers = internvl_model.model.language_model.layers
+    gswa_plugin.enable(internvl_model, {**SMALL, "mode": "value", "mode_layers": 1})
+    assert len(layers[0].self_attn.v_proj._forward_hooks) == 1
+    assert len(layers[1].self_attn.v_proj._forward_hooks) == 0
+
+
+def test_disable_removes_every_mode_hook(internvl_model, internvl_inputs):
+    with torch.no_grad():
+        base = internvl_model(**internvl_inputs).logits
+    lm = internvl_model.model.language_model
+    for mode in ("value", "attn_bias"):
+        gswa_plugin.enable(internvl_model, {**SMALL, "mode": mode})
+        peaked(internvl_model)
+        gswa_plugin.disable(internvl_model)
+        assert not lm._forward_pre_hooks and not lm._forward_hooks
+        for layer in lm.layers:
+            assert not layer.self_attn._forward_pre_hooks and not layer.self_attn.v_proj._forward_hooks
+    with torch.no_grad():
+        assert torch.equal(internvl_model(**internvl_inputs).logits, base)
+
+
+def test_text_only_call_is_untouched(internvl_model, internvl_processor):
+    inputs = internvl_processor(text=["describe the picture"], return_tensors="pt")
+    with torch.no_grad():
+        base = internvl_model(**inputs).logits
+    gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+    with torch.no_grad():
+        assert torch.equal(internvl_model(**inputs).logits, base)
+
+
+def test_attn_bias_with_a_kernel_without_bias_names_the_alternative(internvl_model):
+    set_attn(internvl_model, "flash_attention_2")
+    with pytest.raises(UnsupportedModeError, match="mode: value"):
+        gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+    assert not hasattr(internvl_model, "gswa")  # nothing left behind
+
+
+def test_adapter_without_language_model_rejects_non_embed_modes(internvl_model):
+    class EmbedOnly(InternVLAdapter):
+        name = "embed_only"
+
+        def language_model(self, model):
+            return None
+
+    class Plugin:
+        @hookimpl
+        def gswa_register_adapters(self, register):
+            register(EmbedOnly())
+
+    register_plugin(Plugin(), name="embed-only")
+    with pytest.raises(UnsupportedModeError, match="mode: embed"):
+        gswa_plugin.enable(internvl_model, {**SMALL, "adapter": "embed_only", "mode": "value"})
+    gswa_plugin.enable(internvl_model, {**SMALL, "adapter": "embed_only", "mode": "embed"})
+
+
+def test_mode_config_is_validated():
+    with pytest.raises(ConfigError, match="`mode` must be one of"):
+        gswa_plugin.GSWAConfig(mode="values")
+    with pytest.raises(ConfigError, match="mode_layers"):
+        gswa_plugin.GSWAConfig(mode="value", mode_layers=0)
+
+
+def test_placeholder_count_mismatch_is_a_clear_error():
+    ids = torch.tensor([[5, 6, 6, 6, 7]])
+    with pytest.raises(gswa_plugin.LayoutError, match="3 image placeholder tokens"):
+        placeholder_position_weights(ids, 6, torch.ones(2), 2)
