@@ -3,11 +3,18 @@
 Drawn with Pillow (compositing, text) and a matplotlib colormap, so the picture needs no
 plotting backend. The shading is a semi-transparent colour overlay whose brightness rises with
 the weight (colormap ``magma`` by default), so the brighter a tile, the more GSWA weighs it.
+
+:func:`weight_map` draws given weights; :func:`image_weights` runs a model with GSWA enabled on
+one image and reads its weights back; :func:`visualize` does both and returns the picture;
+:func:`visualize_paths` writes one PNG per image of a file or folder (``gswa visualize``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -110,3 +117,156 @@ def weight_map(
     for k, line in enumerate(lines):
         cd.text((pad, pad + 22 * k), line, fill=(0, 0, 0), font=cap_font)
     return canvas
+
+
+# --- from a model ------------------------------------------------------------------------------
+#: Image file suffixes ``gswa visualize`` picks up in a folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: The question asked about each image while its weights are computed (GSWA's weights do not
+#: depend on it; the forward needs a prompt holding the image tokens).
+DEFAULT_QUESTION = "describe the image"
+
+
+@dataclass
+class ImageWeights:
+    """GSWA's weights for one image, as one forward of a model computed them.
+
+    Attributes:
+        image: the image.
+        name: a label (file name or sample name).
+        tile_weights: one weight per tile, in the host's (row-major) tile order.
+        thumbnail_weight: the thumbnail's weight; ``None`` where the image has a single view.
+        grid: (rows, columns) of the tiling.
+        similarity: cosine similarity of each tile's summary to the thumbnail's (the paper's
+            "similarity to the global view"); ``None`` without a thumbnail.
+    """
+
+    image: Image.Image
+    name: str
+    tile_weights: list[float]
+    thumbnail_weight: float | None
+    grid: tuple[int, int]
+    similarity: list[float] | None = None
+
+
+def image_weights(
+    model: Any, processor: Any, image: Image.Image, name: str = "image", question: str = DEFAULT_QUESTION
+) -> ImageWeights:
+    """Run one forward of ``model`` (GSWA enabled) on ``image`` and read back its tile weights.
+
+    Raises:
+        NotEnabledError: GSWA is not enabled on ``model``.
+    """
+    from . import api
+    from .demo import grid_for
+    from .eval.hosts import model_inputs
+
+    handle = api.get_handle(model)
+    inputs = model_inputs(model, processor, [image], question)
+    with torch.no_grad():
+        model(**inputs)
+    batch = handle.last_batch
+    tile_w = batch.tile_weights()[0].float().tolist()
+    glob = batch.layout.global_indices()[0]
+    thumb = float(batch.weights[glob]) if glob is not None else None
+    sim = None
+    if glob is not None:
+        tiles = [i for i in range(batch.layout.views_per_image[0]) if i != glob]
+        s = batch.summaries.float()
+        sim = torch.nn.functional.cosine_similarity(s[tiles], s[glob][None], dim=-1).tolist()
+    return ImageWeights(image, name, tile_w, thumb, grid_for(processor, image, len(tile_w)), sim)
+
+
+def draw(weights: ImageWeights, title: str | None = None, width: int = 768, cmap: str = "magma") -> Image.Image:
+    """The :func:`weight_map` picture of an :class:`ImageWeights`."""
+    return weight_map(
+        weights.image, weights.tile_weights, weights.grid, weights.thumbnail_weight, title=title, width=width, cmap=cmap
+    )
+
+
+def visualize(
+    model: Any, processor: Any, image: Image.Image, title: str | None = None, width: int = 768, cmap: str = "magma"
+) -> Image.Image:
+    """The image with its tiles shaded by the weights GSWA gives them in ``model`` (a PIL image)."""
+    weights = image_weights(model, processor, image)
+    if title is None:
+        handle = _handle(model)
+        title = f"GSWA ({handle.config.variant}, adapter {handle.adapter.name})"
+    return draw(weights, title=title, width=width, cmap=cmap)
+
+
+def _handle(model: Any) -> Any:
+    from . import api
+
+    return api.get_handle(model)
+
+
+def find_images(path: str | os.PathLike[str]) -> list[Path]:
+    """The image files at ``path``: the file itself, or a folder's images (recursively, sorted).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``, or a folder without images.
+    """
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+        return found
+    raise FileNotFoundError(f"image not found: {p} (give an image file or a folder of images)")
+
+
+def load_images(source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[tuple[str, Image.Image]]:
+    """(name, RGB image) for a file, a folder, a scikit-image sample name, or a list of those."""
+    from .demo import load_image
+
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    out: list[tuple[str, Image.Image]] = []
+    for src in sources:
+        if Path(src).exists():
+            out.extend((str(f), Image.open(f).convert("RGB")) for f in find_images(src))
+        else:
+            img, name = load_image(str(src))
+            out.append((name, img))
+    return out
+
+
+def visualize_paths(
+    model: Any,
+    processor: Any,
+    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    width: int = 768,
+    cmap: str = "magma",
+    progress: bool = True,
+) -> list[tuple[Path, ImageWeights]]:
+    """Write one weight picture (PNG) per image of ``source`` into ``out``, with a progress bar.
+
+    Returns:
+        (picture path, weights) per image, in order.
+    """
+    from tqdm.auto import tqdm
+
+    handle = _handle(model)
+    images = load_images(source)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[tuple[Path, ImageWeights]] = []
+    used: set[str] = set()
+    for name, img in tqdm(images, desc="weight maps", unit="image", disable=not progress or len(images) < 2):
+        w = image_weights(model, processor, img, name=name)
+        # a file keeps its stem; a sample name ("skimage.data.coffee") its last part
+        stem = (Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name.rsplit(".", 1)[-1]) or "image"
+        target = stem
+        n = 1
+        while target in used:
+            n += 1
+            target = f"{stem}-{n}"
+        used.add(target)
+        path = out_dir / f"{target}.png"
+        title = f"GSWA ({handle.config.variant}, adapter {handle.adapter.name}) on {Path(name).name}"
+        draw(w, title=title, width=width, cmap=cmap).save(path)
+        results.append((path, w))
+    return results

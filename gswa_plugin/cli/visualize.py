@@ -1,0 +1,51 @@
+"""``gswa visualize``: weight pictures of a model's GSWA over images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app
+from ._common import console, err_console, reported_errors
+
+
+@app.command("visualize")
+def visualize_cmd(
+    image: List[str] = typer.Option(
+        ..., "--image", "-i", help="Image file, folder of images, or scikit-image sample name (repeatable)."
+    ),
+    out: Path = typer.Option(Path("gswa_weight_maps"), "--out", "-o", help="Folder for the pictures (one PNG per image)."),
+    model: Optional[str] = typer.Option(
+        None, help="Local checkpoint directory (or cached hub id). Default: the small InternVL built in code."
+    ),
+    gswa: Optional[str] = typer.Option(
+        None, help="Saved GSWA directory or YAML with a `gswa:` block. Default: the packaged default (cosine)."
+    ),
+    max_tiles: Optional[int] = typer.Option(None, help="Tile cap per image (the host's own when unset)."),
+    width: int = typer.Option(768, help="Width of each picture in pixels."),
+    cmap: str = typer.Option("magma", help="Matplotlib colormap of the shading."),
+    dtype: str = typer.Option("float32", help="dtype of a loaded checkpoint."),
+    device: str = typer.Option("cpu", help="Device of a loaded checkpoint."),
+) -> None:
+    """Draw each image with its tiles shaded by GSWA weight and the weights written on them."""
+    from ..eval.hosts import load_host
+    from ..visualize import visualize_paths
+
+    with reported_errors():
+        try:
+            with console.status("loading the model..."):
+                net, processor, handle = load_host(model, gswa, max_tiles=max_tiles, dtype=dtype, device=device)
+            if handle is None:
+                err_console.print("[bold red]error:[/] gswa=none leaves GSWA off: there are no weights to draw")
+                raise typer.Exit(code=2)
+            results = visualize_paths(net, processor, image, out, width=width, cmap=cmap)
+        except FileNotFoundError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(code=2) from exc
+    for path, w in results:
+        thumb = f", thumbnail {w.thumbnail_weight:.2f}" if w.thumbnail_weight is not None else ""
+        console.print(
+            f"{path}  ({w.grid[0]}x{w.grid[1]} tiles, weights {min(w.tile_weights):.2f}..{max(w.tile_weights):.2f}{thumb})"
+        )
