@@ -1,0 +1,35 @@
+"""``gswa convert-internvl2 SRC DST``: InternVL2 (released layout) -> native transformers InternVL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from ._common import console, reported_errors
+
+
+@app.command("convert-internvl2")
+def convert_internvl2_cmd(
+    src: Path = typer.Argument(..., help="InternVL2 checkpoint directory in the released layout (InternVLChatModel)."),
+    dst: Path = typer.Argument(..., help="Output directory for the native InternVLForConditionalGeneration checkpoint."),
+    dtype: str = typer.Option("keep", help="Dtype of the written weights: keep, bfloat16, float16 or float32."),
+    tokenizer: bool = typer.Option(True, help="Also convert the tokenizer (InternLM2's tokenizer.model needs sentencepiece)."),
+    max_patches: int = typer.Option(0, help="Tiles per image of the written image processor (0: the source's max_dynamic_patch)."),
+) -> None:
+    """Convert an InternVL2 checkpoint (InternLM2 language model, fused wqkv) into transformers' native InternVL
+    format with a Llama language model, loadable without remote code. Every key is mapped and the result is
+    checked against the native class strictly."""
+    import torch
+
+    from ..convert_internvl2 import convert
+
+    dtypes = {"keep": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if dtype not in dtypes:
+        raise typer.BadParameter(f"--dtype must be one of {', '.join(dtypes)}")
+    with reported_errors():
+        summary = convert(src, dst, dtype=dtypes[dtype], tokenizer=tokenizer, max_patches=max_patches or None)
+    for key, value in summary.items():
+        console.print(f"{key}: {value}")
+    console.print(f"[green]ok[/] wrote {dst}")

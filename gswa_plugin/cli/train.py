@@ -1,0 +1,43 @@
+"""``gswa train RECIPE.yaml [key=value ...]``: run a training recipe with transformers' Trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app
+from ._common import console, reported_errors
+
+
+@app.command("train", context_settings={"allow_extra_args": False})
+def train_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (`host: transformers`)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Dotted key=value overrides, e.g. training_args.max_steps=10."),
+    resume: Optional[str] = typer.Option(
+        None, help="Resume: a checkpoint directory, or `latest` for the newest checkpoint in output_dir."
+    ),
+    check: bool = typer.Option(False, "--check", help="Validate the recipe (every problem at once) and exit."),
+) -> None:
+    """Train GSWA (and what the recipe's freezing policy names) with transformers' Trainer.
+
+    One process here; for several GPUs or nodes run the same recipe with
+    `accelerate launch --config_file ACCELERATE.yaml -m gswa_plugin.training RECIPE.yaml KEY=VALUE...`.
+    """
+    from ..training.config import load_recipe
+
+    with reported_errors():
+        cfg = load_recipe(recipe, overrides or [])
+        if check:
+            console.print(
+                f"[green]ok[/] {recipe}: freeze={cfg.freeze} variant={cfg.gswa_config().variant} "
+                f"output_dir={cfg.training_args.get('output_dir')}"
+            )
+            return
+        import logging
+
+        from ..training.run import train
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        train(cfg, True if resume == "latest" else resume)

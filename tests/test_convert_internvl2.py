@@ -1,0 +1,279 @@
+"""InternVL2 (released layout) -> native transformers InternVL: keys, strict loading, numerics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gswa_plugin.convert_internvl2 import convert, map_key, split_wqkv
+from gswa_plugin.errors import CheckpointError
+from gswa_plugin.tiny import SPECIAL_TOKENS, tiny_tokenizer
+
+# tiny sizes in the released InternVL2 layout (InternViT + mlp1 + InternLM2 with GQA)
+VD, VI, VL, VH, IMG, PATCH = 32, 64, 2, 2, 56, 14
+TD, TI, TL, TH, TK = 64, 128, 2, 4, 2
+HEAD = TD // TH
+VOCAB = len(SPECIAL_TOKENS) + 40
+
+
+def released_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under the key names and shapes of InternVLChatModel's state dict."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g) * 0.1
+
+    s: dict[str, torch.Tensor] = {}
+    n = (IMG // PATCH) ** 2
+    s["vision_model.embeddings.class_embedding"] = r(1, 1, VD)
+    s["vision_model.embeddings.patch_embedding.weight"] = r(VD, 3, PATCH, PATCH)
+    s["vision_model.embeddings.patch_embedding.bias"] = r(VD)
+    s["vision_model.embeddings.position_embedding"] = r(1, n + 1, VD)
+    for i in range(VL):
+        p = f"vision_model.encoder.layers.{i}."
+        s[p + "attn.qkv.weight"], s[p + "attn.qkv.bias"] = r(3 * VD, VD), r(3 * VD)
+        s[p + "attn.proj.weight"], s[p + "attn.proj.bias"] = r(VD, VD), r(VD)
+        s[p + "ls1"], s[p + "ls2"] = r(VD), r(VD)
+        for norm in ("norm1", "norm2"):
+            s[p + norm + ".weight"], s[p + norm + ".bias"] = 1 + r(VD), r(VD)
+        s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"] = r(VI, VD), r(VI)
+        s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"] = r(VD, VI), r(VD)
+    s["mlp1.0.weight"], s["mlp1.0.bias"] = 1 + r(4 * VD), r(4 * VD)
+    s["mlp1.1.weight"], s["mlp1.1.bias"] = r(TD, 4 * VD), r(TD)
+    s["mlp1.3.weight"], s["mlp1.3.bias"] = r(TD, TD), r(TD)
+    s["language_model.model.tok_embeddings.weight"] = r(VOCAB, TD)
+    for i in range(TL):
+        p = f"language_model.model.layers.{i}."
+        s[p + "attention.wqkv.weight"] = r((TH + 2 * TK) * HEAD, TD)
+        s[p + "attention.wo.weight"] = r(TD, TD)
+        s[p + "feed_forward.w1.weight"], s[p + "feed_forward.w3.weight"] = r(TI, TD), r(TI, TD)
+        s[p + "feed_forward.w2.weight"] = r(TD, TI)
+        s[p + "attention_norm.weight"], s[p + "ffn_norm.weight"] = 1 + r(TD), 1 + r(TD)
+    s["language_model.model.norm.weight"] = 1 + r(TD)
+    s["language_model.output.weight"] = r(VOCAB, TD)
+    return s
+
+
+def released_config() -> dict:
+    return {
+        "architectures": ["InternVLChatModel"],
+        "model_type": "internvl_chat",
+        "downsample_ratio": 0.5,
+        "select_layer": -1,
+        "ps_version": "v2",
+        "template": "internlm2-chat",
+        "force_image_size": IMG,
+        "max_dynamic_patch": 6,
+        "min_dynamic_patch": 1,
+        "use_thumbnail": True,
+        "llm_config": {
+            "architectures": ["InternLM2ForCausalLM"],
+            "model_type": "internlm2",
+            "hidden_size": TD,
+            "intermediate_size": TI,
+            "num_attention_heads": TH,
+            "num_key_value_heads": TK,
+            "num_hidden_layers": TL,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 1000000,
+            "max_position_embeddings": 4096,
+            "vocab_size": VOCAB,
+            "bias": False,
+            "tie_word_embeddings": False,
+            "hidden_act": "silu",
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+        },
+        "vision_config": {
+            "architectures": ["InternVisionModel"],
+            "hidden_size": VD,
+            "intermediate_size": VI,
+            "num_attention_heads": VH,
+            "num_hidden_layers": VL,
+            "image_size": IMG,
+            "patch_size": PATCH,
+            "qkv_bias": True,
+            "qk_normalization": False,
+            "norm_type": "layer_norm",
+            "layer_norm_eps": 1e-6,
+            "hidden_act": "gelu",
+            "drop_path_rate": 0.0,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """A tiny InternVL2 checkpoint directory in the released layout (config, weights, tokenizer)."""
+    d = tmp_path_factory.mktemp("internvl2_released")
+    (d / "config.json").write_text(json.dumps(released_config()), encoding="utf-8")
+    save_file(released_state(), str(d / "model.safetensors"))
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def converted(released, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("internvl2_native")
+    summary = convert(released, dst)
+    return dst, summary
+
+
+def test_every_key_maps_and_the_native_class_loads_strictly(released, converted):
+    from transformers import InternVLForConditionalGeneration
+
+    dst, summary = converted
+    assert summary["source_tensors"] == len(released_state())
+    assert summary["image_token_id"] == SPECIAL_TOKENS.index("<IMG_CONTEXT>")
+    model, info = InternVLForConditionalGeneration.from_pretrained(dst, output_loading_info=True)
+    assert info["missing_keys"] == set() or not info["missing_keys"]
+    assert not info["unexpected_keys"]
+    assert not info["mismatched_keys"]
+    assert summary["written_tensors"] == len(model.state_dict())
+    assert model.config.text_config.model_type == "llama"
+    assert model.config.image_seq_length == 4
+
+
+def test_untouched_tensors_are_copied_exactly(converted):
+    from transformers import InternVLForConditionalGeneration
+
+    dst, _ = converted
+    src = released_state()
+    sd = InternVLForConditionalGeneration.from_pretrained(dst).state_dict()
+    pairs = {
+        "vision_model.embeddings.class_embedding": "model.vision_tower.embeddings.cls_token",
+        "vision_model.encoder.layers.1.ls2": "model.vision_tower.encoder.layer.1.lambda_2",
+        "vision_model.encoder.layers.0.norm1.weight": "model.vision_tower.encoder.layer.0.layernorm_before.weight",
+        "mlp1.0.weight": "model.multi_modal_projector.layer_norm.weight",
+        "mlp1.3.bias": "model.multi_modal_projector.linear_2.bias",
+        "language_model.model.layers.1.feed_forward.w3.weight": "model.language_model.layers.1.mlp.up_proj.weight",
+        "language_model.output.weight": "lm_head.weight",
+    }
+    for old, new in pairs.items():
+        assert map_key(old) == new
+        torch.testing.assert_close(sd[new], src[old], rtol=0, atol=0)
+    q, k, v = src["vision_model.encoder.layers.0.attn.qkv.weight"].chunk(3)
+    torch.testing.assert_close(sd["model.vision_tower.encoder.layer.0.attention.k_proj.weight"], k, rtol=0, atol=0)
+
+
+def test_wqkv_split_matches_the_fused_projection():
+    """InternLM2 computes q, k, v with one matmul, then regroups per kv head; the split weights
+    give the same per-head vectors with three separate matmuls."""
+    g = torch.Generator().manual_seed(1)
+    wqkv = torch.randn((TH + 2 * TK) * HEAD, TD, generator=g)
+    x = torch.randn(2, 5, TD, generator=g)
+    groups = TH // TK
+    fused = (x @ wqkv.T).view(2, 5, TK, groups + 2, HEAD)
+    q_ref = fused[..., :groups, :].reshape(2, 5, TH, HEAD)
+    k_ref, v_ref = fused[..., -2, :], fused[..., -1, :]
+    q_w, k_w, v_w = split_wqkv(wqkv, TH, TK, HEAD)
+    torch.testing.assert_close((x @ q_w.T).view(2, 5, TH, HEAD), q_ref)
+    torch.testing.assert_close((x @ k_w.T).view(2, 5, TK, HEAD), k_ref)
+    torch.testing.assert_close((x @ v_w.T).view(2, 5, TK, HEAD), v_ref)
+
+
+def _internlm2_attention_reference(x, wqkv, wo, theta):
+    """InternLM2's attention with the fused wqkv, written from its definition (stands in for the
+    remote-code ``InternLM2Attention``, which cannot be loaded here): per-kv-head regrouping,
+    rotary embedding by halves, causal softmax, GQA by repeating each kv head."""
+    b, n, _ = x.shape
+    groups = TH // TK
+    qkv = (x @ wqkv.T).view(b, n, TK, groups + 2, HEAD)
+    q = qkv[..., :groups, :].reshape(b, n, TH, HEAD).transpose(1, 2)
+    k = qkv[..., -2, :].transpose(1, 2)
+    v = qkv[..., -1, :].transpose(1, 2)
+    inv = 1.0 / theta ** (torch.arange(0, HEAD, 2).float() / HEAD)
+    freqs = torch.arange(n).float()[:, None] * inv[None]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+
+    def rot(t):
+        return torch.cat([-t[..., HEAD // 2:], t[..., : HEAD // 2]], dim=-1)
+
+    q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(HEAD)
+    scores = scores.masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool), 1), float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, TH * HEAD)
+    return out @ wo.T
+
+
+def test_converted_attention_equals_the_fused_computation(converted):
+    from transformers import InternVLForConditionalGeneration
+
+    dst, _ = converted
+    model = InternVLForConditionalGeneration.from_pretrained(dst, attn_implementation="eager").eval()
+    src = released_state()
+    lm = model.model.language_model
+    x = torch.randn(1, 7, TD, generator=torch.Generator().manual_seed(2))
+    pos = torch.arange(7)[None]
+    mask = torch.full((7, 7), float("-inf")).triu(1)[None, None]
+    with torch.no_grad():
+        cos_sin = lm.rotary_emb(x, pos)
+        for i in range(TL):
+            ours, _ = lm.layers[i].self_attn(hidden_states=x, position_embeddings=cos_sin, attention_mask=mask)
+            ref = _internlm2_attention_reference(
+                x,
+                src[f"language_model.model.layers.{i}.attention.wqkv.weight"],
+                src[f"language_model.model.layers.{i}.attention.wo.weight"],
+                1000000.0,
+            )
+            torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_converted_model_runs_with_gswa_on_a_real_photograph(converted):
+    import gswa_plugin
+    from gswa_plugin.tiny import sample_image
+    from gswa_plugin.training.data import load_processor
+    from transformers import InternVLForConditionalGeneration
+
+    dst, _ = converted
+    processor = load_processor(dst)
+    assert processor.image_processor.max_patches == 6
+    model = InternVLForConditionalGeneration.from_pretrained(dst, attn_implementation="eager").eval()
+    inputs = processor(text=["<IMG_CONTEXT> describe the image"], images=[sample_image("coffee")], return_tensors="pt")
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        gswa_plugin.enable(model, {"hidden_size": 32, "num_heads": 2})
+        weighted = model(**inputs).logits
+    torch.testing.assert_close(weighted, plain, rtol=0, atol=0)  # identity at start
+    assert len(gswa_plugin.last_weights(model)[0]) > 1
+
+
+def test_a_stray_key_is_named(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(released_config()), encoding="utf-8")
+    state = released_state()
+    state["some_extra_head.weight"] = torch.zeros(2)
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="some_extra_head.weight"):
+        convert(d, tmp_path / "out", tokenizer=False)
+
+
+def test_a_missing_tensor_is_named(tmp_path):
+    d = tmp_path / "short"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(released_config()), encoding="utf-8")
+    state = released_state()
+    del state["mlp1.1.bias"]
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="multi_modal_projector.linear_1.bias"):
+        convert(d, tmp_path / "out", tokenizer=False)
+
+
+def test_not_internlm2_is_refused(tmp_path):
+    d = tmp_path / "qwen"
+    d.mkdir()
+    cfg = released_config()
+    cfg["llm_config"]["architectures"] = ["Qwen2ForCausalLM"]
+    cfg["llm_config"]["model_type"] = "qwen2"
+    (d / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    save_file(released_state(), str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="not InternLM2"):
+        convert(d, tmp_path / "out")
