@@ -160,6 +160,29 @@ def test_onevision_weights_act_before_anyres_max_shrinking(seen):
     assert not torch.equal(got[image_pos], base[image_pos])
 
 
+def test_onevision_videos_pass_the_shared_vision_tower_untouched():
+    model = tiny_llava_onevision()
+    videos = torch.randn(1, 2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = model.model.get_video_features(pixel_values_videos=videos).pooler_output
+    handle = gswa_plugin.enable(model, PEAKED)
+    with torch.no_grad():
+        got = model.model.get_video_features(pixel_values_videos=videos).pooler_output
+    assert torch.equal(got, base)
+    assert handle.last_batch is None and not handle.state  # no capture left behind for a later image call
+
+
+def test_explicit_vision_feature_layer_is_followed(seen):
+    proc = tiny_llava_next_processor()
+    inputs = proc(text=["<image> describe"], images=[sample_image("coffee")], return_tensors="pt")
+    model = tiny_llava_next()
+    gswa_plugin.enable(model, SMALL)
+    with torch.no_grad():
+        model(**inputs, vision_feature_layer=-1)
+        hidden = model.model.vision_tower(inputs["pixel_values"][0], output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(seen.summaries, hidden[:, 0], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_missing_module_is_named(family):
     model = FAMILIES[family][0]()

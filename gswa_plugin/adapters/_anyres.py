@@ -17,6 +17,7 @@ tower) are not mistaken for images.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -85,8 +86,10 @@ class AnyresPackAdapter(Adapter):
         adapter = self
 
         def make_get_image_features(original: Callable) -> Callable:
+            signature = inspect.signature(original)
+
             def get_image_features(*args: Any, **kwargs: Any) -> Any:
-                layer = kwargs.get("vision_feature_layer")
+                layer = signature.bind_partial(*args, **kwargs).arguments.get("vision_feature_layer")
                 handle.state[_LAYERS] = _as_list(layer if layer is not None else cfg.vision_feature_layer)
                 try:
                     return original(*args, **kwargs)
