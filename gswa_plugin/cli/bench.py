@@ -1,0 +1,79 @@
+"""``gswa bench``: what GSWA costs next to its host, side by side in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from ._common import console, reported_errors
+
+
+def _tile_counts(text: str) -> list[int]:
+    from ..errors import ConfigError
+
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError as exc:
+        raise ConfigError([f"--tiles takes comma-separated integers, got {text!r}"], "gswa bench") from exc
+
+
+@app.command("bench")
+def bench_cmd(
+    shapes: str = typer.Option("internvl2-2b", help="Host shapes: internvl2-2b (the real sizes) or tiny (smoke test)."),
+    tiles: str = typer.Option("1,2,4,6,9,12", help="Tile counts per image (a thumbnail is added above 1)."),
+    repeats: int = typer.Option(5, help="Measured repeats per tile count; each gives one ratio."),
+    warmup: int = typer.Option(1, help="Unmeasured passes before the first measurement."),
+    vision_layers: int = typer.Option(1, help="Vision layers actually run; the others are scaled in per layer."),
+    text_layers: int = typer.Option(1, help="Language-model layers actually run; the others are scaled in."),
+    dtype: str = typer.Option("bfloat16", help="bfloat16 (InternVL2's), float16 or float32."),
+    device: str = typer.Option("cpu", help="Torch device."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (1 gives steadier ratios on a shared machine)."),
+    config: Optional[Path] = typer.Option(None, help="GSWA YAML (top-level `gswa:` block). Default: the defaults."),
+    memory: bool = typer.Option(True, help="Also measure the peak memory GSWA adds (largest tile count)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every measurement as JSON."),
+    markdown: Optional[Path] = typer.Option(None, help="Write the tables as markdown."),
+    plot: Optional[Path] = typer.Option(None, help="Write a plot of the overhead against tile count (PNG)."),
+    check: bool = typer.Option(False, help="Exit with status 1 when a target is missed."),
+    from_json: Optional[Path] = typer.Option(
+        None, help="Render the tables and plot of a saved --json result instead of measuring."
+    ),
+) -> None:
+    """Measure GSWA's time, parameters and memory as ratios of the host's, at each tile count.
+
+    The targets: GSWA under 1% of the image-encoding time at every tile count and under 0.5% of
+    the host's parameters (with --check, a missed target exits with status 1).
+    """
+    from .. import bench
+
+    with reported_errors():
+        result = bench.load_json(from_json) if from_json is not None else bench.run(
+            shapes=shapes,
+            tiles=_tile_counts(tiles),
+            repeats=repeats,
+            warmup=warmup,
+            vision_layers=vision_layers,
+            text_layers=text_layers,
+            dtype=dtype,
+            device=device,
+            config=config,
+            memory=memory,
+            threads=threads,
+        )
+    for line in bench.describe(result):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    console.print()
+    text = bench.markdown_tables(result)
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
+    if json_out is not None:
+        console.print(f"wrote {bench.save_json(result, json_out)}")
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text("\n\n".join(bench.describe(result)) + "\n\n" + text, encoding="utf-8")
+        console.print(f"wrote {markdown}")
+    if plot is not None:
+        console.print(f"wrote {bench.plot(result, plot)}")
+    if check and not all(result.targets().values()):
+        raise typer.Exit(code=1)

@@ -1,0 +1,92 @@
+"""``gswa bench`` on tiny shapes (a smoke test: no timing is asserted) and its measuring tools."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gswa_plugin import bench, is_enabled
+from gswa_plugin.cli import app
+from gswa_plugin.errors import ConfigError
+
+
+def test_bench_command_prints_and_writes_the_tables(tmp_path):
+    out = {k: tmp_path / f"bench.{k}" for k in ("json", "md", "png")}
+    result = CliRunner().invoke(
+        app,
+        ["bench", "--shapes", "tiny", "--tiles", "1,2", "--repeats", "2", "--warmup", "0", "--threads", "1",
+         "--json", str(out["json"]), "--markdown", str(out["md"]), "--plot", str(out["png"])],
+    )
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "Reduced depth, scaled: 1 of 2 vision layers" in text  # says that layers were scaled in
+    assert "| 1 |" in text and "| 2 + 1 |" in text  # one row per tile count, thumbnail shown
+    assert "GSWA / image encoding" in text and "GSWA / step" in text
+    assert "Parameters: GSWA" in text and "target <" in text
+    data = json.loads(out["json"].read_text())
+    assert [r["tiles"] for r in data["rows"]] == [1, 2]
+    assert [r["views"] for r in data["rows"]] == [1, 3]
+    for row in data["rows"]:
+        for values in row["ratios"].values():
+            assert len(values) == 2 and all(v > 0 for v in values)
+    assert data["rows"][-1]["peak_step_added_bytes"] is not None  # memory at the largest tile count
+    assert data["host_parameters"] == bench.host_parameter_count(bench.SHAPES["tiny"])
+    assert out["md"].read_text().count("| 2 + 1 |") == 2
+    assert out["png"].stat().st_size > 1000
+    again = CliRunner().invoke(app, ["bench", "--from-json", str(out["json"])])  # render without measuring
+    assert again.exit_code == 0, again.output
+    assert bench.markdown_tables(bench.load_json(out["json"])) in again.output
+
+
+def test_bench_leaves_the_host_as_it_was():
+    host = bench._Host(bench.SHAPES["tiny"], 1, 1, torch.float32, torch.device("cpu"))
+    inputs = bench._make_inputs(bench.SHAPES["tiny"], 3, torch.device("cpu"), torch.float32, seed=0)
+    fwd, train, ops = bench._gswa_times(host, bench.GSWAConfig(), inputs, inner_reps=1)
+    assert fwd > 0 and train > 0 and ops > 0
+    assert not is_enabled(host.model) and not hasattr(host.model, "gswa")
+    assert "get_image_features" not in vars(host.model.model)  # the stand-in is gone
+
+
+def test_host_parameter_count_is_exact():
+    from transformers import InternVLForConditionalGeneration
+
+    shapes = bench.SHAPES["tiny"]
+    model = InternVLForConditionalGeneration(bench.host_config(shapes))
+    assert bench.host_parameter_count(shapes) == sum(p.numel() for p in model.parameters())
+
+
+def test_internvl2_2b_shapes():
+    s = bench.SHAPES["internvl2-2b"]
+    assert s.tokens_per_tile == 256 and 4 * s.vision_hidden == 4096 and s.text_hidden == 2048
+
+
+def test_peak_memory_counts_new_tensors_not_views_or_existing_ones():
+    existing = torch.ones(1000)
+    with bench.PeakMemory() as mem:
+        a = existing * 2  # 4000 bytes
+        view = a[:10].t()  # a view: no new storage
+        b = a + 1  # 4000 more: peak 8000
+        del a, view, b
+        c = torch.ones(500)  # 2000 bytes after the others are freed
+    assert mem.peak == 8000
+    assert mem.current == 2000
+    assert mem.ops >= 4
+    del c
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"tiles": [0]}, {"shapes": "huge"}, {"repeats": 0}, {"vision_layers": 3}, {"dtype": "int8"}],
+)
+def test_bench_rejects_bad_arguments(kwargs):
+    with pytest.raises(ConfigError):
+        bench.run(**{"shapes": "tiny", "progress": False, **kwargs})
+
+
+def test_bench_command_reports_bad_tiles():
+    result = CliRunner().invoke(app, ["bench", "--shapes", "tiny", "--tiles", "a,b"])
+    assert result.exit_code == 2
+    assert "--tiles takes comma-separated integers" in result.output
