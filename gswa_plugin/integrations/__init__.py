@@ -1,0 +1,84 @@
+"""Host framework integrations: GSWA inside training frameworks, apart from the core.
+
+Each integration plugs into its framework's own extension points and ships a launcher, so a
+team adds GSWA with a few lines in the YAML or launch arguments it already uses:
+
+* :mod:`gswa_plugin.integrations.lmms_engine`: lmms-engine (``pip install gswa-plugin[lmms-engine]``);
+  ``python -m gswa_plugin.integrations.lmms_engine.launch config_yaml=<yaml>``.
+* :mod:`gswa_plugin.integrations.llava`: the llava training code (LLaVA / LLaVA-NeXT);
+  ``python -m gswa_plugin.integrations.llava.train --gswa_config <yaml> <llava arguments>``.
+
+The integrations import their framework lazily; a missing framework raises
+:class:`~gswa_plugin.errors.HostNotInstalledError` naming what to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import MODULE_ATTR, get_handle, is_enabled, save
+from ..errors import HostNotInstalledError
+
+#: Folder name GSWA's weights and config get inside a host checkpoint directory.
+CHECKPOINT_SUBDIR = "gswa"
+
+
+def require(module: str, install: str, what: str) -> Any:
+    """Import ``module`` or raise :class:`HostNotInstalledError` saying how to install ``what``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise HostNotInstalledError(
+            f"the {what} integration needs the `{module.split('.')[0]}` package, which is not importable "
+            f"({type(exc).__name__}: {exc}); install it with `{install}`"
+        ) from exc
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module GSWA is enabled on, found under any wrapper (PEFT, DDP, a trainer's own)."""
+    for module in model.modules():
+        if is_enabled(module):
+            return module
+    return model
+
+
+def gswa_state_from(state_dict: dict[str, torch.Tensor] | None, model: nn.Module) -> dict[str, torch.Tensor]:
+    """GSWA's tensors keyed as in ``model.gswa.state_dict()``.
+
+    From a full ``state_dict`` a trainer gathered (keys ``<any prefix>.gswa.<name>``), or else
+    from the module itself, gathering sharded (FSDP2 ``DTensor``) parameters; that gather is a
+    collective, so every rank must call this.
+    """
+    if state_dict is not None:
+        out = {}
+        for key, value in state_dict.items():
+            parts = key.split(".")
+            if MODULE_ATTR in parts[:-1]:
+                out[".".join(parts[parts.index(MODULE_ATTR) + 1 :])] = value
+        if out:
+            return out
+    module = get_handle(unwrap(model)).module
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in module.state_dict().items()}
+
+
+def save_into_checkpoint(
+    model: nn.Module, checkpoint_dir: str, state_dict: dict[str, torch.Tensor] | None = None, write: bool = True
+) -> None:
+    """Write ``gswa_plugin.save`` output to ``<checkpoint_dir>/gswa`` (a no-op without GSWA).
+
+    Args:
+        model: the (possibly wrapped) model a trainer holds.
+        checkpoint_dir: the host's checkpoint folder.
+        state_dict: a full state dict the trainer already gathered, if any.
+        write: False on ranks that only take part in gathering.
+    """
+    inner = unwrap(model)
+    if not is_enabled(inner):
+        return
+    state = gswa_state_from(state_dict, model)
+    if write:
+        save(inner, f"{checkpoint_dir}/{CHECKPOINT_SUBDIR}", state_dict=state)
