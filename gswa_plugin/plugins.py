@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gswa_plugin.adapters.llava_onevision",
     "gswa_plugin.adapters.internvl_chat",
     "gswa_plugin.adapters.declarative",
+    "gswa_plugin.adapters.llava_torch",
 )
 
 _manager: pluggy.PluginManager | None = None
