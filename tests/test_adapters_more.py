@@ -259,6 +259,13 @@ def test_declarative_yaml_file_alone_enables_gswa():
     assert [w.shape[0] for w in gswa_plugin.last_weights(model)] == [2, 3]
 
 
+def test_declarative_docs_example_runs():
+    import runpy
+
+    ns = runpy.run_path(str(YAML_PATH.with_suffix(".py")))
+    assert [w.shape[0] for w in gswa_plugin.last_weights(ns["model"])] == [2]
+
+
 def test_declarative_never_matches_by_itself():
     with pytest.raises(AdapterNotFoundError, match="got_ocr2"):
         gswa_plugin.enable(tiny_got_ocr2())
