@@ -14,6 +14,7 @@ LLaVA-NeXT's unpadding, never land; tokens the host adds, such as newlines, carr
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,6 +134,13 @@ def test_every_case_names_a_registered_adapter():
     names = set(plugins.adapter_names())
     unknown = [c.id for c in all_cases() if c.adapter not in names]
     assert not unknown, f"cases for adapters that are not registered: {unknown}"
+
+
+def test_every_adapter_has_a_row_in_the_docs():
+    page = Path(__file__).resolve().parents[1] / "docs" / "adapters.md"
+    rows = [line for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("| `")]
+    missing = [n for n in plugins.adapter_names() if not any(f"`{n}`" in row.split("|")[1] for row in rows)]
+    assert not missing, f"docs/adapters.md 'Built-in adapters' has no row for: {missing}"
 
 
 def test_identity_at_initialisation_forward_and_generate(case):
