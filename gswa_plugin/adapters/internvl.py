@@ -119,6 +119,10 @@ class InternVLAdapter(Adapter):
             )
         return placeholder_position_weights(ids, token, batch.weights, batch.features.shape[1])
 
+    def views_from_ids(self, model: nn.Module, input_ids: torch.Tensor, tokens_per_view: int) -> list[int]:
+        """Views per image read off ``input_ids``: one run of image-context tokens per image."""
+        return (runs_of_token(input_ids, model.config.image_token_id) // tokens_per_view).tolist()
+
     def install(self, model: nn.Module, handle: Any) -> None:
         inner = _inner(model)
         cfg = model.config
@@ -140,10 +144,7 @@ class InternVLAdapter(Adapter):
                 summaries = torch.cat([summarise(h, use_cls, adapter.has_cls) for h in hidden], dim=-1)
                 feats = out.pooler_output
                 ids = handle.state.pop("input_ids", None)
-                counts = None
-                if ids is not None:
-                    runs = runs_of_token(ids, cfg.image_token_id)
-                    counts = (runs // feats.shape[1]).tolist()
+                counts = None if ids is None else adapter.views_from_ids(model, ids, feats.shape[1])
                 layout = handle.layout_for(feats.shape[0], counts)
                 out.pooler_output = handle.process(feats, summaries, layout, pixel_values=pixel_values)
                 return out.to_tuple() if want_tuple else out
