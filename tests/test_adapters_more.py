@@ -356,3 +356,46 @@ def test_declarative_before_projector_on_a_norm_free_connector():
     expected[image] = base[image] * w.repeat_interleave(4)[:, None]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(got[~image], base[~image])
+
+
+# --- application modes on these hosts ---------------------------------------------------------
+def _mode_host(name: str):
+    import importlib
+
+    case = importlib.import_module(f"tests.host_cases.{name}").CASE
+    model, inputs = case.make_model(), case.make_inputs()
+    lm = case.language_model(model)
+    layers = getattr(lm, "layers", None) or lm.model.layers
+    token = getattr(model, "img_context_token_id", None) or model.config.image_token_id
+    return model, inputs, layers[0].self_attn.v_proj, inputs["input_ids"] == token
+
+
+def _values(model, inputs, v_proj) -> tuple[torch.Tensor, torch.Tensor]:
+    seen = {}
+
+    def hook(module, args, output):
+        seen["v"] = output.detach().clone()
+
+    h = v_proj.register_forward_hook(hook)  # registered last: sees the mode's scaling
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).logits
+    finally:
+        h.remove()
+    return seen["v"], logits
+
+
+@pytest.mark.parametrize("name", ["idefics3", "aya_vision", "internvl_chat"])
+def test_value_mode_scales_each_views_values_by_its_weight(name):
+    model, inputs, v_proj, image = _mode_host(name)
+    v0, logits0 = _values(model, inputs, v_proj)
+    gswa_plugin.enable(model, {"mode": "value"})
+    assert torch.equal(_values(model, inputs, v_proj)[1], logits0)  # untrained: the identity
+    gswa_plugin.disable(model)
+    handle = gswa_plugin.enable(model, {"mode": "value", "variant": "cosine", "cosine_temperature": 0.05})
+    v1, _ = _values(model, inputs, v_proj)
+    w = handle.last_batch.weights
+    assert not torch.allclose(w, torch.ones_like(w))
+    expected = v0.clone()
+    expected[image] = v0[image] * w.repeat_interleave(handle.last_batch.features.shape[1])[:, None]
+    assert torch.equal(v1, expected)

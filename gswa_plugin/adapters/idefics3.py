@@ -25,7 +25,7 @@ from torch import nn
 from ..hookspecs import hookimpl
 from ._base import Adapter, model_type, patch_method
 from ._layout import masked_mean, refuse_cls_summary, views_closed_by_marker
-from .internvl import install_input_ids_capture
+from .internvl import InternVLAdapter, install_input_ids_capture
 
 
 class Idefics3Adapter(Adapter):
@@ -59,6 +59,13 @@ class Idefics3Adapter(Adapter):
 
     def reference_parameter(self, model: nn.Module) -> torch.Tensor:
         return next(self._inner(model).connector.parameters())
+
+    def language_model(self, model: nn.Module) -> nn.Module | None:
+        return self._inner(model).text_model
+
+    # One placeholder (`image_token_id`) per visual token, filled view by view in order, and the
+    # call's input_ids kept by install_input_ids_capture: the same reading as InternVL's.
+    position_weights = InternVLAdapter.position_weights
 
     def install(self, model: nn.Module, handle: Any) -> None:
         inner = self._inner(model)

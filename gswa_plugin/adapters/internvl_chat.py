@@ -28,7 +28,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import LayoutError
 from ..hookspecs import hookimpl
+from ..modes import placeholder_position_weights
 from ._base import Adapter, model_type, patch_method, runs_of_token, summarise
 
 _IDS = "internvl_chat_input_ids"
@@ -61,6 +63,23 @@ class InternVLChatAdapter(Adapter):
 
     def reference_parameter(self, model: nn.Module) -> torch.Tensor:
         return next(model.mlp1.parameters())
+
+    def language_model(self, model: nn.Module) -> nn.Module | None:
+        lm = model.language_model
+        return getattr(lm, "model", lm)  # the decoder stack under the causal-LM head
+
+    def position_weights(self, model: nn.Module, handle: Any, seq_len: int) -> torch.Tensor | None:
+        ids = handle.state.get(_IDS)
+        token = getattr(model, "img_context_token_id", None)
+        if ids is None or token is None or ids.shape[-1] != seq_len or not bool((ids == token).any()):
+            return None
+        batch = handle.last_batch
+        if batch is None or batch.weights is None:
+            raise LayoutError(
+                "the input holds image-context tokens but GSWA saw no image features in this call; pass "
+                "pixel_values with the input_ids (visual_features given to generate() bypass GSWA)"
+            )
+        return placeholder_position_weights(ids, token, batch.weights, batch.features.shape[1])
 
     def install(self, model: nn.Module, handle: Any) -> None:
         use_cls = self.use_cls(handle.config)
