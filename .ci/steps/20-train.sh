@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Training integration under accelerate: two CPU ranks on gloo train the tiny recipe, write a
+# checkpoint, resume from it and extract GSWA (tests/test_training_multiprocess.py, marked slow),
+# then the CLI entry points on the same setup. Runs in the main venv with the `train` extra.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q torch==2.13.0 -e ".[train,test]"
+python -m pytest -q -m slow tests/test_training_multiprocess.py
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+python -m gswa_plugin.training.smoke "$tmp/setup"
+gswa train "$tmp/setup/recipe.yaml" --check
+gswa train "$tmp/setup/recipe.yaml" training_args.max_steps=2 training_args.save_steps=2
+test -f "$tmp/setup/out/gswa/gswa.safetensors"
+for f in recipes/internvl2-2b/transformers/*.yaml; do gswa train "$f" --check; done
+echo "20-train: ok"
