@@ -329,25 +329,25 @@ def convert_tokenizer(src: Path, dst: Path, img_token_id: int) -> str:
         tok = AutoTokenizer.from_pretrained(dst)
         how = "copied tokenizer.json"
     elif (src / "tokenizer.model").is_file():
+        cfg = _read_json(src / "tokenizer_config.json") if (src / "tokenizer_config.json").is_file() else {}
+        shutil.copy2(src / "tokenizer.model", dst / "tokenizer.model")
+        base = {
+            "tokenizer_class": "LlamaTokenizer",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": cfg.get("pad_token") or "</s>",
+            "add_bos_token": True,  # InternLM2's tokenizer starts every text with <s>
+            "add_eos_token": False,
+            "legacy": False,
+        }
+        (dst / "tokenizer_config.json").write_text(json.dumps(base, indent=2), encoding="utf-8")
         try:
-            from transformers import LlamaTokenizerFast
-
-            cfg = _read_json(src / "tokenizer_config.json") if (src / "tokenizer_config.json").is_file() else {}
-            tok = LlamaTokenizerFast(
-                vocab_file=str(src / "tokenizer.model"),
-                from_slow=True,
-                legacy=False,
-                add_bos_token=True,
-                add_eos_token=False,
-                bos_token="<s>",
-                eos_token="</s>",
-                unk_token="<unk>",
-                pad_token=cfg.get("pad_token") or "</s>",
-            )
+            tok = AutoTokenizer.from_pretrained(dst)
         except (ImportError, ValueError, OSError) as exc:
             raise CheckpointError(
-                f"cannot convert {src / 'tokenizer.model'} ({exc}); install `sentencepiece` and `protobuf`, or "
-                "pass --no-tokenizer and provide a tokenizer yourself"
+                f"cannot convert {src / 'tokenizer.model'} ({exc}); install `sentencepiece` and `protobuf` "
+                "(`pip install gswa-plugin[convert]`), or pass --no-tokenizer and provide a tokenizer yourself"
             ) from exc
         added = sorted(
             ((int(i), t["content"]) for i, t in (cfg.get("added_tokens_decoder") or {}).items()), key=lambda x: x[0]
@@ -361,6 +361,7 @@ def convert_tokenizer(src: Path, dst: Path, img_token_id: int) -> str:
                     "cannot be rebuilt id for id"
                 )
             tok.add_tokens([content], special_tokens=True)
+        _check_against_sentencepiece(src / "tokenizer.model", tok)
         how = "converted tokenizer.model"
     else:
         raise CheckpointError(f"{src} has no tokenizer (tokenizer.json or tokenizer.model); pass --no-tokenizer")
@@ -375,6 +376,21 @@ def convert_tokenizer(src: Path, dst: Path, img_token_id: int) -> str:
             f"the converted tokenizer maps {IMG_CONTEXT_TOKEN} to {got}, the config expects {img_token_id}"
         )
     return how
+
+
+def _check_against_sentencepiece(model_file: Path, tok: Any) -> None:
+    """The converted tokenizer must cut text exactly as the SentencePiece model does."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    for text in ("What is in the image?", "Describe this photo in detail.", "OCR: 12 apples, 3.5 kg"):
+        want = sp.encode(text)
+        got = tok(text, add_special_tokens=False)["input_ids"]
+        if got != want:
+            raise CheckpointError(
+                f"the converted tokenizer cuts {text!r} into {got[:12]}, SentencePiece into {want[:12]}; "
+                "report this with the checkpoint's tokenizer files"
+            )
 
 
 def convert(

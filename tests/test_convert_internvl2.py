@@ -277,3 +277,40 @@ def test_not_internlm2_is_refused(tmp_path):
     save_file(released_state(), str(d / "model.safetensors"))
     with pytest.raises(CheckpointError, match="not InternLM2"):
         convert(d, tmp_path / "out")
+
+
+def test_sentencepiece_tokenizer_is_converted_id_for_id(tmp_path):
+    spm = pytest.importorskip("sentencepiece", reason="InternLM2's tokenizer.model needs the `convert` extra")
+    import io
+
+    from transformers import AutoTokenizer
+
+    from gswa_plugin.tiny import WORDS
+
+    src = tmp_path / "spm_src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(released_config()), encoding="utf-8")
+    save_file(released_state(), str(src / "model.safetensors"))
+    buf = io.BytesIO()
+    sentences = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 5
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=buf, vocab_size=320, model_type="bpe", byte_fallback=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2,
+    )
+    (src / "tokenizer.model").write_bytes(buf.getvalue())
+    added = ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
+    (src / "tokenizer_config.json").write_text(json.dumps({
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+        "tokenizer_class": "InternLM2Tokenizer",
+        "added_tokens_decoder": {str(320 + i): {"content": t, "special": True} for i, t in enumerate(added)},
+    }), encoding="utf-8")
+    dst = tmp_path / "spm_dst"
+    summary = convert(src, dst)
+    assert summary["tokenizer"] == "converted tokenizer.model"
+    assert summary["image_token_id"] == 324
+    tok = AutoTokenizer.from_pretrained(dst)  # no remote code
+    sp = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
+    text = "describe the picture of a red cat"
+    assert tok(text)["input_ids"] == [1] + sp.encode(text)
+    assert tok.convert_tokens_to_ids("<IMG_CONTEXT>") == 324
+    assert "<|im_start|>user" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
