@@ -56,3 +56,38 @@ def test_zero_weight_gives_infinite_ratio_not_an_error():
 def test_no_multi_tile_image():
     assert weight_stats([torch.ones(1)]) == {"images": 0.0}
     assert failure_signatures({"images": 0.0}) == []
+
+
+def test_callback_logs_statistics_and_warns_on_signatures(internvl_inputs, caplog):
+    """The TrainerCallback on a real forward/backward of the tiny InternVL with GSWA enabled."""
+    from types import SimpleNamespace
+
+    import gswa_plugin
+    from gswa_plugin.tiny import tiny_internvl
+    from gswa_plugin.training.callback import GSWADiagnosticsCallback
+
+    model = tiny_internvl(image_size=56)
+    gswa_plugin.enable(model, {"hidden_size": 32, "num_heads": 2})
+    out = model(**internvl_inputs, labels=internvl_inputs["input_ids"])
+    out.loss.backward()
+    cb = GSWADiagnosticsCallback(uniform_after_steps=5, warn_every_steps=10)
+    state = SimpleNamespace(global_step=1)
+    cb.on_pre_optimizer_step(None, state, None, model=model)
+    cb.on_step_end(None, state, None, model=model)
+    assert cb.latest["gswa/images"] == 2 and cb.latest["gswa/entropy_rel"] == pytest.approx(1.0)
+    assert cb.latest["gswa/grad_norm"] > 0
+    assert cb.warnings == []  # uniform at step 1 is the identity start, not a failure
+    state.global_step = 5
+    with caplog.at_level("WARNING", logger="gswa_plugin.training"):
+        cb.on_step_end(None, state, None, model=model)
+    assert [line.split(":")[0] for _, line in cb.warnings] == ["uniform"]
+    assert "GSWA step 5: uniform" in caplog.text
+    for p in model.gswa.parameters():
+        p.grad = torch.zeros_like(p)
+    state.global_step = 6
+    cb.on_pre_optimizer_step(None, state, None, model=model)
+    cb.on_step_end(None, state, None, model=model)
+    assert [line.split(":")[0] for _, line in cb.warnings] == ["uniform", "vanishing_gradients"]  # uniform: rate-limited
+    logs = {"loss": 1.0}
+    cb.on_log(None, state, None, logs=logs)
+    assert logs["gswa/grad_norm"] == 0.0 and logs["loss"] == 1.0
