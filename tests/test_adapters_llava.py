@@ -23,7 +23,15 @@ from gswa_plugin.tiny_hosts import (
     tiny_llava_onevision_processor,
 )
 
+from gswa_plugin.modes import current_position_weights
+
 from .conftest import lm_inputs_embeds
+from .host_cases.llava_next import CASE as NEXT_CASE
+from .host_cases.llava_next import anyres_inputs
+from .host_cases.llava_onevision import CASE as ONEVISION_CASE
+from .test_contract import view_of_position
+
+HOST_CASES = {"llava_next": NEXT_CASE, "llava_onevision": ONEVISION_CASE}
 
 SMALL = {"hidden_size": 32, "num_heads": 4}
 PEAKED = {**SMALL, "identity_init": False, "temperature": 0.1}
@@ -211,3 +219,54 @@ def test_pack_image_features_alone_is_a_clear_error():
     feats = (torch.zeros(1, 16, model.config.text_config.hidden_size),)
     with pytest.raises(LayoutError, match="`pack_image_features` was called on its own"):
         model.model.pack_image_features(feats, torch.tensor([[56, 56]]), "default")
+
+
+# --- application modes (value, attn_bias) -----------------------------------------------------
+@pytest.mark.parametrize("mode", ["value", "attn_bias"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_modes_are_identity_at_initialisation(family, mode):
+    make_model, make_processor = FAMILIES[family]
+    model, inputs = make_model(), anyres_inputs(make_processor)
+    with torch.no_grad():
+        base = model(**inputs).logits
+        gen0 = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    gswa_plugin.enable(model, {**SMALL, "mode": mode})
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, base)
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), gen0)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_value_mode_weights_every_packed_token_of_a_tile(family):
+    case = HOST_CASES[family]
+    model, inputs = case.make_model(), case.make_inputs()
+    handle = gswa_plugin.enable(model, {**PEAKED, "mode": "value"})
+    where = view_of_position(case, model, inputs, sum(case.views_per_image))
+    out = model(**inputs, labels=inputs["input_ids"].clone())
+    pos_w = current_position_weights(handle)
+    w = handle.last_batch.weights
+    assert not torch.allclose(w, torch.ones_like(w))
+    for v in range(w.shape[0]):  # every surviving token of view v carries w_v; the thumbnail's are 1
+        assert torch.equal(pos_w[where == v], w[v].float().expand(int((where == v).sum())))
+    assert bool((pos_w[where < 0] == 1).all())  # text and newline tokens
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.gswa.parameters())
+
+
+def test_value_mode_follows_onevision_shrinking():
+    proc = tiny_llava_onevision_processor(vision_aspect_ratio="anyres_max_1")
+    model = tiny_llava_onevision(vision_aspect_ratio="anyres_max_1")
+    inputs = proc(text=["<image> describe"], images=[sample_image("astronaut")], return_tensors="pt")
+    handle = gswa_plugin.enable(model, {**PEAKED, "mode": "value"})
+    with torch.no_grad():
+        model(**inputs)
+    pos_w = current_position_weights(handle)[inputs["input_ids"] == model.config.image_token_id]
+    tiles = handle.last_batch.weights[1:]
+    base_tokens = (model.config.vision_config.image_size // 14) ** 2
+    assert bool((pos_w[:base_tokens] == 1).all())  # base view first
+    grid = pos_w[base_tokens:]
+    unshrunk = 4 * base_tokens + 2 * int(base_tokens**0.5)  # 2x2 tiles + a newline per row
+    assert grid.shape[0] < unshrunk
+    # the shrunk grid interpolates the tiles' weights (newlines keep 1), and every tile is still there
+    assert bool((grid >= min(tiles.min(), 1) - 1e-6).all() and (grid <= max(tiles.max(), 1) + 1e-6).all())
+    assert all(bool(torch.isclose(grid, t).any()) for t in tiles.float())

@@ -24,11 +24,14 @@ import torch
 from torch import nn
 
 from ..core import TileLayout
-from ..errors import ConfigError, LayoutError
+from ..errors import LayoutError
 from ._base import Adapter, model_type, patch_method, resolve_path, summarise
+from ._layout import refuse_cls_summary
 
 _LAYERS = "anyres_layers"
 _VISION = "anyres_vision"
+_TOKEN_WEIGHTS = "anyres_token_weights"
+_CALL_IDS = "anyres_call_input_ids"
 
 
 def inner_model(model: nn.Module) -> nn.Module:
@@ -67,17 +70,31 @@ class AnyresPackAdapter(Adapter):
         return {f"{prefix}{m}": None for m in names}
 
     def summary_dim(self, model: nn.Module, config: Any) -> int:
-        if config.summary == "cls" and not self.has_cls:
-            raise ConfigError(
-                [
-                    f"`summary: cls` but the '{self.name}' host's vision encoder has no CLS token; "
-                    "use `summary: mean` or `summary: auto`"
-                ]
-            )
+        if not self.has_cls:
+            refuse_cls_summary(self.name, config)
         return model.config.vision_config.hidden_size * len(_as_list(model.config.vision_feature_layer))
 
     def reference_parameter(self, model: nn.Module) -> torch.Tensor:
         return next(resolve_path(model, self._prefix(model) + "multi_modal_projector").parameters())
+
+    def language_model(self, model: nn.Module) -> nn.Module | None:
+        return inner_model(model).language_model
+
+    def position_weights(self, model: nn.Module, handle: Any, seq_len: int) -> torch.Tensor | None:
+        ids = handle.state.get(_CALL_IDS)  # set only while a call with images runs
+        token = model.config.image_token_id
+        if ids is None or ids.shape[-1] != seq_len or not bool((ids == token).any()):
+            return None
+        per_token = handle.state.get(_TOKEN_WEIGHTS)
+        mask = ids == token
+        if per_token is None or per_token.shape[0] != int(mask.sum()):
+            raise LayoutError(
+                f"the input holds {int(mask.sum())} image tokens but GSWA weighted "
+                f"{'no' if per_token is None else per_token.shape[0]} packed image tokens; pass pixel_values with "
+                "the input_ids of the same call (precomputed image features bypass GSWA)"
+            )
+        ones = torch.ones(mask.shape, dtype=per_token.dtype, device=per_token.device)
+        return ones.masked_scatter(mask.to(per_token.device), per_token)
 
     def install(self, model: nn.Module, handle: Any) -> None:
         inner = inner_model(model)
@@ -125,6 +142,10 @@ class AnyresPackAdapter(Adapter):
                 # The tuple is split per image by the host itself: no inference, no set_tiles() needed.
                 layout = TileLayout(tuple(counts), adapter.global_position)
                 weighted = handle.process(torch.cat(list(image_features), dim=0), summaries, layout, pixel_values=pixels)
+                if handle.config.mode != "embed":
+                    handle.state[_TOKEN_WEIGHTS] = packed_token_weights(
+                        original, handle.last_batch.weights, counts, image_features, image_sizes, args, kwargs
+                    )
                 return original(tuple(torch.split(weighted, counts, dim=0)), image_sizes, *args, **kwargs)
 
             return pack_image_features
@@ -133,3 +154,41 @@ class AnyresPackAdapter(Adapter):
         hook = inner.vision_tower.register_forward_hook(capture_vision, with_kwargs=True)
         handle.add_undo(hook.remove)
         handle.add_undo(patch_method(inner, "pack_image_features", make_pack))
+        handle.add_undo(lambda: handle.state.pop(_TOKEN_WEIGHTS, None))
+
+        def call_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            # Image positions of a call are those of its input_ids when the call brings images
+            # (pixel values, or features generate() encoded before its first step); a generated
+            # token that happens to be the image token is text.
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            encoded = kwargs.get("mm_encoder_outputs") or {}
+            has_images = kwargs.get("pixel_values") is not None or encoded.get("image") is not None
+            handle.state[_CALL_IDS] = ids if has_images and isinstance(ids, torch.Tensor) else None
+
+        def call_post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+            handle.state.pop(_CALL_IDS, None)
+
+        for h in (
+            inner.register_forward_pre_hook(call_pre_hook, with_kwargs=True),
+            inner.register_forward_hook(call_post_hook, with_kwargs=True),
+        ):
+            handle.add_undo(h.remove)
+
+
+def packed_token_weights(
+    pack: Callable, view_weights: torch.Tensor, counts: list[int], image_features: Any, image_sizes: Any,
+    args: tuple, kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """The weight of every token ``pack`` puts out, in its order: ``pack`` itself is run on
+    one-channel maps holding each view's weight, with a newline of weight 1, so unpadding,
+    newlines and OneVision's shrinking (which interpolates neighbouring tiles' weights) are
+    followed exactly. Differentiable with respect to ``view_weights``."""
+    maps = [
+        w.to(f.dtype)[:, None, None].expand(f.shape[0], f.shape[1], 1)
+        for w, f in zip(torch.split(view_weights, counts), image_features)
+    ]
+    bound = inspect.signature(pack).bind(tuple(maps), image_sizes, *args, **kwargs)
+    if bound.arguments.get("image_newline") is not None:
+        bound.arguments["image_newline"] = maps[0].new_ones(1)
+    packed, _ = pack(*bound.args, **bound.kwargs)
+    return torch.cat([p[:, 0] for p in packed]).float()
