@@ -13,6 +13,9 @@ The per-view summary comes from the vision tower's output of the same call (the 
 layer's CLS token or the mean of its tokens), captured by a forward hook on the vision tower
 that is active only while the wrapped ``get_image_features`` runs, so videos (which use the same
 tower) are not mistaken for images.
+
+For the ``value`` and ``attn_bias`` modes, the weight of every packed token is found by running
+the host's own ``pack_image_features`` on one-channel weight maps (:func:`packed_token_weights`).
 """
 
 from __future__ import annotations
