@@ -530,16 +530,16 @@ def diagnose_images(
 
 
 # --- over an lmms-eval task ----------------------------------------------------------------------
-def evaluate_task(
+def run_lmms_eval(
     model_args: Mapping[str, Any],
     tasks: Sequence[str],
     model: str = "gswa_hf",
     limit: int | float | None = None,
     include_path: str | None = None,
     device: str = "cpu",
-) -> dict[str, dict[str, float]]:
-    """Run lmms-eval's ``simple_evaluate`` on ``tasks`` with one of the gswa models and return
-    ``{task: {metric: value}}`` (numeric metrics only).
+) -> dict[str, Any]:
+    """lmms-eval's ``simple_evaluate`` on ``tasks`` with one of the gswa models (``None`` values
+    of ``model_args`` are left out); returns lmms-eval's results, samples included.
 
     Raises:
         ImportError: lmms-eval is not installed (``pip install 'gswa-plugin[eval]'``).
@@ -552,16 +552,37 @@ def evaluate_task(
             "running an lmms-eval task needs lmms-eval: `pip install 'gswa-plugin[eval]'` (see docs/evaluation.md)"
         ) from exc
     args = ",".join(f"{k}={v}" for k, v in model_args.items() if v is not None)
-    results = simple_evaluate(
+    return simple_evaluate(
         model=model,
         model_args=args,
         tasks=list(tasks),
         limit=limit,
         device=device,
         batch_size=1,
+        log_samples=True,
         task_manager=TaskManager(include_path=include_path),
     )
-    return metric_table(results)
+
+
+def evaluate_task(
+    model_args: Mapping[str, Any],
+    tasks: Sequence[str],
+    model: str = "gswa_hf",
+    limit: int | float | None = None,
+    include_path: str | None = None,
+    device: str = "cpu",
+) -> dict[str, dict[str, float]]:
+    """``{task: {metric: value}}`` of :func:`run_lmms_eval` (numeric metrics only)."""
+    return metric_table(run_lmms_eval(model_args, tasks, model, limit, include_path, device))
+
+
+def task_answers(results: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{task: [the model's answer to each document, in document order]}`` from lmms-eval results."""
+    out = {}
+    for task, samples in (results or {}).get("samples", {}).items():
+        rows = sorted(samples, key=lambda s: s["doc_id"])
+        out[task] = [str(r["filtered_resps"][0] if isinstance(r["filtered_resps"], list) else r["filtered_resps"]) for r in rows]
+    return out
 
 
 def metric_table(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
