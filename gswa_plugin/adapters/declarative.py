@@ -312,7 +312,8 @@ class DeclarativeAdapter(Adapter):
 
     name = NAME
     description = "any tiling model, described in YAML (`declare:` in the gswa block); used only when named"
-    global_position = "last"
+    # Set per model from `declare.global_view` on the copy that install() gives the handle.
+    global_position = "declared"
     has_cls = False
     auto_match = False
 
