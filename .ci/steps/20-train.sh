@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# two spin-waiting OpenMP threads per process make tiny CPU steps 10-100x slower on a busy machine
+export OMP_NUM_THREADS=1
 pip install -q torch==2.13.0 -e ".[train,convert,test]"
 python -m pytest -q -m slow tests/test_training_multiprocess.py
 python -m pytest -q tests/test_convert_internvl2.py -k sentencepiece  # needs the convert extra
