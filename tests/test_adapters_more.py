@@ -324,19 +324,17 @@ def test_declaration_that_does_not_fit_the_model_is_refused_before_patching():
     assert not gswa_plugin.is_enabled(model) and not hasattr(model, "gswa")
 
 
-def test_declarative_before_projector_on_a_norm_free_connector():
-    """Idefics3's connector is pixel shuffle + a bias-free Linear, so a per-view scalar before
-    it comes out unchanged: the LM receives exactly w times each view's (unweighted) tokens."""
-    declare = {
-        "match": {"class": "Idefics3ForConditionalGeneration"},
-        "seam": "model.get_image_features",
-        "global_view": "last",
-        "summary": {"from": "module", "module": "model.vision_model", "token": "mean"},
-        "apply": "before_projector",
-        "projector": "model.connector",
-        "tiles_from": {"group": "global_marker", "token": "image_token_id", "tokens_per_view": 4},
-    }
-    parse_declaration(declare)
+IDEFICS3_DECLARE = {
+    "match": {"class": "Idefics3ForConditionalGeneration"},
+    "seam": "model.get_image_features",
+    "global_view": "last",
+    "summary": {"from": "module", "module": "model.vision_model", "token": "mean"},
+    "tiles_from": {"group": "global_marker", "token": "image_token_id", "tokens_per_view": 4},
+}
+
+
+def _idefics3_declared(declare: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, object]:
+    """(LM embeddings without GSWA, with the declared GSWA, image-token mask, handle)."""
     model = tiny_idefics3()
     inputs = tiny_idefics3_processor()(
         text=["<image> describe the image", "<image> what is this"],
@@ -349,12 +347,36 @@ def test_declarative_before_projector_on_a_norm_free_connector():
     handle = gswa_plugin.enable(model, {"adapter": "declarative", "declare": declare, "variant": "cosine"})
     got = lm_inputs_embeds(lm, lambda: model(**inputs))
     assert list(handle.last_batch.layout.views_per_image) == [10, 4]
+    return base, got, inputs["input_ids"] == model.config.image_token_id, handle
+
+
+def test_declarative_flat_per_sample_features_after_the_projector():
+    """Idefics3's pooler_output is one flat [views * tokens, dim] block per sample."""
+    base, got, image, handle = _idefics3_declared(IDEFICS3_DECLARE)
     w = handle.last_batch.weights
     assert not torch.allclose(w, torch.ones_like(w))
-    image = inputs["input_ids"] == model.config.image_token_id
     expected = base.clone()
     expected[image] = base[image] * w.repeat_interleave(4)[:, None]
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got, expected)
+
+
+def test_declarative_flat_features_need_tokens_per_view():
+    declare = {**IDEFICS3_DECLARE, "tiles_from": {"group": "global_marker", "token": "image_token_id"}}
+    with pytest.raises(LayoutError, match="tokens_per_view"):
+        _idefics3_declared(declare)
+
+
+def test_declarative_before_projector_on_a_norm_free_connector():
+    """Idefics3's connector is pixel shuffle + a bias-free Linear, so a per-view scalar before
+    it comes out unchanged: the LM receives w times each view's (unweighted) tokens."""
+    declare = {**IDEFICS3_DECLARE, "apply": "before_projector", "projector": "model.connector"}
+    parse_declaration(declare)
+    base, got, image, handle = _idefics3_declared(declare)
+    w = handle.last_batch.weights
+    assert not torch.allclose(w, torch.ones_like(w))
+    expected = base.clone()
+    expected[image] = base[image] * w.repeat_interleave(4)[:, None]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)  # Linear(w x) = w Linear(x) up to rounding
     assert torch.equal(got[~image], base[~image])
 
 

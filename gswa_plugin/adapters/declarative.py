@@ -29,8 +29,10 @@ Keys of ``declare`` (every problem is reported at once, by :func:`validate_decla
     keeping its signature (``generate()`` reads it).
 ``features`` (default ``pooler_output``)
     Where the views are in the method's output: an attribute name, an integer index into a
-    tuple, or ``return`` (the output itself). The value must be ``[views, tokens, dim]`` or a
-    list/tuple of such tensors (concatenated in order, split back the same way).
+    tuple, or ``return`` (the output itself). The value must be ``[views, tokens, dim]``, a
+    list/tuple of such tensors (concatenated in order, split back the same way), or a list/tuple
+    of flat ``[views_i * tokens, dim]`` blocks (Idefics3's per-sample output; needs
+    ``tiles_from.tokens_per_view``).
 ``global_view`` (required)
     ``first``, ``last`` or ``none``: where each multi-view image's whole-image view sits.
 ``summary`` (default ``{from: features}``)
@@ -440,11 +442,22 @@ class DeclarativeAdapter(Adapter):
             return handle.process(features, summaries, layout, **extra)
 
         def weigh_any(value: Any, extra: dict[str, Any]) -> Any:
-            if isinstance(value, (list, tuple)):
-                sizes = [v.shape[0] for v in value]
-                weighted = weigh(torch.cat(list(value), dim=0), extra)
-                return type(value)(weighted.split(sizes)) if isinstance(value, tuple) else list(weighted.split(sizes))
-            return weigh(value, extra)
+            if not isinstance(value, (list, tuple)):
+                return weigh(value, extra)
+            parts = list(value)
+            flat = bool(parts) and parts[0].dim() == 2
+            if flat:  # one [views_i * tokens, dim] block per sample (Idefics3-style)
+                if per_view is None:
+                    raise LayoutError(
+                        f"`{decl.seam}` gives flat [views * tokens, dim] blocks; set declare.tiles_from.tokens_per_view "
+                        "to the tokens of one view so that they can be split into views"
+                    )
+                parts = [p.reshape(-1, per_view, p.shape[-1]) for p in parts]
+            sizes = [p.shape[0] for p in parts]
+            pieces = weigh(torch.cat(parts, dim=0), extra).split(sizes)
+            if flat:
+                pieces = [p.reshape(-1, p.shape[-1]) for p in pieces]
+            return tuple(pieces) if isinstance(value, tuple) else list(pieces)
 
         if decl.summary_module:
 
