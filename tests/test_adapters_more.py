@@ -421,3 +421,11 @@ def test_value_mode_scales_each_views_values_by_its_weight(name):
     expected = v0.clone()
     expected[image] = v0[image] * w.repeat_interleave(handle.last_batch.features.shape[1])[:, None]
     assert torch.equal(v1, expected)
+
+
+@pytest.mark.parametrize("make", [tiny_aya_vision, tiny_idefics3], ids=["aya_vision", "idefics3"])
+def test_cls_summary_is_refused_where_the_encoder_has_none(make):
+    model = make()
+    with pytest.raises(ConfigError, match="no CLS token"):
+        gswa_plugin.enable(model, {"summary": "cls"})
+    assert not gswa_plugin.is_enabled(model)
