@@ -1,0 +1,118 @@
+"""lmms-engine's real trainers, a few steps on CPU, with GSWA turned on from the YAML.
+
+A tiny native InternVL checkpoint and a tiny dataset in lmms-engine's format are written to disk
+(:mod:`tests.hosts_lmms_engine.fixtures`); lmms-engine's CLI runs through gswa-plugin's launcher,
+adapted to CPU at the boundary (:mod:`tests.hosts_lmms_engine.cpu_launch` says what is adapted).
+Checked: GSWA was active (weights computed at every step, identity at the first), it trained
+(its parameters moved), and it was saved (``<checkpoint>/gswa`` loads with ``gswa_plugin.load``
+and matches the model's own checkpoint).
+
+Runs in ``.venv-lmms-engine`` (CI step ``.ci/steps/30-lmms-engine.sh``):
+``python -m pytest -m lmms_engine tests/test_lmms_engine.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lmms_engine", reason="needs lmms-engine: pip install 'gswa-plugin[lmms-engine]'")
+
+import gswa_plugin  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from tests.hosts_lmms_engine.fixtures import write_config  # noqa: E402
+
+pytestmark = pytest.mark.lmms_engine
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 3
+BATCH = 2
+RUNS = {
+    "hf_trainer": ("hf_trainer", 1),
+    "fsdp2_trainer": ("fsdp2_trainer", 1),
+    "fsdp2_trainer-2ranks": ("fsdp2_trainer", 2),
+}
+
+
+def _run(root: Path, trainer_type: str, ranks: int) -> dict:
+    config = write_config(root, trainer_type=trainer_type, steps=STEPS)
+    log = root / "weights.jsonl"
+    env = dict(os.environ, GSWA_TEST_WEIGHTS_LOG=str(log), WANDB_MODE="disabled", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", GSWA_PLUGINS="")
+    module = ["-m", "tests.hosts_lmms_engine.cpu_launch", f"config_yaml={config}"]
+    if ranks > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *module]
+    else:
+        cmd = [sys.executable, *module]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    return {"root": root, "config": config, "log": lines, "ranks": ranks, "trainer": trainer_type}
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def run(request, tmp_path_factory):
+    trainer_type, ranks = RUNS[request.param]
+    return _run(tmp_path_factory.mktemp(request.param), trainer_type, ranks)
+
+
+def _initial_gswa(run) -> dict[str, torch.Tensor]:
+    """GSWA's parameters as lmms-engine created them: the same model and GSWA block, enabled here."""
+    import yaml
+    from transformers import InternVLForConditionalGeneration
+
+    cfg = yaml.safe_load(run["config"].read_text())
+    model = InternVLForConditionalGeneration.from_pretrained(cfg["model_config"]["load_from_pretrained_path"])
+    gswa_plugin.enable(model, cfg["model_config"]["monkey_patch_kwargs"]["gswa"])
+    return {k: v.detach().float().clone() for k, v in model.gswa.state_dict().items()}
+
+
+def _final_dir(run) -> Path:
+    out = run["root"] / "out"
+    return out / "gswa" if run["trainer"] == "hf_trainer" else out / f"checkpoint-{STEPS}" / "gswa"
+
+
+def test_gswa_was_active_at_every_step(run):
+    for rank in range(run["ranks"]):
+        steps = [line for line in run["log"] if line["rank"] == rank]
+        assert len(steps) == STEPS, f"rank {rank}: {len(steps)} forwards with GSWA for {STEPS} steps"
+        assert all(line["training"] for line in steps)
+        assert all(len(line["weights"]) == BATCH for line in steps), "one weight vector per image"
+        # identity at initialisation: the first step sees exactly 1 for every tile
+        assert all(w == 1.0 for image in steps[0]["weights"] for w in image)
+    later = [w for line in run["log"][1:] for image in line["weights"] for w in image]
+    assert any(w != 1.0 for w in later), "weights never moved from 1"
+
+
+def test_gswa_trained(run):
+    start = _initial_gswa(run)
+    final = load_file(str(_final_dir(run) / "gswa.safetensors"))
+    assert set(final) == set(start)
+    moved = [k for k in start if not torch.equal(final[k].float(), start[k])]
+    assert moved, "no GSWA parameter changed during training"
+
+
+def test_gswa_saved_with_every_checkpoint_and_loads(run):
+    from transformers import InternVLForConditionalGeneration
+
+    out = run["root"] / "out"
+    for step in (2, STEPS):
+        assert (out / f"checkpoint-{step}" / "gswa" / "gswa.safetensors").is_file()
+    saved = _final_dir(run)
+    model = InternVLForConditionalGeneration.from_pretrained(run["root"] / "tiny-internvl")
+    gswa_plugin.load(model, saved)
+    expected = load_file(str(saved / "gswa.safetensors"))
+    for k, v in model.gswa.state_dict().items():
+        torch.testing.assert_close(v, expected[k].to(v.dtype), rtol=0, atol=0)  # fsdp2 ran in bf16
+    if run["trainer"] == "hf_trainer":
+        # the host's own checkpoint carries the same tensors under `gswa.`
+        host = load_file(str(out / f"checkpoint-{STEPS}" / "model.safetensors"))
+        ckpt = load_file(str(out / f"checkpoint-{STEPS}" / "gswa" / "gswa.safetensors"))
+        for k, v in ckpt.items():
+            torch.testing.assert_close(host[f"gswa.{k}"], v, rtol=0, atol=0)
