@@ -171,3 +171,19 @@ def test_from_pretrained_with_gswa_refuses_weights_that_do_not_fit(setup, tmp_pa
     wrong["hidden_size"] = 64
     with pytest.raises(gswa_plugin.CheckpointError, match="do not fit"):
         from_pretrained_with_gswa(tmp_path / "m", gswa=wrong)
+
+
+def test_resume_restores_trained_host_weights(setup, tmp_path):
+    """transformers writes InternVL under its original key names; resuming must still bring the
+    trained projector back (the Trainer's plain load_state_dict would silently keep the base)."""
+    out = tmp_path / "proj"
+    rec = _recipe(setup, out, max_steps=2, save_steps=2, learning_rate=0.05)
+    rec["freeze"] = "gswa+projector"
+    trained = unwrap(train(TrainConfig.from_dict(rec)).model)
+    fresh_trainer = build_trainer(TrainConfig.from_dict(rec))
+    fresh = unwrap(fresh_trainer.model)
+    proj_t = trained.model.multi_modal_projector.linear_1.weight
+    assert not torch.equal(fresh.model.multi_modal_projector.linear_1.weight, proj_t)
+    fresh_trainer._load_from_checkpoint(str(out / "checkpoint-2"))
+    for (n, a), (_, b) in zip(trained.state_dict().items(), fresh.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)

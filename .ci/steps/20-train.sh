@@ -16,5 +16,7 @@ python -m gswa_plugin.training.smoke "$tmp/setup"
 gswa train "$tmp/setup/recipe.yaml" --check
 gswa train "$tmp/setup/recipe.yaml" training_args.max_steps=2 training_args.save_steps=2
 test -f "$tmp/setup/out/gswa/gswa.safetensors"
+gswa train "$tmp/setup/recipe.yaml" training_args.max_steps=3 training_args.save_steps=3 --resume latest
+test -d "$tmp/setup/out/checkpoint-3"
 for f in recipes/internvl2-2b/transformers/*.yaml; do gswa train "$f" --check; done
 echo "20-train: ok"
