@@ -35,6 +35,9 @@ class InternVLDataProcessor:
 
         self.processor = load_processor(self.config.processor_name)
         if getattr(self.processor, "chat_template", None) is None:
+            # checkpoints often carry the template on the tokenizer only
+            self.processor.chat_template = getattr(self.processor.tokenizer, "chat_template", None)
+        if getattr(self.processor, "chat_template", None) is None:
             raise ValueError(
                 f"the processor in {self.config.processor_name} has no chat template; InternVL training data "
                 "is rendered with it (save the checkpoint's processor with its chat_template)"
