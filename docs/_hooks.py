@@ -100,9 +100,15 @@ def _hook_options(fn: Callable[..., Any]) -> str:
     return ", ".join(f"`{k}=True`" for k in named)
 
 
+def _rst_to_markdown(text: str) -> str:
+    """``:class:`~a.b.C``` -> `` `C` ``, ````x```` -> `` `x` ``."""
+    text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", text)
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
+
+
 def _docstring_markdown(doc: str) -> str:
     """A hookspec docstring (prose plus ``:param x:`` / ``:return:`` lines) as markdown."""
-    lines = inspect.cleandoc(doc).splitlines()
+    lines = _rst_to_markdown(inspect.cleandoc(doc)).splitlines()
     prose: list[str] = []
     fields: list[str] = []
     for line in lines:

@@ -813,7 +813,7 @@ def plot(result: BenchResult, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = [r.tiles for r in result.rows]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.4, 4.0), dpi=120)
     labels = {
         "encode": "inference / image encoding",
         "prefill": "inference / whole prefill",
@@ -830,9 +830,10 @@ def plot(result: BenchResult, path: str | Path) -> Path:
     ax.set_xticks(x)
     ax.set_xlabel("tiles per image (+ thumbnail when > 1)")
     ax.set_ylabel("GSWA time / host time (%)")
-    ax.set_title(f"GSWA overhead at {result.shapes.name} shapes ({result.dtype}, {result.device})")
+    depth = "; depth scaled" if result.scaled else ""
+    ax.set_title(f"GSWA overhead, {result.shapes.name} shapes ({result.dtype}, {result.device}{depth})", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
