@@ -62,6 +62,7 @@ def weight_map(
     title: str | None = None,
     width: int = 768,
     cmap: str = "magma",
+    marked: Sequence[int] | None = None,
 ) -> Image.Image:
     """The image with its tiles shaded by GSWA weight and the weights written on them.
 
@@ -73,6 +74,7 @@ def weight_map(
         title: a caption line above the picture.
         width: width of the drawn image in pixels.
         cmap: matplotlib colormap for the shading.
+        marked: positions of tiles to cross out (e.g. the tiles a removal experiment took away).
 
     Returns:
         An RGB PIL image.
@@ -102,6 +104,10 @@ def weight_map(
         draw.rectangle(box, outline=(255, 255, 255), width=1)
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         draw.text((cx, cy), f"{w:.2f}", fill=(255, 255, 255), font=font, anchor="mm", stroke_width=2, stroke_fill=(0, 0, 0))
+    for i in marked or ():
+        x0, y0, x1, y1 = boxes[i]
+        draw.line((x0, y0, x1, y1), fill=(0, 200, 255), width=4)
+        draw.line((x0, y1, x1, y0), fill=(0, 200, 255), width=4)
     lines = [title] if title else []
     if thumbnail_weight is not None:
         share = thumbnail_weight / (thumbnail_weight + sum(weights))
@@ -177,10 +183,23 @@ def image_weights(
     return ImageWeights(image, name, tile_w, thumb, grid_for(processor, image, len(tile_w)), sim)
 
 
-def draw(weights: ImageWeights, title: str | None = None, width: int = 768, cmap: str = "magma") -> Image.Image:
-    """The :func:`weight_map` picture of an :class:`ImageWeights`."""
+def draw(
+    weights: ImageWeights,
+    title: str | None = None,
+    width: int = 768,
+    cmap: str = "magma",
+    marked: Sequence[int] | None = None,
+) -> Image.Image:
+    """The :func:`weight_map` picture of an :class:`ImageWeights` (``marked`` tiles crossed out)."""
     return weight_map(
-        weights.image, weights.tile_weights, weights.grid, weights.thumbnail_weight, title=title, width=width, cmap=cmap
+        weights.image,
+        weights.tile_weights,
+        weights.grid,
+        weights.thumbnail_weight,
+        title=title,
+        width=width,
+        cmap=cmap,
+        marked=marked,
     )
 
 

@@ -238,3 +238,36 @@ def test_remove_tiles_on_images(internvl_model, internvl_processor, diag_images)
     res0 = it.remove_tiles_on_images(internvl_model, internvl_processor, diag_images[:1], it.RemovalSpec(k=0), progress=False)
     assert res0[0].change.max_abs_logit_change == 0.0 and res0[0].change.kl_divergence == 0.0
 
+
+
+def test_docs_example_runs(tmp_path, monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "docs" / "examples" / "inspection.py"))
+    out = capsys.readouterr().out
+    assert "coffee removed tiles" in out and "dropped [[" in out
+    assert "entropy_rel" in out
+
+
+def test_remove_tiles_and_ablate_cli_over_images(tmp_path, diag_images, internvl_model, fast_default):
+    from gswa_plugin.cli import app
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    diag_images[0][1].save(folder / "coffee.png")
+    runner = CliRunner()
+    cfg = tmp_path / "cos.yaml"
+    cfg.write_text("gswa:\n  variant: cosine\n  cosine_temperature: 0.05\n")
+    res = runner.invoke(app, ["remove-tiles", "--image", str(folder), "--gswa", str(cfg), "--k", "2", "--mode", "drop"])
+    assert res.exit_code == 0, res.output
+    assert "coffee.png" in res.output and "drop: 2 highest-weight tiles" in res.output
+    ident = _checkpoint(internvl_model, tmp_path, "self_attn", 0.0)
+    res = runner.invoke(app, ["ablate", "-c", f"cosine={cfg}", "-c", f"self_attn={ident}", "--image", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "self_attn" in res.output and "cosine" in res.output
+    res = runner.invoke(app, ["ablate", "-c", "oops", "--image", str(folder)])
+    assert res.exit_code == 2 and "NAME=PATH" in res.output
+    res = runner.invoke(app, ["remove-tiles", "--k", "1"])
+    assert res.exit_code == 2 and "either --image" in res.output

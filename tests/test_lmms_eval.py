@@ -150,6 +150,8 @@ def test_lmms_eval_cli_runs_the_three_tasks_offline(family, workdir, checkpoints
             assert any(k.startswith(metric) for k in results["results"][task]), (task, results["results"][task])
             assert metric in table
     assert results["config"]["model"] == f"gswa_{family}"
+    if family != "internvl":
+        return  # the baseline path is the same code for every family; run it once to keep CI short
     # the baseline: same model and run setup, GSWA off
     proc, base = _run_cli(workdir, f"gswa_{family}", f"pretrained={host},gswa=none,max_tiles=4,max_new_tokens=4", tmp_path / "base")
     assert proc.returncode == 0, proc.stderr[-5000:]

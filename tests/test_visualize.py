@@ -118,3 +118,14 @@ def test_visualize_errors_are_clear(tmp_path, fast_default):
     assert res.exit_code == 2 and "neither a saved GSWA directory" in res.output
     with pytest.raises(FileNotFoundError, match="no images"):
         vis.find_images(tmp_path)
+
+
+def test_docs_example_runs(tmp_path, monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "docs" / "examples" / "visualize.py"))
+    pic = Image.open(tmp_path / "coffee_weights.png")
+    assert pic.width == 768
+    assert "(2, 3)" in capsys.readouterr().out

@@ -93,7 +93,7 @@ def remove_tiles_cmd(
         results = it.remove_tiles_on_images(net, processor, _images(image or []), spec)
     table = Table(title=f"Tile removal ({spec.describe()}); change of the next-token distribution")
     for col in ("image", "tiles", "removed", "max |Δlogit|", "KL", "top-1 same"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "image")
     for r in results:
         table.add_row(
             Path(r.name).name,
@@ -156,7 +156,7 @@ def ablate_cmd(
         rows = it.ablate_on_images(net, processor, ckpts, _images(image or []))
     table = Table(title="Variant ablation over images (change against the host without GSWA)")
     for col in ("gswa", "variant", "entropy_rel", "top_share", "max/min", "mean KL", "top-1 agreement", "max |Δlogit|"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("gswa", "variant"))
     for r in rows:
         s = r.stats
         table.add_row(

@@ -172,6 +172,11 @@ def prompt_text(processor: Any, question: str, n_images: int = 1) -> str:
 def model_inputs(model: Any, processor: Any, images: Sequence[Image.Image], question: str) -> dict[str, Any]:
     """Processor outputs for one prompt about ``images``, on the model's device and float dtype."""
     inputs = processor(text=[prompt_text(processor, question, len(images))], images=list(images), return_tensors="pt")
+    return on_model(model, inputs)
+
+
+def on_model(model: Any, inputs: Any) -> dict[str, Any]:
+    """Processor outputs moved to the model's device, floating tensors in its dtype."""
     ref = next(p for p in model.parameters() if p.is_floating_point())
     return {
         k: (v.to(ref.device, ref.dtype) if v.is_floating_point() else v.to(ref.device)) if torch.is_tensor(v) else v

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..errors import GSWAError
 from ..inspect_tools import RemovalSpec, run_with_removal
-from .hosts import enable_gswa, gswa_source_kind, load_pretrained, set_tile_cap
+from .hosts import enable_gswa, gswa_source_kind, load_pretrained, on_model, set_tile_cap
 
 
 class UnsupportedRequestError(GSWAError, RuntimeError):
@@ -147,12 +147,7 @@ class GSWALmms(lmms):
         return " ".join([token] * n_images + [text])
 
     def _inputs(self, images: list[Any], text: str) -> dict[str, Any]:
-        inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
-        dtype = next(p for p in self._model.parameters() if p.is_floating_point()).dtype
-        return {
-            k: (v.to(self._device, dtype) if v.is_floating_point() else v.to(self._device)) if torch.is_tensor(v) else v
-            for k, v in dict(inputs).items()
-        }
+        return on_model(self._model, self.processor(text=[text], images=images or None, return_tensors="pt"))
 
     def generate_until(self, requests: List[Instance]) -> List[GenerationResult]:
         """Answer each request greedily (or as its ``generation_kwargs`` say)."""
