@@ -27,8 +27,8 @@ with module hooks, and the missing layers are added as that many times the mean 
 ``meta`` device).
 
 Peak memory added: the peak of live tensor bytes allocated during the image encoding and during
-the training step, with GSWA enabled minus without, tracked op by op with a
-:class:`~torch.utils._python_dispatch.TorchDispatchMode` (works on any device).
+the training step, with GSWA enabled minus without, at the largest tile count, tracked op by op
+with a :class:`~torch.utils._python_dispatch.TorchDispatchMode` (works on any device).
 """
 
 from __future__ import annotations
@@ -390,7 +390,9 @@ def _seam_stand_in(model: nn.Module, outputs: Callable[[], Any]) -> Iterator[Non
 class _Host:
     """The host model at reduced depth with clocks on its layers."""
 
-    def __init__(self, shapes: HostShapes, vision_layers: int, text_layers: int, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, shapes: HostShapes, vision_layers: int, text_layers: int, dtype: torch.dtype, device: torch.device
+    ):
         from transformers import InternVLForConditionalGeneration
 
         self.shapes = shapes
@@ -852,8 +854,8 @@ def load_json(path: str | Path) -> BenchResult:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     names = {f.name for f in BenchResult.__dataclass_fields__.values()}
     row_names = set(TileResult.__dataclass_fields__)
-    result = BenchResult(**{k: v for k, v in data.items() if k in names and k not in ("shapes", "rows")},
-                         shapes=HostShapes(**data["shapes"]))
+    fields = {k: v for k, v in data.items() if k in names and k not in ("shapes", "rows")}
+    result = BenchResult(**fields, shapes=HostShapes(**data["shapes"]))
     result.rows = [TileResult(**{k: v for k, v in row.items() if k in row_names}) for row in data["rows"]]
     return result
 

@@ -103,7 +103,9 @@ def test_every_included_snippet_exists():
 def test_every_page_is_in_the_nav():
     hooks = _docs_hooks()
     in_nav = set(hooks.nav_pages(_mkdocs_config()["nav"]))
-    pages = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md") if "examples" not in p.parts and "assets" not in p.parts}
+    pages = {
+        str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md") if "examples" not in p.parts and "assets" not in p.parts
+    }
     missing = sorted(pages - in_nav)
     assert not missing, f"add these pages to the nav in mkdocs.yml: {missing}"
 
