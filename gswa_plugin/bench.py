@@ -170,6 +170,7 @@ class _Clock:
         self._sync = sync
         self._backward = backward
         self._start: dict[int, float] = {}
+        self._backward_start: dict[int, float] = {}
         self._handles = []
         for m in modules:
             self._handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
@@ -203,10 +204,10 @@ class _Clock:
                 out.register_hook(lambda g, key=key: self._start_backward(key))
 
     def _start_backward(self, key: int) -> None:
-        self._start[("b", key)] = self._now()  # type: ignore[index]
+        self._backward_start[key] = self._now()
 
     def _end_backward(self, key: int) -> None:
-        start = self._start.pop(("b", key), None)  # type: ignore[call-overload]
+        start = self._backward_start.pop(key, None)
         if start is not None:
             self.backward_s += self._now() - start
 

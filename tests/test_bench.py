@@ -90,3 +90,15 @@ def test_bench_command_reports_bad_tiles():
     result = CliRunner().invoke(app, ["bench", "--shapes", "tiny", "--tiles", "a,b"])
     assert result.exit_code == 2
     assert "--tiles takes comma-separated integers" in result.output
+
+
+def test_layer_clocks_see_forward_and_backward():
+    shapes = bench.SHAPES["tiny"]
+    host = bench._Host(shapes, 1, 1, torch.float32, torch.device("cpu"))
+    inputs = bench._make_inputs(shapes, 3, torch.device("cpu"), torch.float32, seed=0)
+    encode, step = host.train_step(inputs)
+    assert host.tclock.forward_s > 0 and host.tclock.backward_s > 0  # the language layer, both ways
+    assert host.vclock.forward_s > 0 and host.vclock.backward_s == 0  # the vision encoder is frozen
+    assert host.enc_clock.backward_s > 0  # the projector's backward
+    assert 0 < encode < step
+    assert all(p.grad is None for p in host.model.parameters())  # gradients cleared after the step
