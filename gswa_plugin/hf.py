@@ -15,11 +15,8 @@ from typing import Any
 
 
 def processor_class(cls: type) -> type:
-    """``cls``, or where torchvision is missing a subclass that accepts ``video_processor=None``."""
-    from transformers.utils import is_torchvision_available
-
-    if is_torchvision_available():
-        return cls
+    """A subclass of ``cls`` that accepts ``video_processor=None`` (image-only processors built in
+    code; with or without torchvision, where the real class insists on a video processor)."""
 
     class NoVideo(cls):  # type: ignore[misc, valid-type]
         def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
