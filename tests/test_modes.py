@@ -224,3 +224,13 @@ def test_placeholder_count_mismatch_is_a_clear_error():
     ids = torch.tensor([[5, 6, 6, 6, 7]])
     with pytest.raises(gswa_plugin.LayoutError, match="3 image placeholder tokens"):
         placeholder_position_weights(ids, 6, torch.ones(2), 2)
+
+
+def test_docs_example_runs(monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "examples" / "modes.py"
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    assert all(m in out for m in ("embed", "value", "attn_bias"))

@@ -1,0 +1,343 @@
+"""The needle-tile task: does a trained GSWA put its weight where the information is?
+
+Each image is a 3x3 grid of tiles drawn with Pillow. One tile (the *needle*) holds a saturated
+filled shape whose colour is the answer to "what colour is the shape ?"; the other eight hold
+distractors: grey filled shapes or coloured outlines (so a colour alone does not give the answer
+away: an outline's colour is independent of the answer). The real ``InternVLProcessor`` tiles each image into 9 tiles plus the thumbnail, in
+InternVL's order (row-major, thumbnail last), and a tiny native ``InternVLForConditionalGeneration``
+is trained on CPU to answer with the colour word. A fifth of the images have no needle and the
+answer ``tile`` (see :data:`NO_NEEDLE`).
+
+Measured per run: answer accuracy on held-out images, the *hit rate* (fraction of held-out
+images with a needle whose largest GSWA weight is on the needle tile; chance 1/9), the mean weight on the
+needle tile (1 is uniform) and wall time. Runs differ only in what is compared: the host's initial
+weights come from ``seed`` (GSWA's own parameters from their own generator), and every run sees the
+same images in the same order.
+
+Used by ``benchmarks/needle/run.py`` (the full comparison) and by the tests (a CI-sized run).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+#: Answer colours (words of the tiny tokenizer's vocabulary) and their RGB.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 25, 25),
+    "green": (25, 190, 40),
+    "blue": (30, 60, 235),
+    "yellow": (240, 220, 20),
+}
+#: Answer word of an image without a needle (a word of the tiny vocabulary). Without such images the
+#: answer set is closed and one colour can be answered by exclusion ("none of the others is there"),
+#: so the language model never needs to look at that colour's tile and GSWA gets no signal for it.
+NO_NEEDLE = "tile"
+#: Fraction of images without a needle.
+NO_NEEDLE_FRACTION = 0.2
+GRID = 3
+QUESTION = "what colour is the shape ?"
+#: ``none`` trains the host without GSWA (the baseline); the others are GSWA's application modes.
+BENCH_MODES: tuple[str, ...] = ("none", "embed", "value", "attn_bias")
+
+
+def _shape(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], kind: int, **style: Any) -> None:
+    if kind == 0:
+        draw.rectangle(box, **style)
+    elif kind == 1:
+        draw.ellipse(box, **style)
+    else:
+        x0, y0, x1, y1 = box
+        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], **style)
+
+
+def make_image(rng: np.random.Generator, tile: int, kinds: list[str] | None = None) -> tuple[Image.Image, int, int]:
+    """One needle image (``kinds``, if given, receives ``needle``/``grey``/``outline`` per tile).
+
+    Returns:
+        ``(image, answer, needle)``: the ``3*tile`` square picture, the index of the answer in
+        :func:`answer_words` (colours, then :data:`NO_NEEDLE`), and the needle tile's row-major
+        index (0..8; -1 for an image without a needle).
+    """
+    size = GRID * tile
+    bg = int(rng.integers(215, 250))
+    img = Image.new("RGB", (size, size), (bg, bg, bg))
+    draw = ImageDraw.Draw(img)
+    names = list(COLOURS)
+    answer = int(rng.integers(len(names)))
+    needle = int(rng.integers(GRID * GRID))
+    if rng.random() < NO_NEEDLE_FRACTION:
+        answer, needle = len(names), -1
+    for t in range(GRID * GRID):
+        r, c = divmod(t, GRID)
+        side = int(rng.integers(tile * 4 // 10, tile * 7 // 10))
+        x0 = c * tile + int(rng.integers(2, tile - side - 1))
+        y0 = r * tile + int(rng.integers(2, tile - side - 1))
+        box = (x0, y0, x0 + side, y0 + side)
+        kind = int(rng.integers(3))
+        what = "needle" if t == needle else ("grey" if rng.random() < 0.5 else "outline")
+        if kinds is not None:
+            kinds.append(what)
+        if what == "needle":
+            _shape(draw, box, kind, fill=COLOURS[names[answer]])
+        elif what == "grey":
+            g = int(rng.integers(90, 170))
+            _shape(draw, box, kind, fill=(g, g, g))
+        else:
+            # an outline's colour is drawn independently of the answer: it carries no information
+            colour = COLOURS[names[int(rng.integers(len(names)))]]
+            _shape(draw, box, kind, outline=colour, width=max(1, tile // 28))
+    return img, answer, needle
+
+
+@dataclass
+class NeedleData:
+    """Images tiled by the real processor.
+
+    Attributes:
+        pixel_values: ``[images, views, 3, tile, tile]`` (9 tiles then the thumbnail).
+        answer: ``[images]`` index of the answer in :func:`answer_words`.
+        needle: ``[images]`` row-major index of the needle tile (-1: no needle).
+        images: the first few pictures, kept for the weight-map figures.
+    """
+
+    pixel_values: torch.Tensor
+    answer: torch.Tensor
+    needle: torch.Tensor
+    images: list[Image.Image] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.answer.shape[0])
+
+
+def processor(tile: int) -> Any:
+    """The real ``InternVLProcessor`` (GotOcr2 tiling) at ``tile`` px, allowing the 3x3 grid."""
+    from .tiny import tiny_internvl_processor
+
+    return tiny_internvl_processor(image_size=tile, max_patches=GRID * GRID)
+
+
+def make_data(n: int, seed: int, tile: int = 56, keep_images: int = 8, proc: Any = None) -> NeedleData:
+    """``n`` needle images from generator ``seed``, tiled by the real processor."""
+    rng = np.random.default_rng(seed)
+    proc = proc or processor(tile)
+    pix, ans, ndl, kept = [], [], [], []
+    for i in range(n):
+        img, a, k = make_image(rng, tile)
+        out = proc.image_processor(images=[img], return_tensors="pt")
+        pv = out["pixel_values"]
+        if pv.shape[0] != GRID * GRID + 1:
+            raise RuntimeError(f"the processor cut a {img.size} image into {pv.shape[0]} views, expected 10")
+        pix.append(pv)
+        ans.append(a)
+        ndl.append(k)
+        if i < keep_images:
+            kept.append(img)
+    return NeedleData(torch.stack(pix), torch.tensor(ans), torch.tensor(ndl), kept)
+
+
+@dataclass
+class RunConfig:
+    """One training run of the needle benchmark.
+
+    Attributes:
+        mode: ``none`` (no GSWA) or a GSWA application mode (``embed``, ``value``, ``attn_bias``).
+        variant: GSWA variant (ignored for ``none``).
+        seed: host initialisation, GSWA's own generator and the batch order.
+        frozen_encoder: freeze the vision tower (it cannot silence distractor tiles by itself).
+        steps, batch_size, lr, gswa_lr: training schedule (AdamW).
+        gswa_warmup: steps during which GSWA's parameters stay at their identity start (all weights
+            1) while the host learns the task, as when GSWA is added to a pretrained host.
+        eval_every: held-out evaluation interval (for the hit-rate curve); 0: only at the end.
+        tile: tile size in pixels (28 px: 4 patches, 1 language-model token per view; 56 px: 4 tokens).
+        text_layers: language-model depth.
+    """
+
+    mode: str = "value"
+    variant: str = "self_attn"
+    seed: int = 0
+    frozen_encoder: bool = False
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    gswa_lr: float = 1e-2
+    eval_every: int = 50
+    tile: int = 28
+    text_layers: int = 2
+    gswa_hidden: int = 64
+    summary: str = "cls"
+    min_weight: float = 0.0
+    temperature: float = 1.0
+    gswa_warmup: int = 0
+
+
+def build_model(cfg: RunConfig) -> tuple[Any, Any]:
+    """The tiny native InternVL of a run, with GSWA enabled unless ``mode == 'none'``.
+
+    Returns:
+        ``(model, handle)``; ``handle`` is ``None`` for ``mode == 'none'``.
+    """
+    from . import api
+    from .tiny import tiny_internvl
+
+    model = tiny_internvl(seed=cfg.seed, image_size=cfg.tile, text_layers=cfg.text_layers)
+    handle = None
+    if cfg.mode != "none":
+        handle = api.enable(
+            model,
+            {
+                "variant": cfg.variant,
+                "mode": cfg.mode,
+                "hidden_size": cfg.gswa_hidden,
+                "num_heads": 4,
+                "seed": cfg.seed,
+                "summary": cfg.summary,
+                "min_weight": cfg.min_weight,
+                "temperature": cfg.temperature,
+            },
+        )
+    if cfg.frozen_encoder:
+        model.model.vision_tower.requires_grad_(False)
+    return model, handle
+
+
+def prompt_ids(model: Any, tokens_per_view: int, views: int = GRID * GRID + 1) -> torch.Tensor:
+    """``<img> <IMG_CONTEXT>*n </img> what colour is the shape ?`` as ids of the tiny tokenizer."""
+    from .tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    text = "<img>" + "<IMG_CONTEXT>" * (tokens_per_view * views) + "</img> " + QUESTION
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if tok.unk_token_id in ids:
+        raise RuntimeError("the needle prompt has words outside the tiny vocabulary")
+    return torch.tensor(ids)
+
+
+def answer_words() -> list[str]:
+    """The answers: the colour words, then :data:`NO_NEEDLE`."""
+    return [*COLOURS, NO_NEEDLE]
+
+
+def answer_ids() -> torch.Tensor:
+    from .tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    return torch.tensor([tok.convert_tokens_to_ids(c) for c in answer_words()])
+
+
+def _forward(model: Any, ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Last-position logits for a batch ``pixel_values [B, views, 3, t, t]``."""
+    b = pixel_values.shape[0]
+    out = model(
+        input_ids=ids[None].expand(b, -1),
+        pixel_values=pixel_values.flatten(0, 1),
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
+
+
+@torch.no_grad()
+def evaluate(model: Any, handle: Any, data: NeedleData, ids: torch.Tensor, chunk: int = 128) -> dict[str, Any]:
+    """Held-out accuracy, hit rate, mean needle weight and the tile weights ``[images, 9]``."""
+    from . import api
+
+    was_training = model.training
+    model.eval()
+    colour_ids = answer_ids()
+    correct, weights = [], []
+    for s in range(0, len(data), chunk):
+        logits = _forward(model, ids, data.pixel_values[s : s + chunk])
+        correct.append(logits[:, colour_ids].argmax(-1) == data.answer[s : s + chunk])
+        if handle is not None:
+            weights.append(torch.stack(api.last_weights(model)).float())
+    model.train(was_training)
+    res: dict[str, Any] = {"accuracy": float(torch.cat(correct).float().mean())}
+    if weights:
+        w = torch.cat(weights)
+        has = data.needle >= 0  # hit rate and needle weight over the images that have a needle
+        res["hit_rate"] = float((w[has].argmax(-1) == data.needle[has]).float().mean())
+        res["needle_weight"] = float(w[has].gather(1, data.needle[has][:, None]).mean())
+        res["weights"] = w
+    else:
+        res.update(hit_rate=None, needle_weight=None, weights=None)
+    return res
+
+
+def train(
+    cfg: RunConfig,
+    train_data: NeedleData,
+    eval_data: NeedleData,
+    progress: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run and evaluate it.
+
+    Returns:
+        A dict with the config, final ``accuracy``, ``hit_rate``, ``needle_weight``,
+        ``wall_s``, ``history`` (``[step, accuracy, hit_rate]`` at each evaluation) and the
+        held-out tile ``weights`` ``[images, 9]`` (a tensor, or ``None`` without GSWA).
+    """
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    start = time.perf_counter()
+    model, handle = build_model(cfg)
+    ids = None
+    gswa_params = [p for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
+    host_params = [p for n, p in model.named_parameters() if not n.startswith("gswa.") and p.requires_grad]
+    groups = [{"params": host_params, "lr": cfg.lr}]
+    if gswa_params:
+        groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups)
+    order = torch.Generator().manual_seed(cfg.seed)
+    target_ids = answer_ids()
+    tpv = (cfg.tile // 14) ** 2 // 4
+    ids = prompt_ids(model, tpv)
+    history: list[list[float | None]] = []
+    model.train()
+    n = len(train_data)
+    perm = torch.randperm(n, generator=order)
+    pos = 0
+    for step in range(1, cfg.steps + 1):
+        if pos + cfg.batch_size > n:
+            perm, pos = torch.randperm(n, generator=order), 0
+        idx = perm[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        logits = _forward(model, ids, train_data.pixel_values[idx])
+        # cross-entropy over the answer words only: the task is which answer, not that one comes next
+        loss = torch.nn.functional.cross_entropy(logits[:, target_ids], train_data.answer[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if step <= cfg.gswa_warmup:
+            for p in gswa_params:
+                p.grad = None  # AdamW skips parameters without a gradient: GSWA stays at identity
+        opt.step()
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            ev = evaluate(model, handle, eval_data, ids)
+            history.append([step, ev["accuracy"], ev["hit_rate"]])
+            if progress is not None:
+                progress(step, {"loss": float(loss.detach()), **{k: v for k, v in ev.items() if k != "weights"}})
+    final = evaluate(model, handle, eval_data, ids)
+    if not history or history[-1][0] != cfg.steps:
+        history.append([cfg.steps, final["accuracy"], final["hit_rate"]])
+    return {
+        "config": asdict(cfg),
+        "accuracy": final["accuracy"],
+        "hit_rate": final["hit_rate"],
+        "needle_weight": final["needle_weight"],
+        "wall_s": time.perf_counter() - start,
+        "history": history,
+        "weights": final["weights"],
+    }
+
+
+#: The benchmark's best configuration at CI size (``tests/test_needle.py``, ``.ci/steps/40-needle.sh``):
+#: the run, the data sizes, and the hit rate it must reach (chance: 1/9). See docs/needle.md.
+BEST: dict[str, Any] = {
+    "config": {"mode": "attn_bias", "variant": "self_attn", "frozen_encoder": True, "seed": 0, "steps": 150, "eval_every": 0},
+    "train_images": 600,
+    "eval_images": 128,
+    "min_hit_rate": 0.4,
+}

@@ -1,0 +1,79 @@
+"""The needle-tile benchmark: its images, its tiling by the real processor, and a CI-sized run.
+
+The CI-sized run (marked ``slow`` and ``needle``, run by ``.ci/steps/40-needle.sh``) trains the
+benchmark's best configuration and asserts its hit rate on held-out images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gswa_plugin import needle
+from gswa_plugin.tiny import tiny_tokenizer
+
+
+def test_needle_image_has_one_saturated_filled_tile():
+    rng = np.random.default_rng(0)
+    kinds: list[str] = []
+    img, answer, k = needle.make_image(rng, 28, kinds)
+    assert img.size == (84, 84) and kinds.count("needle") == 1 and kinds.index("needle") == k
+    arr = np.asarray(img).astype(int)
+    colour = np.array(list(needle.COLOURS.values())[answer])
+    hits = (np.abs(arr - colour).sum(-1) == 0).reshape(3, 28, 3, 28).sum(axis=(1, 3)).reshape(-1)
+    # the answer colour fills the needle tile (outlines of any colour are 1 px thin)
+    assert int(hits.argmax()) == k and hits[k] > 40
+
+
+def test_processor_tiles_needle_images_in_internvl_order():
+    data = needle.make_data(3, seed=5, tile=28)
+    assert data.pixel_values.shape == (3, 10, 3, 28, 28)
+    proc = needle.processor(28)
+    # tile t of the real processor's output is the t-th 28 px crop, row-major; the thumbnail is last
+    img = data.images[0]
+    crop = proc.image_processor(images=[img.crop((28, 0, 56, 28))], return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(data.pixel_values[0, 1], crop)
+    small = proc.image_processor(images=[img.resize((28, 28), resample=3)], return_tensors="pt")["pixel_values"][0]
+    assert (data.pixel_values[0, 9] - small).abs().mean() < (data.pixel_values[0, 1] - small).abs().mean()
+
+
+def test_prompt_uses_the_tiny_vocabulary():
+    model, handle = needle.build_model(needle.RunConfig(mode="value", steps=1))
+    ids = needle.prompt_ids(model, tokens_per_view=1)
+    tok = tiny_tokenizer()
+    assert (ids == model.config.image_token_id).sum() == 10
+    assert tok.decode(ids[-6:]).split() == needle.QUESTION.split()
+    assert [tok.convert_ids_to_tokens(int(i)) for i in needle.answer_ids()] == list(needle.COLOURS)
+    assert handle.config.mode == "value"
+
+
+def test_host_starts_identical_with_or_without_gswa():
+    base, _ = needle.build_model(needle.RunConfig(mode="none", seed=4))
+    for mode in ("embed", "attn_bias"):
+        model, _ = needle.build_model(needle.RunConfig(mode=mode, variant="cross_attn", seed=4))
+        host = {k: v for k, v in model.state_dict().items() if not k.startswith("gswa.")}
+        assert host.keys() == base.state_dict().keys()
+        assert all(torch.equal(v, base.state_dict()[k]) for k, v in host.items())
+
+
+def test_a_few_training_steps_run_every_mode():
+    train, held_out = needle.make_data(16, seed=1, tile=28), needle.make_data(8, seed=2, tile=28)
+    for mode in needle.BENCH_MODES:
+        res = needle.train(needle.RunConfig(mode=mode, steps=2, batch_size=8, eval_every=1), train, held_out)
+        assert 0.0 <= res["accuracy"] <= 1.0 and len(res["history"]) == 2
+        if mode == "none":
+            assert res["hit_rate"] is None and res["weights"] is None
+        else:
+            assert res["weights"].shape == (8, 9) and 0.0 <= res["hit_rate"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.needle
+def test_ci_sized_needle_run_finds_the_needle_tile():
+    """The benchmark's best configuration at CI size (see docs/needle.md for the full table)."""
+    best = needle.BEST
+    train, held_out = needle.make_data(best["train_images"], seed=1), needle.make_data(best["eval_images"], seed=2)
+    res = needle.train(needle.RunConfig(**best["config"]), train, held_out)
+    print(f"needle CI run: hit rate {res['hit_rate']:.3f}, accuracy {res['accuracy']:.3f}, {res['wall_s']:.0f} s")
+    assert res["hit_rate"] >= best["min_hit_rate"]
