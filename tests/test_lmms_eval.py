@@ -199,3 +199,19 @@ def test_bad_model_args_are_reported(checkpoints):
         GSWAInternVL(pretrained=str(host), gswa="none", tiles=3)
     m = GSWAInternVL(pretrained=str(host), gswa=str(cosine), max_tiles=2)
     assert m.processor.image_processor.max_patches == 2
+
+
+@pytest.mark.parametrize("family", ["internvl", "llava_onevision"])
+def test_gswa_visualize_and_diagnose_load_a_saved_checkpoint(family, checkpoints, tmp_path):
+    """``--model DIR`` loads a real checkpoint directory (here, where torchvision is installed)."""
+    from typer.testing import CliRunner
+
+    from gswa_plugin.cli import app
+
+    host, cosine, identity = checkpoints[family]
+    runner = CliRunner()
+    res = runner.invoke(app, ["visualize", "--model", str(host), "--gswa", str(cosine), "-i", "coffee", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "coffee.png").is_file()
+    res = runner.invoke(app, ["diagnose", "--model", str(host), "--gswa", str(identity), "-i", "coffee", "-i", "chelsea", "--fail"])
+    assert res.exit_code == 1 and "uniform" in res.output, res.output

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from . import app
 from ._common import console, err_console, reported_errors
+from .visualize import input_errors
 
 _MODEL_HELP = "Local checkpoint directory (or cached hub id). Default: the small InternVL built in code."
 _IMAGE_HELP = "Image file, folder of images, or scikit-image sample name (repeatable)."
@@ -20,11 +21,7 @@ _TASK_HELP = "lmms-eval task(s) instead of images, comma-separated (needs `pip i
 def _images(image: List[str]) -> list:
     from ..visualize import load_images
 
-    try:
-        return load_images(image)
-    except FileNotFoundError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from exc
+    return load_images(image)
 
 
 def _need_images_or_task(image: Optional[List[str]], task: Optional[str]) -> None:
@@ -66,7 +63,7 @@ def remove_tiles_cmd(
     from .. import inspect_tools as it
 
     _need_images_or_task(image, task)
-    with reported_errors():
+    with reported_errors(), input_errors():
         spec = it.RemovalSpec(k=0 if threshold is not None else k, by=by, which=which, threshold=threshold, mode=mode)
         if task:
             if model is None:
@@ -135,7 +132,7 @@ def ablate_cmd(
 
     _need_images_or_task(image, task)
     ckpts = _parse_checkpoints(checkpoint)
-    with reported_errors():
+    with reported_errors(), input_errors():
         if task:
             if model is None:
                 err_console.print("[bold red]error:[/] --task needs --model (a checkpoint lmms-eval can load)")
@@ -190,7 +187,7 @@ def diagnose_cmd(
 
     given = {"uniform_entropy": uniform_entropy, "tile_dominance_share": tile_dominance_share, "thumbnail_ratio": thumbnail_ratio}
     thresholds = Thresholds(**{k: v for k, v in given.items() if v is not None})
-    with reported_errors():
+    with reported_errors(), input_errors():
         net, processor, handle = load_host(model, gswa, max_tiles=max_tiles)
         if handle is None:
             err_console.print("[bold red]error:[/] diagnostics judge GSWA's weights: give a GSWA checkpoint or YAML")

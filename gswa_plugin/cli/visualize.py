@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 
 from . import app
 from ._common import console, err_console, reported_errors
+
+
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+    """A missing image or checkpoint, or a missing package, as a one-line error and exit status 2."""
+    try:
+        yield
+    except (FileNotFoundError, ImportError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2) from exc
 
 
 @app.command("visualize")
@@ -33,17 +44,13 @@ def visualize_cmd(
     from ..eval.hosts import load_host
     from ..visualize import visualize_paths
 
-    with reported_errors():
-        try:
-            with console.status("loading the model..."):
-                net, processor, handle = load_host(model, gswa, max_tiles=max_tiles, dtype=dtype, device=device)
-            if handle is None:
-                err_console.print("[bold red]error:[/] gswa=none leaves GSWA off: there are no weights to draw")
-                raise typer.Exit(code=2)
-            results = visualize_paths(net, processor, image, out, width=width, cmap=cmap)
-        except FileNotFoundError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(code=2) from exc
+    with reported_errors(), input_errors():
+        with console.status("loading the model..."):
+            net, processor, handle = load_host(model, gswa, max_tiles=max_tiles, dtype=dtype, device=device)
+        if handle is None:
+            err_console.print("[bold red]error:[/] gswa=none leaves GSWA off: there are no weights to draw")
+            raise typer.Exit(code=2)
+        results = visualize_paths(net, processor, image, out, width=width, cmap=cmap)
     for path, w in results:
         thumb = f", thumbnail {w.thumbnail_weight:.2f}" if w.thumbnail_weight is not None else ""
         console.print(

@@ -76,6 +76,12 @@ def load_pretrained(
             f"could not load '{pretrained}': {exc}. Give a local checkpoint directory (with config.json, weights "
             "and processor files), or a hub id already in the cache when offline"
         ) from exc
+    except ImportError as exc:
+        first = " ".join(str(exc).split()).split(". ")[0].rstrip(".") or type(exc).__name__
+        raise ImportError(
+            f"could not load '{pretrained}': {first}. Install the missing package in this environment (for "
+            "processors with a video processor: torchvision, matching your torch version)"
+        ) from exc
     return model.to(device).eval(), processor
 
 
