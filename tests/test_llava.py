@@ -125,7 +125,7 @@ def test_optimiser_steps_change_gswa_parameters(model, inputs):
         out.loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.gswa.parameters() if p.grad is not None)
         opt.step()
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
     changed = [k for k, v in model.gswa.state_dict().items() if not torch.equal(v, start[k])]
     assert changed, "no GSWA parameter moved"
     assert any("query" in k for k in changed)
