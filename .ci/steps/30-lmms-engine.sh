@@ -26,5 +26,9 @@ echo "lmms-engine step: environment ready after $(( $(date +%s) - start )) s"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m lmms_engine tests/test_lmms_engine.py
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_lmms_engine_config.py tests/test_core.py \
   tests/test_internvl.py tests/test_save_load.py tests/test_adapters_llava.py \
-  tests/test_contract.py -k "not idefics3 and not smolvlm and not aya_vision"
+  tests/test_contract.py -k "not idefics3 and not smolvlm and not aya_vision and not test_onevision_videos"
+# Left out above: on transformers 5.8.1 the Idefics3, SmolVLM and Aya Vision contract cases fail,
+# and so does the LLaVA-OneVision video test (`get_video_features() missing ... 'pixel_values'`);
+# they pass on the main environment's 5.24. The lmms-engine recipes use InternVL and
+# LLaVA-OneVision images, which are tested here.
 echo "lmms-engine step took $(( $(date +%s) - start )) s"
