@@ -45,7 +45,8 @@ def _run(root: Path, trainer_type: str, ranks: int) -> dict:
     log = root / "weights.jsonl"
     env = dict(os.environ, GSWA_TEST_WEIGHTS_LOG=str(log), WANDB_MODE="disabled", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", GSWA_PLUGINS="")
-    module = ["-m", "tests.hosts_lmms_engine.cpu_launch", f"config_yaml={config}"]
+    # Hydra (lmms-engine's CLI) writes its run folder under the working directory unless told
+    module = ["-m", "tests.hosts_lmms_engine.cpu_launch", f"config_yaml={config}", f"hydra.run.dir={root / 'hydra'}"]
     if ranks > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *module]
     else:
