@@ -1,6 +1,6 @@
 """lmms-engine's real trainers, a few steps on CPU, with GSWA turned on from the YAML.
 
-A tiny native InternVL checkpoint and a tiny dataset in lmms-engine's format are written to disk
+A tiny native InternVL (and LLaVA-OneVision) checkpoint and a tiny dataset in lmms-engine's format are written to disk
 (:mod:`tests.hosts_lmms_engine.fixtures`); lmms-engine's CLI runs through gswa-plugin's launcher,
 adapted to CPU at the boundary (:mod:`tests.hosts_lmms_engine.cpu_launch` says what is adapted).
 Checked: GSWA was active (weights computed at every step, identity at the first), it trained
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("lmms_engine", reason="needs lmms-engine: pip install 'gswa-plugin[lmms-engine]'")
 
@@ -33,15 +34,18 @@ pytestmark = pytest.mark.lmms_engine
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 BATCH = 2
+#: run id -> (trainer type, ranks, model family)
 RUNS = {
-    "hf_trainer": ("hf_trainer", 1),
-    "fsdp2_trainer": ("fsdp2_trainer", 1),
-    "fsdp2_trainer-2ranks": ("fsdp2_trainer", 2),
+    "hf_trainer": ("hf_trainer", 1, "internvl"),
+    "fsdp2_trainer": ("fsdp2_trainer", 1, "internvl"),
+    "fsdp2_trainer-2ranks": ("fsdp2_trainer", 2, "internvl"),
+    # lmms-engine's own LLaVA-OneVision support (its `llava` data processor), as in the recipe
+    "llava_onevision-hf_trainer": ("hf_trainer", 1, "llava_onevision"),
 }
 
 
-def _run(root: Path, trainer_type: str, ranks: int) -> dict:
-    config = write_config(root, trainer_type=trainer_type, steps=STEPS)
+def _run(root: Path, trainer_type: str, ranks: int, family: str) -> dict:
+    config = write_config(root, trainer_type=trainer_type, steps=STEPS, family=family)
     log = root / "weights.jsonl"
     env = dict(os.environ, GSWA_TEST_WEIGHTS_LOG=str(log), WANDB_MODE="disabled", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", GSWA_PLUGINS="")
@@ -54,22 +58,22 @@ def _run(root: Path, trainer_type: str, ranks: int) -> dict:
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    return {"root": root, "config": config, "log": lines, "ranks": ranks, "trainer": trainer_type}
+    model_dir = yaml.safe_load(config.read_text())["model_config"]["load_from_pretrained_path"]
+    return {"root": root, "config": config, "log": lines, "ranks": ranks, "trainer": trainer_type, "model": model_dir}
 
 
 @pytest.fixture(scope="module", params=list(RUNS))
 def run(request, tmp_path_factory):
-    trainer_type, ranks = RUNS[request.param]
-    return _run(tmp_path_factory.mktemp(request.param), trainer_type, ranks)
+    trainer_type, ranks, family = RUNS[request.param]
+    return _run(tmp_path_factory.mktemp(request.param), trainer_type, ranks, family)
 
 
 def _initial_gswa(run) -> dict[str, torch.Tensor]:
     """GSWA's parameters as lmms-engine created them: the same model and GSWA block, enabled here."""
-    import yaml
-    from transformers import InternVLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
     cfg = yaml.safe_load(run["config"].read_text())
-    model = InternVLForConditionalGeneration.from_pretrained(cfg["model_config"]["load_from_pretrained_path"])
+    model = AutoModelForImageTextToText.from_pretrained(run["model"])
     gswa_plugin.enable(model, cfg["model_config"]["monkey_patch_kwargs"]["gswa"])
     return {k: v.detach().float().clone() for k, v in model.gswa.state_dict().items()}
 
@@ -100,8 +104,6 @@ def test_gswa_trained(run):
 
 
 def test_gswa_saved_with_every_checkpoint_and_loads(run):
-    from transformers import InternVLForConditionalGeneration
-
     out = run["root"] / "out"
     for step in (2, STEPS):
         assert (out / f"checkpoint-{step}" / "gswa" / "gswa.safetensors").is_file()
@@ -111,8 +113,8 @@ def test_gswa_saved_with_every_checkpoint_and_loads(run):
         from host_checkpoint import load_trained  # the docs' example
     finally:
         sys.path.pop(0)
-    model = load_trained(str(run["root"] / "tiny-internvl"), str(saved.parent))
-    assert isinstance(model, InternVLForConditionalGeneration)
+    model = load_trained(run["model"], str(saved.parent))
+    assert model.config.model_type == Path(run["model"]).name.removeprefix("tiny-").replace("-", "_")
     expected = load_file(str(saved / "gswa.safetensors"))
     for k, v in model.gswa.state_dict().items():
         torch.testing.assert_close(v, expected[k].to(v.dtype), rtol=0, atol=0)  # fsdp2 ran in bf16

@@ -3,7 +3,8 @@
 # dependencies (transformers <5.9 and torchvision, hence the torch 2.14.1 / torchvision 0.29.1
 # pair: a ~7 GB venv), gswa-plugin installed into it with the `lmms-engine` extra, then
 #  * the `lmms_engine`-marked tests: lmms-engine's hf_trainer, fsdp2_trainer and a 2-rank FSDP2
-#    run on CPU, a few steps each on a tiny InternVL, GSWA on from the YAML;
+#    run on CPU, a few steps each on a tiny InternVL, and hf_trainer on a tiny LLaVA-OneVision,
+#    GSWA on from the YAML;
 #  * gswa-plugin's own tests of the families the lmms-engine recipes use (InternVL, LLaVA-NeXT,
 #    LLaVA-OneVision) on this environment's transformers (the lower end of the range we admit).
 set -euo pipefail

@@ -35,8 +35,10 @@ SAMPLES = [
 ]
 
 
-def write_model(root: Path) -> Path:
-    """Tiny InternVL checkpoint + processor (with chat template) in one folder."""
+def write_model(root: Path, family: str = "internvl") -> Path:
+    """Tiny checkpoint + processor (with chat template) in one folder."""
+    if family == "llava_onevision":
+        return _write_llava_onevision(root)
     path = root / "tiny-internvl"
     model = tiny_internvl(image_size=TILE)
     model.config._attn_implementation = "sdpa"
@@ -44,6 +46,32 @@ def write_model(root: Path) -> Path:
     proc = _processor()
     proc.chat_template = CHAT_TEMPLATE
     save_processor(proc, path)
+    return path
+
+
+def _write_llava_onevision(root: Path) -> Path:
+    """Tiny LLaVA-OneVision (SigLIP, anyres_max_9) + the real processor lmms-engine's `llava`
+    data processor loads (``LlavaOnevisionProcessor.from_pretrained``)."""
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    from gswa_plugin.tiny_hosts import anyres_pinpoints, tiny_llava_onevision
+
+    path = root / "tiny-llava-onevision"
+    model = tiny_llava_onevision(tile=TILE)
+    model.config._attn_implementation = "sdpa"
+    model.save_pretrained(path)
+    proc = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(
+            size={"height": TILE, "width": TILE}, image_grid_pinpoints=anyres_pinpoints(TILE, 4)
+        ),
+        tokenizer=tiny_tokenizer(),
+        video_processor=LlavaOnevisionVideoProcessor(),
+        num_image_tokens=(TILE // 14) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        chat_template=CHAT_TEMPLATE.replace("<IMG_CONTEXT>", "<image>"),
+    )
+    proc.save_pretrained(path)
     return path
 
 
@@ -104,18 +132,29 @@ def write_data(root: Path) -> Path:
     return spec
 
 
-def write_config(root: Path, trainer_type: str = "hf_trainer", steps: int = 3, gswa: dict[str, Any] | None = None) -> Path:
-    """The lmms-engine YAML of a tiny run with GSWA on; returns its path."""
-    model = write_model(root)
+def write_config(
+    root: Path,
+    trainer_type: str = "hf_trainer",
+    steps: int = 3,
+    gswa: dict[str, Any] | None = None,
+    family: str = "internvl",
+) -> Path:
+    """The lmms-engine YAML of a tiny run with GSWA on; returns its path. ``family``: ``internvl``
+    (gswa-plugin's ``internvl`` data processor) or ``llava_onevision`` (lmms-engine's own ``llava``)."""
+    model = write_model(root, family)
     dataset = write_data(root)
     gswa_block = {"variant": "self_attn", "hidden_size": 32, "num_heads": 4, "num_layers": 1, **(gswa or {})}
+    layers = ["Qwen2DecoderLayer"]
     config: dict[str, Any] = {
         "trainer_type": trainer_type,
         "dataset_config": {
             "dataset_type": "vision",
             "dataset_format": "yaml",
             "dataset_path": str(dataset),
-            "processor_config": {"processor_name": str(model), "processor_type": "internvl"},
+            "processor_config": {
+                "processor_name": str(model),
+                "processor_type": "internvl" if family == "internvl" else "llava",
+            },
             "shuffle": False,
             "packing": False,
         },
@@ -156,7 +195,7 @@ def write_config(root: Path, trainer_type: str = "hf_trainer", steps: int = 3, g
                 "fsdp2": True,
                 "reduce_dtype": "float32",
                 "output_dtype": "float32",
-                "fsdp_config": {"transformer_layer_cls_to_wrap": ["Qwen2DecoderLayer"], "reshard_after_forward": True},
+                "fsdp_config": {"transformer_layer_cls_to_wrap": layers, "reshard_after_forward": True},
             }
         )
     path = root / "train.yaml"
