@@ -122,7 +122,7 @@ def processor(tile: int) -> Any:
     return tiny_internvl_processor(image_size=tile, max_patches=GRID * GRID)
 
 
-def make_data(n: int, seed: int, tile: int = 56, keep_images: int = 8, proc: Any = None) -> NeedleData:
+def make_data(n: int, seed: int, tile: int = 28, keep_images: int = 8, proc: Any = None) -> NeedleData:
     """``n`` needle images from generator ``seed``, tiled by the real processor."""
     rng = np.random.default_rng(seed)
     proc = proc or processor(tile)
@@ -151,6 +151,8 @@ class RunConfig:
         seed: host initialisation, GSWA's own generator and the batch order.
         frozen_encoder: freeze the vision tower (it cannot silence distractor tiles by itself).
         steps, batch_size, lr, gswa_lr: training schedule (AdamW).
+        vision_lr: learning rate of the vision tower when it is trained (``None``: ``lr``; at
+            ``lr = 1e-3`` the tiny host often failed to learn the task at all in 300 steps).
         gswa_warmup: steps during which GSWA's parameters stay at their identity start (all weights
             1) while the host learns the task, as when GSWA is added to a pretrained host.
         eval_every: held-out evaluation interval (for the hit-rate curve); 0: only at the end.
@@ -174,6 +176,8 @@ class RunConfig:
     min_weight: float = 0.0
     temperature: float = 1.0
     gswa_warmup: int = 0
+    vision_lr: float | None = 2e-4
+    global_weight: float = 1.0
 
 
 def build_model(cfg: RunConfig) -> tuple[Any, Any]:
@@ -199,6 +203,7 @@ def build_model(cfg: RunConfig) -> tuple[Any, Any]:
                 "summary": cfg.summary,
                 "min_weight": cfg.min_weight,
                 "temperature": cfg.temperature,
+                "global_weight": cfg.global_weight,
             },
         )
     if cfg.frozen_encoder:
@@ -286,8 +291,11 @@ def train(
     model, handle = build_model(cfg)
     ids = None
     gswa_params = [p for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
-    host_params = [p for n, p in model.named_parameters() if not n.startswith("gswa.") and p.requires_grad]
-    groups = [{"params": host_params, "lr": cfg.lr}]
+    host = [(n, p) for n, p in model.named_parameters() if not n.startswith("gswa.") and p.requires_grad]
+    vision = [p for n, p in host if "vision_tower" in n]
+    groups = [{"params": [p for n, p in host if "vision_tower" not in n], "lr": cfg.lr}]
+    if vision:
+        groups.append({"params": vision, "lr": cfg.lr if cfg.vision_lr is None else cfg.vision_lr})
     if gswa_params:
         groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups)
@@ -336,8 +344,8 @@ def train(
 #: The benchmark's best configuration at CI size (``tests/test_needle.py``, ``.ci/steps/40-needle.sh``):
 #: the run, the data sizes, and the hit rate it must reach (chance: 1/9). See docs/needle.md.
 BEST: dict[str, Any] = {
-    "config": {"mode": "attn_bias", "variant": "self_attn", "frozen_encoder": True, "seed": 0, "steps": 150, "eval_every": 0},
+    "config": {"mode": "value", "variant": "self_attn", "frozen_encoder": False, "seed": 0, "steps": 300, "eval_every": 0},
     "train_images": 600,
     "eval_images": 128,
-    "min_hit_rate": 0.4,
+    "min_hit_rate": 0.6,
 }
