@@ -35,7 +35,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from ...api import enable, get_handle, is_enabled
+from ...api import MODULE_ATTR, enable, get_handle, is_enabled
 from ...config import GSWAConfig
 from ...errors import ConfigError
 from .. import require, save_into_checkpoint, unwrap
@@ -83,10 +83,11 @@ def apply_gswa(model: Any, gswa: dict[str, Any] | None = None) -> None:
             return
         cfg = GSWAConfig.from_dict(gswa or {}, source="model_config.monkey_patch_kwargs.gswa")
         handle = enable(model, cfg)
-        n_params = sum(p.numel() for p in handle.module.parameters())
+        params = list(handle.module.parameters())
+        dtype = params[0].dtype if params else "n/a"
         _log(
-            f"GSWA enabled: adapter '{handle.adapter.name}', variant '{cfg.variant}', {n_params} parameters "
-            f"(model.{'gswa'}), dtype {next(handle.module.parameters(), None).dtype if n_params else 'n/a'}"
+            f"GSWA enabled: adapter '{handle.adapter.name}', variant '{cfg.variant}', "
+            f"{sum(p.numel() for p in params)} parameters in `{MODULE_ATTR}`, dtype {dtype}"
         )
     except Exception as exc:
         raise GSWAPatchFailed(exc) from exc
