@@ -19,6 +19,7 @@ Used by ``benchmarks/needle/run.py`` (the full comparison) and by the tests (a C
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -211,11 +212,16 @@ def build_model(cfg: RunConfig) -> tuple[Any, Any]:
     return model, handle
 
 
-def prompt_ids(model: Any, tokens_per_view: int, views: int = GRID * GRID + 1) -> torch.Tensor:
-    """``<img> <IMG_CONTEXT>*n </img> what colour is the shape ?`` as ids of the tiny tokenizer."""
+@functools.lru_cache(maxsize=1)
+def _tokenizer() -> Any:
     from .tiny import tiny_tokenizer
 
-    tok = tiny_tokenizer()
+    return tiny_tokenizer()
+
+
+def prompt_ids(model: Any, tokens_per_view: int, views: int = GRID * GRID + 1) -> torch.Tensor:
+    """``<img> <IMG_CONTEXT>*n </img> what colour is the shape ?`` as ids of the tiny tokenizer."""
+    tok = _tokenizer()
     text = "<img>" + "<IMG_CONTEXT>" * (tokens_per_view * views) + "</img> " + QUESTION
     ids = tok(text, add_special_tokens=False)["input_ids"]
     if tok.unk_token_id in ids:
@@ -229,9 +235,7 @@ def answer_words() -> list[str]:
 
 
 def answer_ids() -> torch.Tensor:
-    from .tiny import tiny_tokenizer
-
-    tok = tiny_tokenizer()
+    tok = _tokenizer()
     return torch.tensor([tok.convert_tokens_to_ids(c) for c in answer_words()])
 
 
