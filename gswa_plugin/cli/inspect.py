@@ -15,7 +15,7 @@ from .visualize import input_errors
 
 _MODEL_HELP = "Local checkpoint directory (or cached hub id). Default: the small InternVL built in code."
 _IMAGE_HELP = "Image file, folder of images, or scikit-image sample name (repeatable)."
-_TASK_HELP = "lmms-eval task(s) instead of images, comma-separated (needs `pip install 'gswa-plugin[eval]'`)."
+_TASK_HELP = "lmms-eval task(s) instead of images, comma-separated (needs `pip install 'gswa-plugin\\[eval]'`)."
 
 
 def _images(image: List[str]) -> list:
