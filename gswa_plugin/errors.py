@@ -73,3 +73,11 @@ class DataError(GSWAError, ValueError):
 class HostNotInstalledError(GSWAError, ImportError):
     """A host framework integration was used but the framework is not installed; the message names
     the extra (``pip install gswa-plugin[...]``) or the install command."""
+
+
+class UnsupportedRequestError(GSWAError, RuntimeError):
+    """lmms-eval asked a gswa model for a request type it does not answer."""
+
+
+class WrongFamilyError(GSWAError, ValueError):
+    """The checkpoint given to a ``gswa_<family>`` lmms-eval model belongs to another family."""

@@ -38,17 +38,9 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from lmms_eval.protocol import ChatMessages
 from tqdm.auto import tqdm
 
-from ..errors import GSWAError
+from ..errors import GSWAError, UnsupportedRequestError, WrongFamilyError
 from ..inspect_tools import RemovalSpec, run_with_removal
 from .hosts import enable_gswa, gswa_source_kind, load_pretrained, on_model, set_tile_cap
-
-
-class UnsupportedRequestError(GSWAError, RuntimeError):
-    """lmms-eval asked a gswa model for a request type it does not answer."""
-
-
-class WrongFamilyError(GSWAError, ValueError):
-    """The checkpoint given to a ``gswa_<family>`` model belongs to another family."""
 
 
 class GSWALmms(lmms):

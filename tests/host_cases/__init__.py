@@ -28,7 +28,6 @@ class HostCase:
         language_model: the module whose forward receives ``inputs_embeds`` (what the LM sees).
         config: extra GSWA config for this case (e.g. a declarative adapter spec).
         supports_generate: whether ``generate()`` works on this host here.
-        prepare: optional ``(model) -> None`` run after enable (e.g. register a declarative spec).
     """
 
     adapter: str
