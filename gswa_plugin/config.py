@@ -213,6 +213,21 @@ def _check_type(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
+def rule_problems(label: str, value: Any, meta: Any) -> list[str]:
+    """Problems of a well-typed ``value`` against the rules in a field's metadata
+    (``choices``, ``min``, ``gt``, ``max_exclusive``); ``label`` names the field in the messages."""
+    problems = []
+    if "choices" in meta and value not in meta["choices"]:
+        problems.append(f"{label} must be one of {', '.join(map(repr, meta['choices']))}; got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        problems.append(f"{label} must be >= {meta['min']}, got {value!r}")
+    if "gt" in meta and value <= meta["gt"]:
+        problems.append(f"{label} must be > {meta['gt']}, got {value!r}")
+    if "max_exclusive" in meta and value >= meta["max_exclusive"]:
+        problems.append(f"{label} must be < {meta['max_exclusive']}, got {value!r}")
+    return problems
+
+
 def _validate(data: dict[str, Any], partial: bool = False) -> list[str]:
     """Every problem of a (possibly partial) settings dict, as readable lines."""
     hints = typing.get_type_hints(GSWAConfig)
@@ -233,14 +248,7 @@ def _validate(data: dict[str, Any], partial: bool = False) -> list[str]:
             continue
         if value is None:
             continue
-        if "choices" in meta and value not in meta["choices"]:
-            problems.append(f"`{name}` must be one of {', '.join(map(repr, meta['choices']))}; got {value!r}")
-        if "min" in meta and value < meta["min"]:
-            problems.append(f"`{name}` must be >= {meta['min']}, got {value!r}")
-        if "gt" in meta and value <= meta["gt"]:
-            problems.append(f"`{name}` must be > {meta['gt']}, got {value!r}")
-        if "max_exclusive" in meta and value >= meta["max_exclusive"]:
-            problems.append(f"`{name}` must be < {meta['max_exclusive']}, got {value!r}")
+        problems.extend(rule_problems(f"`{name}`", value, meta))
     hidden = data.get("hidden_size", fields["hidden_size"].default)
     heads = data.get("num_heads", fields["num_heads"].default)
     if (

@@ -72,7 +72,7 @@ from ..errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModu
 from ..hookspecs import hookimpl
 from ._base import Adapter, patch_method, resolve_path, runs_of_token
 from ._layout import views_closed_by_marker, views_opened_by_marker
-from .internvl import install_input_ids_capture
+from ._base import install_input_ids_capture
 
 NAME = "declarative"
 

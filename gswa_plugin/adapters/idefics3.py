@@ -25,7 +25,8 @@ from torch import nn
 from ..hookspecs import hookimpl
 from ._base import Adapter, model_type, patch_method
 from ._layout import masked_mean, refuse_cls_summary, views_closed_by_marker
-from .internvl import InternVLAdapter, install_input_ids_capture
+from ._base import install_input_ids_capture
+from .internvl import InternVLAdapter
 
 
 class Idefics3Adapter(Adapter):

@@ -23,7 +23,15 @@ from torch import nn
 from ..errors import LayoutError
 from ..hookspecs import hookimpl
 from ..modes import placeholder_position_weights
-from ._base import Adapter, model_type, patch_method, resolve_path, runs_of_token, summarise
+from ._base import (
+    Adapter,
+    install_input_ids_capture,
+    model_type,
+    patch_method,
+    resolve_path,
+    runs_of_token,
+    summarise,
+)
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -32,49 +40,6 @@ def _inner(model: nn.Module) -> nn.Module:
     if inner is not None and hasattr(inner, "vision_tower"):
         return inner
     return model
-
-
-def _input_ids_from_call(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
-    ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
-    return ids if isinstance(ids, torch.Tensor) and not ids.is_floating_point() else None
-
-
-def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -> None:
-    """Keep the ``input_ids`` of the current call in ``handle.state['input_ids']`` for layout
-    inference: a pre-hook on the inner forward, and a wrapper around ``generate()``. Shared by
-    adapters of hosts whose tiles per image are only visible in ``input_ids``."""
-
-    def pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        ids = _input_ids_from_call(args, kwargs)
-        if ids is not None:
-            handle.state["input_ids"] = ids
-        handle.state["call_input_ids"] = ids  # kept for the whole call (application modes)
-
-    def post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
-        handle.state.pop("input_ids", None)
-        handle.state.pop("call_input_ids", None)
-
-    h1 = inner.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    h2 = inner.register_forward_hook(post_hook, with_kwargs=True)
-    handle.add_undo(h1.remove)
-    handle.add_undo(h2.remove)
-
-    if hasattr(model, "generate"):
-
-        def make_generate(original: Callable) -> Callable:
-            def generate(*args: Any, **kwargs: Any) -> Any:
-                ids = _input_ids_from_call(args, kwargs)
-                if ids is None:
-                    ids = kwargs.get("inputs")
-                handle.state["input_ids"] = ids
-                try:
-                    return original(*args, **kwargs)
-                finally:
-                    handle.state.pop("input_ids", None)
-
-            return generate
-
-        handle.add_undo(patch_method(model, "generate", make_generate))
 
 
 class InternVLAdapter(Adapter):

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..config import GSWAConfig
+from ..config import GSWAConfig, rule_problems
 from ..diagnostics import Thresholds
 from ..errors import ConfigError
 
@@ -271,14 +271,7 @@ def _check_fields(cls: type, data: Any, where: str, problems: list[str]) -> None
             continue
         if meta.get("required") and value in ("", []):
             problems.append(f"`{where}{name}` is required: {meta['help']}")
-        if "choices" in meta and value not in meta["choices"]:
-            problems.append(f"`{where}{name}` must be one of {', '.join(map(repr, meta['choices']))}; got {value!r}")
-        if "min" in meta and value < meta["min"]:
-            problems.append(f"`{where}{name}` must be >= {meta['min']}, got {value!r}")
-        if "gt" in meta and value <= meta["gt"]:
-            problems.append(f"`{where}{name}` must be > {meta['gt']}, got {value!r}")
-        if "max_exclusive" in meta and value >= meta["max_exclusive"]:
-            problems.append(f"`{where}{name}` must be < {meta['max_exclusive']}, got {value!r}")
+        problems.extend(rule_problems(f"`{where}{name}`", value, meta))
 
 
 def training_argument_names() -> list[str]:
