@@ -143,3 +143,16 @@ def test_follows_host_dtype(internvl_inputs, dtype):
     with torch.no_grad():
         out = model(**inputs).logits
     assert out.dtype == dtype and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("mode", ["value", "attn_bias"])
+def test_generated_image_token_is_text_in_attention_modes(internvl_model, internvl_inputs, mode):
+    """A decode step whose token happens to be the image-context token carries no image: weight 1."""
+    gswa_plugin.enable(internvl_model, {"mode": mode, "hidden_size": 32, "num_heads": 4})
+    peaked(internvl_model)
+    with torch.no_grad():
+        out = internvl_model(**internvl_inputs, use_cache=True)
+        step = torch.full((2, 1), internvl_model.config.image_token_id)
+        mask = torch.cat([internvl_inputs["attention_mask"], torch.ones(2, 1, dtype=torch.long)], dim=1)
+        nxt = internvl_model(input_ids=step, attention_mask=mask, cache=out.cache, use_cache=True)
+    assert torch.isfinite(nxt.logits).all()

@@ -179,7 +179,14 @@ def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -
         ids = _input_ids_from_call(args, kwargs)
         if ids is not None:
             handle.state["input_ids"] = ids
-        handle.state["call_input_ids"] = ids  # kept for the whole call (application modes)
+        # Kept for the whole call (application modes), only when the call brings images (pixel
+        # values, or features generate() encoded before its first step): a generated token that
+        # happens to be the image token is text.
+        encoded = kwargs.get("mm_encoder_outputs")
+        if isinstance(encoded, dict):
+            encoded = encoded.get("image")
+        has_images = kwargs.get("pixel_values") is not None or encoded is not None
+        handle.state["call_input_ids"] = ids if has_images else None
 
     def post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         handle.state.pop("input_ids", None)
