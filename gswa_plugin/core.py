@@ -167,11 +167,13 @@ def pad_summaries(summaries: torch.Tensor, layout: TileLayout) -> Padded:
         tile_pos = pos
     slot = torch.where(is_thumb, torch.zeros_like(pos), tile_pos + 1)
     n_tiles = counts - has_thumb.long()
-    t_max = int(n_tiles.max()) if n_images else 0
+    # sizes come from the Python layout, not from device tensors: no host-device sync on a GPU
+    tiles_py = layout.tiles_per_image()
+    t_max = max(tiles_py) if tiles_py else 0
     tokens = summaries.new_zeros(n_images, 1 + t_max, summaries.shape[-1])
     tokens = tokens.index_put((image_index, slot), summaries)
     tile_mask = torch.arange(t_max, device=device)[None, :] < n_tiles[:, None]
-    if not bool(has_thumb.all()):
+    if any(not layout.has_global(n) for n in layout.views_per_image):
         mean = tokens[:, 1:].sum(1) / n_tiles[:, None].to(tokens.dtype)
         tokens = torch.cat([torch.where(has_thumb[:, None], tokens[:, 0], mean)[:, None], tokens[:, 1:]], dim=1)
     return Padded(tokens, tile_mask, image_index, slot, has_thumb)
