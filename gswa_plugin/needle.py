@@ -96,6 +96,55 @@ def make_image(rng: np.random.Generator, tile: int, kinds: list[str] | None = No
     return img, answer, needle
 
 
+def tile_kinds(n: int, seed: int, tile: int = 28) -> list[list[str]]:
+    """What each tile of the images of ``make_data(n, seed)`` holds (``needle``/``grey``/``outline``).
+
+    Replays the generator of :func:`make_data`, so the pictures are not tiled again.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        kinds: list[str] = []
+        make_image(rng, tile, kinds)
+        out.append(kinds)
+    return out
+
+
+def palette_chroma(
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406), std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+) -> dict[str, dict[str, Any]]:
+    """Each answer colour's chroma as the encoder receives it, and its cosine to the palette's mean chroma.
+
+    Chroma: the colour normalised with the processor's ``mean``/``std`` (ImageNet's by default,
+    as :func:`processor` uses) minus its mean over the three channels, so grey has none. A tile
+    score that is linear in colour and learned from needles of every colour points along the
+    palette's mean chroma; a colour whose cosine to it is negative is then ranked *below* grey.
+    """
+    m, s = np.asarray(mean), np.asarray(std)
+    chroma = {}
+    for name, rgb in COLOURS.items():
+        x = (np.asarray(rgb) / 255.0 - m) / s
+        chroma[name] = x - x.mean()
+    centre = np.mean(list(chroma.values()), axis=0)
+    return {
+        name: {
+            "chroma": [round(float(v), 3) for v in c],
+            "cos_to_palette_mean": float(c @ centre / (np.linalg.norm(c) * np.linalg.norm(centre))),
+        }
+        for name, c in chroma.items()
+    }
+
+
+def hit_rate_by_answer(weights: torch.Tensor, data: "NeedleData") -> dict[str, float]:
+    """Hit rate per answer colour over the images whose needle has that colour (NaN where there is none)."""
+    hit = weights.argmax(-1) == data.needle
+    names = answer_words()
+    return {
+        names[a]: float(hit[(data.answer == a) & (data.needle >= 0)].float().mean())
+        for a in range(len(COLOURS))
+    }
+
+
 @dataclass
 class NeedleData:
     """Images tiled by the real processor.
@@ -272,6 +321,7 @@ def evaluate(model: Any, handle: Any, data: NeedleData, ids: torch.Tensor, chunk
         res["hit_rate"] = float((w[has].argmax(-1) == data.needle[has]).float().mean())
         res["needle_weight"] = float(w[has].gather(1, data.needle[has][:, None]).mean())
         res["weights"] = w
+        res["hit_by_answer"] = hit_rate_by_answer(w, data)
     else:
         res.update(hit_rate=None, needle_weight=None, weights=None)
     return res
@@ -282,13 +332,15 @@ def train(
     train_data: NeedleData,
     eval_data: NeedleData,
     progress: Callable[[int, dict[str, Any]], None] | None = None,
+    keep_model: bool = False,
 ) -> dict[str, Any]:
     """Train one run and evaluate it.
 
     Returns:
         A dict with the config, final ``accuracy``, ``hit_rate``, ``needle_weight``,
         ``wall_s``, ``history`` (``[step, accuracy, hit_rate]`` at each evaluation) and the
-        held-out tile ``weights`` ``[images, 9]`` (a tensor, or ``None`` without GSWA).
+        held-out tile ``weights`` ``[images, 9]`` (a tensor, or ``None`` without GSWA); with
+        ``keep_model`` also the trained ``model`` and its GSWA ``handle``.
     """
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
@@ -334,7 +386,9 @@ def train(
     final = evaluate(model, handle, eval_data, ids)
     if not history or history[-1][0] != cfg.steps:
         history.append([cfg.steps, final["accuracy"], final["hit_rate"]])
+    kept = {"model": model, "handle": handle} if keep_model else {}
     return {
+        **kept,
         "config": asdict(cfg),
         "accuracy": final["accuracy"],
         "hit_rate": final["hit_rate"],
