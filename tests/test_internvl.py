@@ -154,5 +154,7 @@ def test_generated_image_token_is_text_in_attention_modes(internvl_model, intern
         out = internvl_model(**internvl_inputs, use_cache=True)
         step = torch.full((2, 1), internvl_model.config.image_token_id)
         mask = torch.cat([internvl_inputs["attention_mask"], torch.ones(2, 1, dtype=torch.long)], dim=1)
-        nxt = internvl_model(input_ids=step, attention_mask=mask, cache=out.cache, use_cache=True)
+        # transformers 5.24 names the cache `cache`; earlier 5.x `past_key_values`
+        cache_kw = "cache" if hasattr(out, "cache") else "past_key_values"
+        nxt = internvl_model(input_ids=step, attention_mask=mask, use_cache=True, **{cache_kw: getattr(out, cache_kw)})
     assert torch.isfinite(nxt.logits).all()
