@@ -136,12 +136,7 @@ class GSWAConfig:
     def from_yaml(cls, path: str | os.PathLike[str]) -> GSWAConfig:
         """Read the top-level ``gswa:`` block of a YAML file (other top-level keys are ignored)."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError([f"file not found: {path}"], str(path))
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
+        data = read_yaml(path)
         if not isinstance(data, dict) or BLOCK_KEY not in data:
             raise ConfigError(
                 [f"no top-level `{BLOCK_KEY}:` block; put the GSWA settings under `{BLOCK_KEY}:`"], str(path)
@@ -159,6 +154,17 @@ class GSWAConfig:
     def replace(self, **changes: Any) -> GSWAConfig:
         """A copy with some fields changed (validated like any config)."""
         return GSWAConfig.from_dict({**self.to_dict(), **changes})
+
+
+def read_yaml(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """Parse a YAML file; a missing file or bad YAML is a :class:`ConfigError` naming the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"{what} not found: {p}"], str(p))
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(p)) from exc
 
 
 def default_config_path() -> Path:

@@ -57,6 +57,26 @@ def tiny_tokenizer(extra_special: dict[str, str] | None = None) -> Any:
     return tok
 
 
+def text_config(
+    model_type: str, vocab_size: int, hidden: int = 64, layers: int = 2, max_positions: int = 4096, **extra: Any
+) -> dict[str, Any]:
+    """A small decoder config dict (4 heads, 2 KV heads, MLP twice as wide, pad 0 / bos 1 / eos 2)."""
+    return dict(
+        model_type=model_type,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_positions,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        **extra,
+    )
+
+
 def tiny_internvl_config(
     image_size: int = 448,
     vision_hidden: int = 32,
@@ -80,19 +100,7 @@ def tiny_internvl_config(
             patch_size=[patch, patch],
             use_mean_pooling=True,
         ),
-        text_config=dict(
-            model_type="qwen2",
-            hidden_size=text_hidden,
-            intermediate_size=text_hidden * 2,
-            num_hidden_layers=text_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=vocab,
-            max_position_embeddings=8192,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
+        text_config=text_config("qwen2", vocab, text_hidden, text_layers, max_positions=8192),
         image_token_id=SPECIAL_TOKENS.index("<IMG_CONTEXT>"),
         image_seq_length=(image_size // patch) ** 2 // 4,
         downsample_ratio=0.5,

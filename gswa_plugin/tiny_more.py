@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .hf import image_processor_class, processor_class
-from .tiny import WORDS
+from .tiny import WORDS, text_config
 
 #: Special tokens every tiny tokenizer starts with.
 BASE_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -48,20 +48,7 @@ def word_tokenizer(specials: list[str], extra_special: dict[str, str] | None = N
 
 
 def _text_config(model_type: str, vocab_size: int, hidden: int = 64, layers: int = 2, **extra: Any) -> dict[str, Any]:
-    return dict(
-        model_type=model_type,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        **extra,
-    )
+    return text_config(model_type, vocab_size, hidden, layers, max_positions=4096, **extra)
 
 
 def _finish(model: Any) -> Any:

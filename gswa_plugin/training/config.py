@@ -26,12 +26,11 @@ import difflib
 import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
-from ..config import GSWAConfig, rule_problems
+from ..config import GSWAConfig, read_yaml, rule_problems
 from ..diagnostics import Thresholds
 from ..errors import ConfigError
 
@@ -348,13 +347,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed YAML of a recipe file (no validation)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"recipe file not found: {p}"], str(p))
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(p)) from exc
+    data = read_yaml(path, "recipe file")
     return data if data is not None else {}
 
 
