@@ -210,6 +210,10 @@ def test_gswa_diagnose_cli_exit_codes(tmp_path, diag_images, internvl_model, fas
     assert "uniform" in res.output
     res = runner.invoke(app, ["diagnose", "--gswa", str(uniform), "--image", str(folder)])
     assert res.exit_code == 0, res.output
+    # the thresholds given on the command line are the ones applied
+    res = runner.invoke(app, ["diagnose", "--gswa", str(uniform), "--image", str(folder), "--fail", "--uniform-entropy", "1.01"])
+    assert res.exit_code == 0, res.output
+    assert "no failure signature found" in res.output
 
 
 # --- ablation ---------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def diagnose_cmd(
         if handle is None:
             err_console.print("[bold red]error:[/] diagnostics judge GSWA's weights: give a GSWA checkpoint or YAML")
             raise typer.Exit(code=2)
-        diagnosis = diagnose_images(net, processor, _images(image))
+        diagnosis = diagnose_images(net, processor, _images(image), thresholds=thresholds)
     table = Table(title=f"GSWA weights ({handle.config.variant}) over {len(diagnosis.per_image)} image(s)")
     table.add_column("image")
     table.add_column("tiles", justify="right")
