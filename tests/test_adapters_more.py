@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 import gswa_plugin
-from gswa_plugin import plugins
 from gswa_plugin.adapters.declarative import parse_declaration, validate_declaration
 from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
 from gswa_plugin.tiny import sample_image
