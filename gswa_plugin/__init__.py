@@ -14,22 +14,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .adapters._base import Adapter  # noqa: E402
-from .api import (  # noqa: E402
-    GSWAHandle,
-    disable,
-    enable,
-    get_handle,
-    is_enabled,
-    last_weights,
-    load,
-    save,
-    set_tiles,
-    tiles,
-)
-from .config import GSWAConfig  # noqa: E402
-from .core import GSWAModule, TileBatch, TileLayout  # noqa: E402
-from .errors import (  # noqa: E402
+from gswa_plugin.adapters._base import Adapter  # noqa: E402
+from gswa_plugin.api import disable, enable, last_weights, set_tiles, tiles
+from gswa_plugin.checkpoint import load, save
+from gswa_plugin.config import GSWAConfig  # noqa: E402
+from gswa_plugin.errors import (
     AdapterNotFoundError,
     AlreadyEnabledError,
     CheckpointError,
@@ -44,7 +33,10 @@ from .errors import (  # noqa: E402
     RegistrationError,
     UnsupportedModeError,
 )
-from .hookspecs import hookimpl  # noqa: E402
+from gswa_plugin.handle import GSWAHandle, get_handle, is_enabled
+from gswa_plugin.hookspecs import hookimpl  # noqa: E402
+from gswa_plugin.layout import TileBatch, TileLayout
+from gswa_plugin.weighting import GSWAModule  # noqa: E402
 
 __all__ = [
     "Adapter",
@@ -74,6 +66,7 @@ __all__ = [
     "is_enabled",
     "last_weights",
     "load",
+    "read_saved",
     "save",
     "set_tiles",
     "tiles",

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .core import BUILTIN_VARIANTS, TileBatch, apply_weights
-from .hookspecs import hookimpl
+from gswa_plugin.apply import apply_weights
+from gswa_plugin.hookspecs import hookimpl
+from gswa_plugin.layout import TileBatch
+from gswa_plugin.weighting import BUILTIN_VARIANTS
 
 
 @hookimpl
@@ -21,6 +23,6 @@ def gswa_register_variants(register: Callable[[str, Any], None]) -> None:
 def gswa_process_tiles(batch: TileBatch, handle: Any) -> TileBatch:
     """Default processing: weights from the model's GSWA module, then (``embed`` mode) scale the features."""
     batch.weights = handle.module(batch.summaries, batch.layout)
-    if handle.config.mode == "embed":  # the other modes act inside the language model (gswa_plugin.modes)
+    if handle.config.mode == "embed":  # the other modes act inside the language model (gswa_plugin.apply)
         batch.features = apply_weights(batch.features, batch.weights)
     return batch

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from gswa_plugin.errors import ConfigError
 
 #: Where the settings live in a YAML file or a nested dict.
 BLOCK_KEY = "gswa"
@@ -265,29 +265,4 @@ def _validate(data: dict[str, Any], partial: bool = False) -> list[str]:
         and hidden % heads
     ):
         problems.append(f"`num_heads` ({heads}) must divide `hidden_size` ({hidden})")
-    if "variant" in data and isinstance(data["variant"], str):
-        from .plugins import variant_names  # late import: plugins import this module
-
-        names = variant_names()
-        if data["variant"] not in names:
-            close = difflib.get_close_matches(data["variant"], names, n=1, cutoff=0.5)
-            hint = f"; did you mean `{close[0]}`?" if close else ""
-            problems.append(f"`variant` must be one of {', '.join(map(repr, names))}; got {data['variant']!r}{hint}")
-    if data.get("adapter") is not None and isinstance(data.get("adapter"), str):
-        from .plugins import adapter_names
-
-        names = adapter_names()
-        if data["adapter"] not in names:
-            close = difflib.get_close_matches(data["adapter"], names, n=1, cutoff=0.5)
-            hint = f"; did you mean `{close[0]}`?" if close else ""
-            problems.append(f"`adapter` must be one of {', '.join(map(repr, names))}; got {data['adapter']!r}{hint}")
-    declare = data.get("declare")
-    if isinstance(declare, dict):
-        from .adapters.declarative import NAME, validate_declaration  # late import: adapters import this module
-
-        problems.extend(validate_declaration(declare))
-        if data.get("adapter") != NAME:
-            problems.append(f"`declare` is read only by `adapter: {NAME}`; add `adapter: {NAME}` or remove `declare`")
-    elif data.get("adapter") == "declarative":
-        problems.append("`adapter: declarative` needs a `declare:` mapping describing the host (see the docs page 'Adapters')")
     return problems

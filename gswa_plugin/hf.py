@@ -57,23 +57,38 @@ def save_processor(processor: Any, directory: str | os.PathLike[str]) -> None:
     )
 
 
-def load_processor(path: str | os.PathLike[str]) -> Any:
-    """``AutoProcessor.from_pretrained(path)``, or, where that fails for want of torchvision, the
-    processor class named in the checkpoint built from its image processor and tokenizer."""
+def load_processor(
+    path: str | os.PathLike[str], max_patches: int | None = None, min_patches: int | None = None
+) -> Any:
+    """The processor of a checkpoint directory (or cached hub id).
+
+    ``AutoProcessor.from_pretrained(path)`` first; where that fails for want of torchvision, the
+    processor class named in the saved configs (``processor_config.json`` as written by
+    :func:`save_processor`, then ``config.json``) is built from the saved image processor and
+    tokenizer. ``max_patches``/``min_patches`` override the image processor's tile limits.
+    """
     import transformers
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     try:
-        return AutoProcessor.from_pretrained(path)
-    except (AttributeError, ImportError, ValueError, TypeError) as first_error:
-        cfg_file = Path(path) / "processor_config.json"
-        if not cfg_file.is_file():
-            raise first_error
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        cls = getattr(transformers, cfg.get("processor_class", ""), None)
+        processor = AutoProcessor.from_pretrained(path)
+    except (AttributeError, ImportError, ValueError, TypeError, OSError) as first_error:
+        saved: dict[str, Any] = {}
+        for name in ("config.json", "processor_config.json"):  # the processor's own file wins
+            f = Path(path) / name
+            if f.is_file():
+                saved.update(json.loads(f.read_text(encoding="utf-8")))
+        cls = getattr(transformers, str(saved.get("processor_class", "")), None)
         if cls is None:
             raise first_error
-        kwargs = {k: v for k, v in cfg.items() if k not in ("processor_class",)}
-        image_processor = AutoImageProcessor.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return processor_class(cls)(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
+        kwargs = {"image_seq_length": saved["image_seq_length"]} if "image_seq_length" in saved else {}
+        processor = processor_class(cls)(
+            image_processor=AutoImageProcessor.from_pretrained(path),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            **kwargs,
+        )
+    if max_patches is not None:
+        processor.image_processor.max_patches = max_patches
+    if min_patches is not None:
+        processor.image_processor.min_patches = min_patches
+    return processor

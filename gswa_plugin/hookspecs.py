@@ -14,16 +14,15 @@ arguments without breaking plugins. Wrappers use pluggy's new style (``wrapper=T
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import pluggy
+import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from .adapters._base import Adapter
-    from .api import GSWAHandle
-    from .core import TileBatch, VariantFactory
+from gswa_plugin.adapters._base import Adapter
+from gswa_plugin.handle import GSWAHandle
+from gswa_plugin.layout import TileBatch
+from gswa_plugin.weighting import VariantFactory
 
 #: Marks a function as a hook specification of the ``gswa`` project.
 hookspec = pluggy.HookspecMarker("gswa")
@@ -69,8 +68,8 @@ def gswa_process_tiles(batch: TileBatch, handle: GSWAHandle) -> TileBatch | None
 
     Stops at first non-None result.
 
-    :param batch: the :class:`~gswa_plugin.core.TileBatch` of this forward.
-    :param handle: the model's :class:`~gswa_plugin.api.GSWAHandle` (model, config, module).
+    :param batch: the :class:`~gswa_plugin.layout.TileBatch` of this forward.
+    :param handle: the model's :class:`~gswa_plugin.handle.GSWAHandle` (model, config, module).
     :return: the processed batch, or ``None`` to let the next implementation handle it.
     """
 
@@ -80,9 +79,9 @@ def gswa_weights_computed(weights: list[torch.Tensor], batch: TileBatch, handle:
     """Report the weights of a forward once they are computed (for logging and pictures).
 
     :param weights: per image, the weights of its tiles (thumbnail excluded), detached.
-    :param batch: the processed :class:`~gswa_plugin.core.TileBatch` (``batch.weights`` holds
+    :param batch: the processed :class:`~gswa_plugin.layout.TileBatch` (``batch.weights`` holds
         every view's weight, thumbnail included).
-    :param handle: the model's :class:`~gswa_plugin.api.GSWAHandle`.
+    :param handle: the model's :class:`~gswa_plugin.handle.GSWAHandle`.
     :return: ignored.
     """
 

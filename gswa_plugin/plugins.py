@@ -10,6 +10,7 @@ empty value loads none. A plugin that was asked for and fails to load raises
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from importlib.metadata import entry_points
@@ -17,8 +18,8 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginLoadError, RegistrationError
+from gswa_plugin import hookspecs
+from gswa_plugin.errors import ConfigError, PluginLoadError, RegistrationError
 
 #: Entry-point group third-party plugins are published under.
 ENTRY_POINT_GROUP = "gswa"
@@ -100,6 +101,7 @@ def reset_plugin_manager() -> None:
     """Forget the process-wide manager so the next use rebuilds it (tests, ``GSWA_PLUGINS`` changes)."""
     global _manager
     _manager = None
+    _registry_cache.clear()
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> None:
@@ -114,10 +116,28 @@ def unregister_plugin(plugin: Any = None, name: str | None = None) -> None:
     get_plugin_manager().unregister(plugin, name=name)
 
 
+#: Registries built from the registration hooks, per plugin manager and set of registered plugins.
+_registry_cache: dict[tuple[str, int, frozenset[int]], list[tuple[str, Any, str]]] = {}
+
+
 def _collect(hook_name: str) -> list[tuple[str, Any, str]]:
-    """Call a registration hook plugin by plugin (in registration order) so that each registered
-    item is attributed to its plugin; returns (name, object, plugin name)."""
+    """The items registered through ``hook_name``: (name, object, plugin name), in registration order.
+
+    Built once per plugin manager and set of registered plugins (registering or unregistering a
+    plugin rebuilds it); the registration hooks are not called again on every lookup.
+    """
     pm = get_plugin_manager()
+    key = (hook_name, id(pm), frozenset(id(p) for p in pm.get_plugins()))
+    if key not in _registry_cache:
+        if len(_registry_cache) > 64:  # plugin sets change only in tests and plugin development
+            _registry_cache.clear()
+        _registry_cache[key] = _build_registry(pm, hook_name)
+    return _registry_cache[key]
+
+
+def _build_registry(pm: pluggy.PluginManager, hook_name: str) -> list[tuple[str, Any, str]]:
+    """Call a registration hook plugin by plugin (in registration order) so that each registered
+    item is attributed to its plugin."""
     out: list[tuple[str, Any, str]] = []
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():
@@ -126,7 +146,7 @@ def _collect(hook_name: str) -> list[tuple[str, Any, str]]:
         if hook_name == "gswa_register_adapters":
 
             def register(adapter: Any, _items: list = items) -> None:
-                from .adapters._base import Adapter
+                from gswa_plugin.adapters._base import Adapter
 
                 if not isinstance(adapter, Adapter):
                     raise RegistrationError(
@@ -182,3 +202,34 @@ def adapter_names() -> list[str]:
 
 def variant_names() -> list[str]:
     return list(variants())
+
+
+def config_problems(config: Any) -> list[str]:
+    """The problems of a valid :class:`~gswa_plugin.config.GSWAConfig` that only the plugin
+    registries can see: a ``variant`` or ``adapter`` no installed plugin registers."""
+    problems = []
+    for key, names in (("variant", variant_names()), ("adapter", adapter_names())):
+        value = getattr(config, key)
+        if value is None or value in names:
+            continue
+        close = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        problems.append(
+            f"`{key}` must be one of {', '.join(map(repr, names))} (the registered {key}s); got {value!r}{hint}"
+        )
+    return problems
+
+
+def check_config(config: Any, source: str | None = None) -> Any:
+    """Check a config against the registries (see :func:`config_problems`); returns it unchanged.
+
+    Called by ``enable()``, ``gswa check`` and recipe validation, so that a config's own problems
+    and the registry's are reported together.
+
+    Raises:
+        ConfigError: listing every problem.
+    """
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return config

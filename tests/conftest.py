@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gswa_plugin import plugins
-from gswa_plugin.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
 
 #: Tile size of the fast tiny InternVL (56 px tiles, patch 14 -> 16 patches -> 4 tokens per tile).
 TILE = 56

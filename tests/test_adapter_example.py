@@ -10,8 +10,8 @@ import torch
 
 import gswa_plugin
 from gswa_plugin import plugins
-from gswa_plugin.tiny import sample_image
-from gswa_plugin.tiny_hosts import tiny_llava_next, tiny_llava_next_processor
+from gswa_plugin.testing.tiny import sample_image
+from gswa_plugin.testing.tiny_hosts import tiny_llava_next, tiny_llava_next_processor
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "custom_adapter.py"
 SMALL = {"hidden_size": 32, "num_heads": 4}

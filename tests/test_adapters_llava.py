@@ -13,17 +13,16 @@ from torch import nn
 
 import gswa_plugin
 from gswa_plugin import plugins
+from gswa_plugin.apply import current_position_weights
 from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
 from gswa_plugin.hookspecs import hookimpl
-from gswa_plugin.tiny import sample_image
-from gswa_plugin.tiny_hosts import (
+from gswa_plugin.testing.tiny import sample_image
+from gswa_plugin.testing.tiny_hosts import (
     tiny_llava_next,
     tiny_llava_next_processor,
     tiny_llava_onevision,
     tiny_llava_onevision_processor,
 )
-
-from gswa_plugin.modes import current_position_weights
 
 from .conftest import lm_inputs_embeds
 from .host_cases.llava_next import CASE as NEXT_CASE

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import gswa_plugin
 from gswa_plugin.adapters.declarative import parse_declaration, validate_declaration
 from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
-from gswa_plugin.tiny import sample_image
-from gswa_plugin.tiny_more import (
+from gswa_plugin.testing.tiny import sample_image
+from gswa_plugin.testing.tiny_more import (
     got_ocr2_inputs,
     internvl_chat_tiles,
     internvl_chat_tokenizer,
@@ -147,7 +147,7 @@ def test_internvl_chat_layout_matches_dynamic_preprocess_tiling():
 def test_declarative_got_ocr2_layout_matches_processor():
     images = [sample_image("page"), photo("coffee"), photo("astronaut")]
     inputs = got_ocr2_inputs(images)
-    from gswa_plugin.tiny_more import tiny_got_ocr2_processor
+    from gswa_plugin.testing.tiny_more import tiny_got_ocr2_processor
 
     num_patches = tiny_got_ocr2_processor().image_processor(images, crop_to_patches=True, max_patches=6)["num_patches"]
     layout = layout_after_forward(tiny_got_ocr2(), inputs, {**gswa_block(), "variant": "cosine"})
@@ -204,7 +204,7 @@ def test_internvl_chat_language_model_receives_w_times_each_tile(method):
 def test_internvl_chat_forward_leaves_out_dummy_tiles_of_text_only_samples():
     """InternVL's fine-tuning batches give a text-only sample one dummy tile with image_flags 0;
     forward() encodes it and drops it. GSWA weighs only the real tiles."""
-    from gswa_plugin.tiny_more import internvl_chat_inputs
+    from gswa_plugin.testing.tiny_more import internvl_chat_inputs
 
     model = tiny_internvl_chat()
     inputs = internvl_chat_inputs([photo("astronaut"), photo("coffee")], ["<image> describe the image", "<image> what is this"], model)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gswa_plugin import bench, is_enabled
+from gswa_plugin import is_enabled
 from gswa_plugin.cli import app
 from gswa_plugin.errors import ConfigError
+from gswa_plugin.tools import bench
 
 
 def test_bench_command_prints_and_writes_the_tables(tmp_path):

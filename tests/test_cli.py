@@ -45,7 +45,7 @@ def test_demo_on_embedded_default(tmp_path):
 
 
 def test_demo_with_image_file(tmp_path):
-    from gswa_plugin.tiny import sample_image
+    from gswa_plugin.testing.tiny import sample_image
 
     path = tmp_path / "cat.png"
     sample_image("chelsea").save(path)
@@ -68,7 +68,7 @@ def test_console_script_installed():
 def test_demo_on_a_local_checkpoint(tmp_path):
     """`gswa demo --model DIR --image FILE` loads a real checkpoint directory (saved here by the test)."""
     from gswa_plugin.hf import save_processor
-    from gswa_plugin.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
 
     ckpt = tmp_path / "ckpt"
     tiny_internvl(image_size=56).save_pretrained(ckpt)

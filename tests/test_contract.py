@@ -22,8 +22,8 @@ import torch
 
 import gswa_plugin
 from gswa_plugin import plugins
-from gswa_plugin.core import TileBatch
 from gswa_plugin.hookspecs import hookimpl
+from gswa_plugin.layout import TileBatch
 
 from .host_cases import HostCase, all_cases
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gswa_plugin.convert_internvl2 import convert, map_key, split_wqkv
 from gswa_plugin.errors import CheckpointError
-from gswa_plugin.tiny import SPECIAL_TOKENS, tiny_tokenizer
+from gswa_plugin.testing.tiny import SPECIAL_TOKENS, tiny_tokenizer
+from gswa_plugin.tools.convert_internvl2 import convert, map_key, split_wqkv
 
 # tiny sizes in the released InternVL2 layout (InternViT + mlp1 + InternLM2 with GQA)
 VD, VI, VL, VH, IMG, PATCH = 32, 64, 2, 2, 56, 14
@@ -228,10 +228,11 @@ def test_converted_attention_equals_the_fused_computation(converted):
 
 
 def test_converted_model_runs_with_gswa_on_a_real_photograph(converted):
-    import gswa_plugin
-    from gswa_plugin.tiny import sample_image
-    from gswa_plugin.training.data import load_processor
     from transformers import InternVLForConditionalGeneration
+
+    import gswa_plugin
+    from gswa_plugin.hf import load_processor
+    from gswa_plugin.testing.tiny import sample_image
 
     dst, _ = converted
     processor = load_processor(dst)
@@ -288,7 +289,7 @@ def test_sentencepiece_tokenizer_is_converted_id_for_id(tmp_path):
 
     from transformers import AutoTokenizer
 
-    from gswa_plugin.tiny import WORDS
+    from gswa_plugin.testing.tiny import WORDS
 
     src = tmp_path / "spm_src"
     src.mkdir()

@@ -1,4 +1,4 @@
-"""The GSWA math (gswa_plugin.core): layouts, weights, variants, dtype and device."""
+"""The GSWA math (gswa_plugin.weighting): layouts, weights, variants, dtype and device."""
 
 from __future__ import annotations
 
@@ -7,15 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from gswa_plugin import GSWAConfig, LayoutError
-from gswa_plugin.core import (
-    BUILTIN_VARIANTS,
-    GSWAModule,
-    TileBatch,
-    TileLayout,
-    apply_weights,
-    logits_to_weights,
-    pad_summaries,
-)
+from gswa_plugin.apply import apply_weights
+from gswa_plugin.layout import TileBatch, TileLayout, pad_summaries
+from gswa_plugin.weighting import BUILTIN_VARIANTS, GSWAModule, logits_to_weights
 
 
 def make(variant: str, dim: int = 16, **kw) -> GSWAModule:
@@ -168,7 +162,7 @@ def test_parameter_names_and_own_random_stream():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    from gswa_plugin.tiny import tiny_internvl
+    from gswa_plugin.testing.tiny import tiny_internvl
 
     _ = GSWAConfig()  # creating configs consumes nothing
     after = torch.rand(3)

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from gswa_plugin.errors import DataError
-from gswa_plugin.tiny import tiny_internvl_processor
-from gswa_plugin.training.data import IGNORE_INDEX, ConversationCollator, ConversationDataset
-from gswa_plugin.training.smoke import write_data
+from gswa_plugin.integrations.transformers.data import IGNORE_INDEX, ConversationCollator, ConversationDataset
+from gswa_plugin.integrations.transformers.smoke import write_data
+from gswa_plugin.testing.tiny import tiny_internvl_processor
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gswa_plugin.tiny import tiny_internvl_processor
-from gswa_plugin.training.data import ConversationDataset
-from gswa_plugin.training.smoke import write_data
+from gswa_plugin.integrations.transformers.data import ConversationDataset
+from gswa_plugin.integrations.transformers.smoke import write_data
+from gswa_plugin.testing.tiny import tiny_internvl_processor
 
 SCRIPT = Path(__file__).resolve().parents[1] / "recipes/internvl2-2b/transformers/prepare_data.py"
 

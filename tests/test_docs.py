@@ -9,10 +9,10 @@ import re
 import runpy
 import shutil
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 import yaml
 

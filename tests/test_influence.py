@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import gswa_plugin
 from gswa_plugin import NotEnabledError
 from gswa_plugin.cli import app
-from gswa_plugin.influence import compare_modes, measure_influence, peaked_weights
+from gswa_plugin.tools.influence import compare_modes, measure_influence, peaked_weights
 
 SMALL = {"hidden_size": 32, "num_heads": 4}
 
@@ -40,7 +40,7 @@ def test_ratio_one_moves_nothing_and_trained_weights_are_restored(internvl_model
     r = measure_influence(internvl_model, internvl_inputs, ratio=1.0)
     assert r.mode == "value" and r.kl == 0.0 and r.max_logit_change == 0.0
     compare_modes(internvl_model, internvl_inputs, modes=("embed",))
-    after = gswa_plugin.api.get_handle(internvl_model)
+    after = gswa_plugin.handle.get_handle(internvl_model)
     assert after.config.mode == "value"
     assert torch.all(after.module.scorer.query.weight == 0.5)
 

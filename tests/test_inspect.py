@@ -1,4 +1,4 @@
-"""Inspection experiments (gswa_plugin.inspect_tools): tile removal, ablation, diagnostics.
+"""Inspection experiments (gswa_plugin.tools.inspect): tile removal, ablation, diagnostics.
 
 Everything is checked on what the language model receives (``inputs_embeds`` captured by a
 pre-hook) or on its logits, with the tiny native InternVL and the real processor on real
@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 import gswa_plugin
-from gswa_plugin import inspect_tools as it
 from gswa_plugin.errors import ConfigError, LayoutError
+from gswa_plugin.tools import inspect as it
 from tests.conftest import lm_inputs_embeds
 
 COSINE = {"variant": "cosine", "cosine_temperature": 0.05}
@@ -160,7 +160,7 @@ def _checkpoint(model, tmp_path, name, query_scale, heads=4):
 
 @pytest.fixture(scope="module")
 def diag_images(photos):
-    from gswa_plugin.tiny import sample_image
+    from gswa_plugin.testing.tiny import sample_image
 
     return [
         ("coffee", photos[1].resize((336, 224))),
@@ -177,7 +177,7 @@ def test_diagnose_flags_uniform_and_one_tile_and_passes_healthy(internvl_model, 
         gswa_plugin.load(internvl_model, path)
         found[name] = it.diagnose_images(internvl_model, internvl_processor, diag_images, progress=False)
         gswa_plugin.disable(internvl_model)
-    from gswa_plugin.diagnostics import signature_names
+    from gswa_plugin.tools.diagnostics import signature_names
 
     assert signature_names(found["uniform"].signatures) == ["uniform"]
     assert signature_names(found["dominated"].signatures) == ["tile_dominance"]
@@ -188,8 +188,8 @@ def test_diagnose_flags_uniform_and_one_tile_and_passes_healthy(internvl_model, 
 @pytest.fixture
 def fast_default(monkeypatch):
     """The CLI's default model (the tiny built-in InternVL) in its fast 56 px-tile version."""
-    from gswa_plugin.eval import hosts
-    from gswa_plugin.tiny import tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.tools import hosts
 
     monkeypatch.setattr(
         hosts, "tiny_default", lambda max_tiles=None: (tiny_internvl(image_size=56), tiny_internvl_processor(56, max_tiles or 6))

@@ -129,7 +129,7 @@ def test_layout_from_set_tiles_and_errors(internvl_model, internvl_inputs):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_follows_host_dtype(internvl_inputs, dtype):
-    from gswa_plugin.tiny import tiny_internvl
+    from gswa_plugin.testing.tiny import tiny_internvl
 
     model = tiny_internvl(image_size=56).to(dtype)
     inputs = dict(internvl_inputs, pixel_values=internvl_inputs["pixel_values"].to(dtype))

@@ -13,11 +13,7 @@ import torch
 pytest.importorskip("llava", reason="needs the llava package: pip install --no-deps llava-torch==1.2.2.post1")
 
 import gswa_plugin  # noqa: E402
-from gswa_plugin.integrations.llava import (  # noqa: E402
-    enable_on_llava,
-    gswa_trainer_class,
-    prepare_llava_training_code,
-)
+from gswa_plugin.integrations.llava import enable_on_llava, gswa_trainer_class, prepare_llava_training_code
 from tests.host_cases.llava_torch import llava_inputs, tiny_llava  # noqa: E402
 
 pytestmark = pytest.mark.llava
@@ -181,10 +177,11 @@ def test_llava_train_runs_through_the_launcher(tmp_path):
     ``python -m gswa_plugin.integrations.llava.train``: GSWA computes weights at every step and is
     saved next to the model. (llava-torch's data pipeline gives one view per image, so the weights
     are 1 here; the LLaVA-NeXT repository's pipeline produces anyres tiles.)"""
+    from safetensors.torch import load_file
+
     from gswa_plugin.hookspecs import hookimpl
     from gswa_plugin.integrations.llava.train import main
     from gswa_plugin.plugins import register_plugin
-    from safetensors.torch import load_file
     from tests.hosts_llava.fixtures import write_run
 
     seen = []

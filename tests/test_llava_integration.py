@@ -55,7 +55,7 @@ def test_views_per_image_from_llavas_images_argument():
 
 
 def test_the_adapter_does_not_take_transformers_llava_next():
-    from gswa_plugin.tiny_hosts import tiny_llava_next
+    from gswa_plugin.testing.tiny_hosts import tiny_llava_next
 
     model = tiny_llava_next()
     assert not is_llava_model(model)

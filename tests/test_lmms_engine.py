@@ -25,8 +25,9 @@ import yaml
 
 pytest.importorskip("lmms_engine", reason="needs lmms-engine: pip install 'gswa-plugin[lmms-engine]'")
 
-import gswa_plugin  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+
+import gswa_plugin  # noqa: E402
 from tests.hosts_lmms_engine.fixtures import write_config  # noqa: E402
 
 pytestmark = pytest.mark.lmms_engine

@@ -12,13 +12,7 @@ import yaml
 
 import gswa_plugin
 from gswa_plugin.errors import AdapterNotFoundError, ConfigError, HostNotInstalledError
-from gswa_plugin.integrations.lmms_engine import (
-    GSWAPatchFailed,
-    apply_gswa,
-    gswa_settings,
-    model_type_of,
-    register,
-)
+from gswa_plugin.integrations.lmms_engine import GSWAPatchFailed, apply_gswa, gswa_settings, model_type_of, register
 from gswa_plugin.integrations.lmms_engine.internvl import InternVLDataProcessor
 from gswa_plugin.integrations.lmms_engine.launch import config_yaml_path, prepare
 
@@ -92,7 +86,7 @@ def test_internvl_data_processor_on_the_real_processor(tmp_path, photos):
     """Chat messages -> input_ids with each image expanded by InternVLProcessor, labels only on the
     assistant turn, and every tile of every image in pixel_values."""
     from gswa_plugin.hf import save_processor
-    from gswa_plugin.tiny import tiny_internvl_processor
+    from gswa_plugin.testing.tiny import tiny_internvl_processor
     from tests.hosts_lmms_engine.fixtures import CHAT_TEMPLATE
 
     proc = tiny_internvl_processor(image_size=56, max_patches=6)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.lmms_eval
 pytest.importorskip("lmms_eval", reason="lmms-eval is installed only in .venv-lmms-eval (.ci/steps/50-lmms-eval.sh)")
 
 import gswa_plugin  # noqa: E402
-from gswa_plugin import inspect_tools as it  # noqa: E402
+from gswa_plugin.tools import inspect as it  # noqa: E402
 from tests.lmms_eval_data import write_task_data  # noqa: E402
 
 TASKS = "mme,ocrbench,realworldqa"
@@ -38,8 +38,8 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 def _tiny(family: str):
     """A tiny host and its real processor, built so that it saves and loads as a checkpoint
     (with torchvision installed, transformers wants a video processor in these processors)."""
-    from gswa_plugin import tiny_hosts as th
-    from gswa_plugin.tiny import tiny_internvl, tiny_tokenizer
+    from gswa_plugin.testing import tiny_hosts as th
+    from gswa_plugin.testing.tiny import tiny_internvl, tiny_tokenizer
 
     if family == "internvl":
         from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
@@ -75,7 +75,7 @@ def _tiny(family: str):
 def _answers_in_words(model):
     """Keep the tiny host from generating special tokens (which decode to nothing), so that its
     answers are words that can be compared between runs; saved with the checkpoint."""
-    from gswa_plugin.tiny import SPECIAL_TOKENS
+    from gswa_plugin.testing.tiny import SPECIAL_TOKENS
 
     model.generation_config.suppress_tokens = list(range(len(SPECIAL_TOKENS)))
     return model
@@ -129,7 +129,7 @@ def test_lmms_eval_discovers_the_gswa_models_through_its_entry_point():
     from lmms_eval import models
 
     eps = {ep.name: ep.value for ep in entry_points(group="lmms_eval.models")}
-    assert eps.get("gswa") == "gswa_plugin.eval.lmms:manifests"
+    assert eps.get("gswa") == "gswa_plugin.integrations.lmms_eval:manifests"
     names = models.list_available_models()
     for name in ("gswa_internvl", "gswa_llava_next", "gswa_llava_onevision", "gswa_hf"):
         assert name in names
@@ -186,7 +186,7 @@ def test_identity_gswa_and_k0_removal_answer_exactly_as_the_baseline(workdir, ch
 
 def test_bad_model_args_are_reported(checkpoints):
     from gswa_plugin.errors import GSWAError
-    from gswa_plugin.eval.lmms import GSWAInternVL, GSWALlavaNext, WrongFamilyError
+    from gswa_plugin.integrations.lmms_eval import GSWAInternVL, GSWALlavaNext, WrongFamilyError
 
     host, cosine, _ = checkpoints["internvl"]
     with pytest.raises(GSWAError, match="say which GSWA"):

@@ -12,9 +12,9 @@ import torch
 import gswa_plugin
 from gswa_plugin import ConfigError
 from gswa_plugin.adapters.internvl import InternVLAdapter
+from gswa_plugin.apply import current_position_weights, placeholder_position_weights
 from gswa_plugin.errors import UnsupportedModeError
 from gswa_plugin.hookspecs import hookimpl
-from gswa_plugin.modes import current_position_weights, placeholder_position_weights
 from gswa_plugin.plugins import register_plugin
 
 SMALL = {"hidden_size": 32, "num_heads": 4}

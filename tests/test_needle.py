@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from gswa_plugin import needle
-from gswa_plugin.tiny import tiny_tokenizer
+from benchmarks.needle import task as needle
+from gswa_plugin.testing.tiny import tiny_tokenizer
 
 
 def test_needle_image_has_one_saturated_filled_tile():

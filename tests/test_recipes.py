@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gswa_plugin.config import GSWAConfig
-from gswa_plugin.training.config import TrainConfig, is_training_recipe
+from gswa_plugin.integrations.transformers.config import TrainConfig, is_training_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

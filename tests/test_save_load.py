@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import gswa_plugin
 from gswa_plugin import CheckpointError
-from gswa_plugin.tiny import tiny_internvl
+from gswa_plugin.testing.tiny import tiny_internvl
 
 from .test_internvl import peaked
 

@@ -10,17 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 import gswa_plugin
-from gswa_plugin.training import (
+from gswa_plugin.hf import load_processor
+from gswa_plugin.integrations.transformers import (
     TrainConfig,
     build_trainer,
     from_pretrained_with_gswa,
     read_gswa_state,
+    smoke,
     train,
     unwrap,
 )
-from gswa_plugin.training import smoke
-from gswa_plugin.training.data import ConversationCollator, ConversationDataset, load_processor
-from gswa_plugin.training.trainer import EXTRA_TRAINABLE_FILE, model_class_for
+from gswa_plugin.integrations.transformers.data import ConversationCollator, ConversationDataset
+from gswa_plugin.integrations.transformers.trainer import EXTRA_TRAINABLE_FILE, model_class_for
 
 
 @pytest.fixture(scope="module", autouse=True)

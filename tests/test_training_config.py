@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from gswa_plugin.errors import ConfigError
-from gswa_plugin.training.config import TrainConfig, apply_overrides, load_recipe, parse_overrides
+from gswa_plugin.integrations.transformers.config import TrainConfig, apply_overrides, load_recipe, parse_overrides
 
 GOOD = {
     "host": "transformers",

@@ -1,4 +1,4 @@
-"""Weight statistics and failure signatures (gswa_plugin.diagnostics)."""
+"""Weight statistics and failure signatures (gswa_plugin.tools.diagnostics)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gswa_plugin.diagnostics import Thresholds, failure_signatures, grad_norm, signature_names, weight_stats
+from gswa_plugin.tools.diagnostics import Thresholds, failure_signatures, grad_norm, signature_names, weight_stats
 
 
 def test_uniform_weights_are_uniform():
@@ -63,8 +63,8 @@ def test_callback_logs_statistics_and_warns_on_signatures(internvl_inputs, caplo
     from types import SimpleNamespace
 
     import gswa_plugin
-    from gswa_plugin.tiny import tiny_internvl
-    from gswa_plugin.training.callback import GSWADiagnosticsCallback
+    from gswa_plugin.integrations.transformers.callback import GSWADiagnosticsCallback
+    from gswa_plugin.testing.tiny import tiny_internvl
 
     model = tiny_internvl(image_size=56)
     gswa_plugin.enable(model, {"hidden_size": 32, "num_heads": 2})
@@ -78,7 +78,7 @@ def test_callback_logs_statistics_and_warns_on_signatures(internvl_inputs, caplo
     assert cb.latest["gswa/grad_norm"] > 0
     assert cb.warnings == []  # uniform at step 1 is the identity start, not a failure
     state.global_step = 5
-    with caplog.at_level("WARNING", logger="gswa_plugin.training"):
+    with caplog.at_level("WARNING", logger="gswa_plugin.integrations.transformers"):
         cb.on_step_end(None, state, None, model=model)
     assert [line.split(":")[0] for _, line in cb.warnings] == ["uniform"]
     assert "GSWA step 5: uniform" in caplog.text

@@ -6,8 +6,8 @@ import pytest
 
 import gswa_plugin
 from gswa_plugin.errors import ConfigError
-from gswa_plugin.tiny import tiny_internvl
-from gswa_plugin.training import FREEZE_POLICIES, apply_freezing
+from gswa_plugin.integrations.transformers import FREEZE_POLICIES, apply_freezing
+from gswa_plugin.testing.tiny import tiny_internvl
 
 GSWA = {"hidden_size": 32, "num_heads": 2}
 PREFIXES = {

@@ -16,10 +16,10 @@ import torch
 import yaml
 
 import gswa_plugin
-from gswa_plugin.training import from_pretrained_with_gswa, read_gswa_state
-from gswa_plugin.training import smoke
-from gswa_plugin.training.data import ConversationCollator, ConversationDataset, load_processor
-from gswa_plugin.training.trainer import model_class_for
+from gswa_plugin.hf import load_processor
+from gswa_plugin.integrations.transformers import from_pretrained_with_gswa, read_gswa_state, smoke
+from gswa_plugin.integrations.transformers.data import ConversationCollator, ConversationDataset
+from gswa_plugin.integrations.transformers.trainer import model_class_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 def _launch(recipe, *extra):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "gswa_plugin.training", str(recipe), *extra]
+           "-m", "gswa_plugin.cli", "train", str(recipe), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

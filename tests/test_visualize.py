@@ -1,4 +1,4 @@
-"""Weight pictures (gswa_plugin.visualize, ``gswa visualize``) on real photographs."""
+"""Weight pictures (gswa_plugin.tools.visualize, ``gswa visualize``) on real photographs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import gswa_plugin
-from gswa_plugin import visualize as vis
-from gswa_plugin.visualize import OVERLAY_ALPHA, weight_colours
+from gswa_plugin.tools import visualize as vis
+from gswa_plugin.tools.visualize import OVERLAY_ALPHA, weight_colours
 
 COSINE = {"variant": "cosine", "cosine_temperature": 0.05}
 
@@ -18,8 +18,8 @@ COSINE = {"variant": "cosine", "cosine_temperature": 0.05}
 def fast_default(monkeypatch, internvl_processor):
     """``gswa visualize`` with no --model uses the tiny built-in InternVL; here its fast 56 px-tile
     version (the command's code path is unchanged, only the default model is smaller)."""
-    from gswa_plugin.eval import hosts
-    from gswa_plugin.tiny import tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.tools import hosts
 
     monkeypatch.setattr(
         hosts, "tiny_default", lambda max_tiles=None: (tiny_internvl(image_size=56), tiny_internvl_processor(56, max_tiles or 6))
@@ -87,7 +87,7 @@ def test_visualize_returns_the_picture_of_the_models_weights(internvl_model, int
 
 def test_gswa_visualize_writes_one_png_per_photograph(tmp_path, photos, fast_default):
     from gswa_plugin.cli import app
-    from gswa_plugin.tiny import sample_image
+    from gswa_plugin.testing.tiny import sample_image
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -100,7 +100,7 @@ def test_gswa_visualize_writes_one_png_per_photograph(tmp_path, photos, fast_def
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["chelsea.png", "coffee.png"]
     # the picture's shading is ordered as the weights the model gives the photograph
-    from gswa_plugin.eval.hosts import load_host
+    from gswa_plugin.tools.hosts import load_host
 
     net, proc, _ = load_host(None, str(cfg))
     photo = Image.open(folder / "coffee.jpg").convert("RGB")

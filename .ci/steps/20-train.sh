@@ -12,7 +12,7 @@ python -m pytest -q -m slow tests/test_training_multiprocess.py
 python -m pytest -q tests/test_convert_internvl2.py -k sentencepiece  # needs the convert extra
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-python -m gswa_plugin.training.smoke "$tmp/setup"
+python -m gswa_plugin.integrations.transformers.smoke "$tmp/setup"
 gswa train "$tmp/setup/recipe.yaml" --check
 gswa train "$tmp/setup/recipe.yaml" training_args.max_steps=2 training_args.save_steps=2
 test -f "$tmp/setup/out/gswa/gswa.safetensors"

@@ -20,18 +20,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
+
+
+# Run as a script from a checkout: the repository root makes `benchmarks.needle.task` importable.
+_ROOT = Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
 
 HERE = Path(__file__).resolve().parent
 
 
 def _summaries(model, data, ids) -> torch.Tensor:
     """LayerNorm'd per-view summaries GSWA receives, ``[images, 10, dim]``."""
-    from gswa_plugin import core, needle
+    from benchmarks.needle import task as needle
+    from gswa_plugin import weighting
 
-    gswa = next(m for m in model.modules() if isinstance(m, core.GSWAModule))
+    gswa = next(m for m in model.modules() if isinstance(m, weighting.GSWAModule))
     cap = {}
     hook = gswa.register_forward_pre_hook(lambda mod, args: cap.__setitem__("s", args[0].detach()))
     with torch.no_grad():
@@ -42,7 +50,7 @@ def _summaries(model, data, ids) -> torch.Tensor:
 
 
 def _by_kind(values: torch.Tensor, data, kinds) -> dict[str, list[float]]:
-    from gswa_plugin import needle
+    from benchmarks.needle import task as needle
 
     names = needle.answer_words()
     out: dict[str, list] = {}
@@ -60,7 +68,7 @@ def _needle_distance(s: torch.Tensor, data, kinds) -> dict[str, float]:
 
 
 def _accuracy_by_answer(model, ids, pixel_values, answer) -> dict[str, float]:
-    from gswa_plugin import needle
+    from benchmarks.needle import task as needle
 
     names = needle.answer_words()
     with torch.no_grad():
@@ -69,7 +77,7 @@ def _accuracy_by_answer(model, ids, pixel_values, answer) -> dict[str, float]:
 
 
 def diagnose(seed: int, train_data, eval_data, kinds) -> dict:
-    from gswa_plugin import needle
+    from benchmarks.needle import task as needle
 
     cfg = needle.RunConfig(**{**needle.BEST["config"], "seed": seed, "eval_every": 25})
     init_model, _ = needle.build_model(cfg)
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=HERE / "data-1500-256-28px.pt", help="run.py's data file (made if missing)")
     args = ap.parse_args(argv)
 
-    from gswa_plugin import needle
+    from benchmarks.needle import task as needle
 
     torch.set_num_threads(1)
     if args.data.exists():

@@ -1,6 +1,6 @@
 """The needle-tile benchmark: modes x variants x seeds, trainable and frozen vision encoder.
 
-Trains the tiny native InternVL of :mod:`gswa_plugin.needle` once per cell on CPU and appends one
+Trains the tiny native InternVL of :mod:`benchmarks.needle.task` once per cell on CPU and appends one
 JSON line per run to ``results.jsonl`` (so an interrupted run keeps what it finished and a rerun
 skips it). ``report.py`` turns the lines into the docs table and figures.
 
@@ -20,6 +20,12 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+
+# Run as a script from a checkout: the repository root makes `benchmarks.needle.task` importable.
+_ROOT = Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("self_attn", "cross_attn", "cosine")
@@ -50,7 +56,7 @@ def _init(data_path: str) -> None:
 
 
 def _run(job: tuple[dict, dict]) -> dict:
-    from gswa_plugin import needle
+    from benchmarks.needle import task as needle
 
     cell, overrides = job
     train_data, eval_data = _DATA
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one CPU thread each)")
     args = ap.parse_args(argv)
 
-    from gswa_plugin import needle
+    from benchmarks.needle import task as needle
 
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {} if args.steps is None else {"steps": args.steps}

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 import gswa_plugin
-from gswa_plugin.tiny import sample_image
-from gswa_plugin.tiny_more import got_ocr2_inputs, tiny_got_ocr2
+from gswa_plugin.testing.tiny import sample_image
+from gswa_plugin.testing.tiny_more import got_ocr2_inputs, tiny_got_ocr2
 
 model = tiny_got_ocr2()
 gswa_plugin.enable(model, Path(__file__).with_name("declarative_got_ocr2.yaml"))

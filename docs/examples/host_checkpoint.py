@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gswa_plugin
 from transformers import AutoModelForImageTextToText
+
+import gswa_plugin
 
 
 def load_trained(base_model: str, checkpoint: str):

@@ -1,5 +1,6 @@
-import torch, gswa_plugin
-from gswa_plugin.tiny import tiny_internvl, tiny_internvl_processor, sample_image
+
+import gswa_plugin
+from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
 
 model = tiny_internvl()                          # or AutoModelForImageTextToText.from_pretrained(...)
 processor = tiny_internvl_processor()            # or AutoProcessor.from_pretrained(...)

@@ -12,8 +12,8 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 import gswa_plugin
-from gswa_plugin.training import from_pretrained_with_gswa, load_recipe, train
-from gswa_plugin.training.smoke import write_setup
+from gswa_plugin.integrations.transformers import from_pretrained_with_gswa, load_recipe, train
+from gswa_plugin.integrations.transformers.smoke import write_setup
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())
 recipe = write_setup(root)  # model/, data/, recipe.yaml

@@ -1,8 +1,8 @@
 """Weight picture of one photograph with the Python API (docs/visualize.md)."""
 
 import gswa_plugin
-from gswa_plugin.tiny import sample_image, tiny_internvl, tiny_internvl_processor
-from gswa_plugin.visualize import image_weights, visualize
+from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+from gswa_plugin.tools.visualize import image_weights, visualize
 
 # any supported host works; a real one comes from
 # AutoModelForImageTextToText.from_pretrained(...) and AutoProcessor.from_pretrained(...)

@@ -26,10 +26,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..core import TileLayout
-from ..errors import LayoutError
-from ._base import Adapter, model_type, patch_method, resolve_path, summarise
-from ._layout import refuse_cls_summary
+from gswa_plugin.adapters._base import Adapter, model_type, patch_method, resolve_path, summarise
+from gswa_plugin.adapters._layout import refuse_cls_summary
+from gswa_plugin.errors import LayoutError
+from gswa_plugin.layout import TileLayout
 
 _LAYERS = "anyres_layers"
 _VISION = "anyres_vision"

@@ -2,7 +2,7 @@
 
 An adapter knows one host family: how to recognise it, where its seam between vision encoder
 and language model is, how its views are laid out, and where a per-view summary comes from.
-It hands the seam's features to :meth:`GSWAHandle.process <gswa_plugin.api.GSWAHandle.process>`
+It hands the seam's features to :meth:`GSWAHandle.process <gswa_plugin.handle.GSWAHandle.process>`
 and puts the weighted features back; the GSWA math never sees host code.
 """
 
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from ..errors import MissingModuleError
+from gswa_plugin.errors import MissingModuleError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..api import GSWAHandle
-    from ..config import GSWAConfig
+    from gswa_plugin.config import GSWAConfig
+    from gswa_plugin.handle import GSWAHandle
 
 
 class Adapter(abc.ABC):
@@ -75,7 +75,7 @@ class Adapter(abc.ABC):
         position holding view ``v``'s tokens gets ``handle.last_batch.weights[v]``, text gets 1.
         Return ``None`` when the call holds no image position. Adapters that implement
         :meth:`language_model` implement this too (see
-        :func:`gswa_plugin.modes.placeholder_position_weights` for placeholder-token hosts).
+        :func:`gswa_plugin.apply.placeholder_position_weights` for placeholder-token hosts).
         """
         return None
 

@@ -94,7 +94,7 @@ def refuse_cls_summary(adapter_name: str, config: object) -> None:
     """Raise :class:`~gswa_plugin.errors.ConfigError` when ``summary: cls`` is asked of a host whose
     vision encoder has no CLS token (SigLIP-style), instead of silently summarising by a patch."""
     if getattr(config, "summary", "auto") == "cls":
-        from ..errors import ConfigError
+        from gswa_plugin.errors import ConfigError
 
         raise ConfigError(
             [

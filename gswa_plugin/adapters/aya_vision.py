@@ -21,10 +21,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..hookspecs import hookimpl
-from ._base import Adapter, model_type
-from ._layout import refuse_cls_summary, views_closed_by_marker
-from .internvl import InternVLAdapter
+from gswa_plugin.adapters._base import Adapter, model_type
+from gswa_plugin.adapters._layout import refuse_cls_summary, views_closed_by_marker
+from gswa_plugin.adapters.internvl import InternVLAdapter
+from gswa_plugin.hookspecs import hookimpl
 
 
 class AyaVisionAdapter(InternVLAdapter):

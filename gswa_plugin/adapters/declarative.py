@@ -68,11 +68,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
-from ..hookspecs import hookimpl
-from ._base import Adapter, patch_method, resolve_path, runs_of_token
-from ._layout import views_closed_by_marker, views_opened_by_marker
-from ._base import install_input_ids_capture
+from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, patch_method, resolve_path, runs_of_token
+from gswa_plugin.adapters._layout import views_closed_by_marker, views_opened_by_marker
+from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
+from gswa_plugin.hookspecs import hookimpl
 
 NAME = "declarative"
 

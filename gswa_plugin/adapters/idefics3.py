@@ -22,11 +22,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..hookspecs import hookimpl
-from ._base import Adapter, model_type, patch_method
-from ._layout import masked_mean, refuse_cls_summary, views_closed_by_marker
-from ._base import install_input_ids_capture
-from .internvl import InternVLAdapter
+from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, model_type, patch_method
+from gswa_plugin.adapters._layout import masked_mean, refuse_cls_summary, views_closed_by_marker
+from gswa_plugin.adapters.internvl import InternVLAdapter
+from gswa_plugin.hookspecs import hookimpl
 
 
 class Idefics3Adapter(Adapter):

@@ -20,10 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import LayoutError
-from ..hookspecs import hookimpl
-from ..modes import placeholder_position_weights
-from ._base import (
+from gswa_plugin.adapters._base import (
     Adapter,
     install_input_ids_capture,
     model_type,
@@ -32,6 +29,9 @@ from ._base import (
     runs_of_token,
     summarise,
 )
+from gswa_plugin.apply import placeholder_position_weights
+from gswa_plugin.errors import LayoutError
+from gswa_plugin.hookspecs import hookimpl
 
 
 def _inner(model: nn.Module) -> nn.Module:

@@ -2,7 +2,7 @@
 
 The class SleighVL (InternVL2-2B + GSWA) was built on, loaded with ``trust_remote_code=True``.
 Only attributes and methods the released class has are used, so the adapter works on the real
-class as on the stand-in in :mod:`gswa_plugin.standins.internvl_chat`.
+class as on the stand-in in :mod:`gswa_plugin.testing.standins.internvl_chat`.
 
 Seam: ``extract_feature(pixel_values)``, which returns ``[tiles, num_image_token, D]`` after
 ``mlp1`` (LayerNorm-led, so the weights are applied to its output). Every caller of the seam
@@ -28,10 +28,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import LayoutError
-from ..hookspecs import hookimpl
-from ..modes import placeholder_position_weights
-from ._base import Adapter, model_type, patch_method, runs_of_token, summarise
+from gswa_plugin.adapters._base import Adapter, model_type, patch_method, runs_of_token, summarise
+from gswa_plugin.apply import placeholder_position_weights
+from gswa_plugin.errors import LayoutError
+from gswa_plugin.hookspecs import hookimpl
 
 _IDS = "internvl_chat_input_ids"
 _FLAGS = "internvl_chat_image_flags"

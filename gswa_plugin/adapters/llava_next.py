@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..hookspecs import hookimpl
-from ._anyres import AnyresPackAdapter
-from ._base import Adapter
+from gswa_plugin.adapters._anyres import AnyresPackAdapter
+from gswa_plugin.adapters._base import Adapter
+from gswa_plugin.hookspecs import hookimpl
 
 
 class LlavaNextAdapter(AnyresPackAdapter):

@@ -29,9 +29,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MissingModuleError
-from ..hookspecs import hookimpl
-from ._base import Adapter, patch_method, summarise
+from gswa_plugin.adapters._base import Adapter, patch_method, summarise
+from gswa_plugin.errors import ConfigError, MissingModuleError
+from gswa_plugin.hookspecs import hookimpl
 
 #: Module of the mixin every model class of the llava package inherits from.
 _ARCH_MODULE = "llava.model.llava_arch"

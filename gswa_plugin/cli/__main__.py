@@ -1,5 +1,5 @@
 """``python -m gswa_plugin.cli`` runs the ``gswa`` command line."""
 
-from . import main
+from gswa_plugin.cli import main
 
 main()

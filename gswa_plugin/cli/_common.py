@@ -8,7 +8,7 @@ from typing import Iterator
 import typer
 from rich.console import Console
 
-from ..errors import GSWAError
+from gswa_plugin.errors import GSWAError
 
 console = Console()
 err_console = Console(stderr=True)

@@ -7,12 +7,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .. import __version__
-from ..config import GSWAConfig
-from ..errors import ConfigError
-from ..plugins import adapter_sources, adapters, variant_sources
-from . import app
-from ._common import console, err_console, reported_errors
+from gswa_plugin import __version__
+from gswa_plugin.cli import app
+from gswa_plugin.cli._common import console, err_console, reported_errors
+from gswa_plugin.config import GSWAConfig
+from gswa_plugin.errors import ConfigError
+from gswa_plugin.plugins import adapter_sources, adapters, variant_sources
 
 
 @app.command("adapters")

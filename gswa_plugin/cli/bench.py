@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from . import app
-from ._common import console, reported_errors
+from gswa_plugin.cli import app
+from gswa_plugin.cli._common import console, reported_errors
 
 
 def _tile_counts(text: str) -> list[int]:
-    from ..errors import ConfigError
+    from gswa_plugin.errors import ConfigError
 
     try:
         return [int(t) for t in text.split(",") if t.strip()]
@@ -46,7 +46,7 @@ def bench_cmd(
     The targets: GSWA under 1% of the image-encoding time at every tile count and under 0.5% of
     the host's parameters (with --check, a missed target exits with status 1).
     """
-    from .. import bench
+    from gswa_plugin.tools import bench
 
     with reported_errors():
         result = bench.load_json(from_json) if from_json is not None else bench.run(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from . import app
-from ._common import console, reported_errors
+from gswa_plugin.cli import app
+from gswa_plugin.cli._common import console, reported_errors
 
 
 @app.command("convert-internvl2")
@@ -23,7 +23,7 @@ def convert_internvl2_cmd(
     checked against the native class strictly."""
     import torch
 
-    from ..convert_internvl2 import convert
+    from gswa_plugin.tools.convert_internvl2 import convert
 
     dtypes = {"keep": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     if dtype not in dtypes:

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from . import app
-from ._common import console, reported_errors
+from gswa_plugin.cli import app
+from gswa_plugin.cli._common import console, reported_errors
 
 
 @app.command("demo")
@@ -28,7 +28,7 @@ def demo_cmd(
     max_new_tokens: int = typer.Option(8, help="Tokens to generate."),
 ) -> None:
     """Enable GSWA on a model, generate once on a photograph, print the tile weights and draw them."""
-    from ..demo import run_demo
+    from gswa_plugin.tools.demo import run_demo
 
     with reported_errors():
         try:

@@ -8,10 +8,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from ..config import GSWAConfig, resolve_config
-from ..errors import ConfigError
-from . import app
-from ._common import console, reported_errors
+from gswa_plugin.cli import app
+from gswa_plugin.cli._common import console, reported_errors
+from gswa_plugin.config import GSWAConfig, resolve_config
+from gswa_plugin.errors import ConfigError
 
 #: ``--model`` value that builds the offline tiny InternVL (random weights) instead of loading one.
 TINY = "tiny"
@@ -20,7 +20,7 @@ TINY = "tiny"
 def load_host(model: str) -> tuple[Any, Any]:
     """``(model, processor)``: the tiny InternVL for ``tiny``, else ``from_pretrained(model)``."""
     if model == TINY:
-        from ..tiny import tiny_internvl, tiny_internvl_processor
+        from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
 
         return tiny_internvl(image_size=56), tiny_internvl_processor(image_size=56, max_patches=6)
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -36,7 +36,7 @@ def load_image(image: str) -> Any:
     """A picture file, or the name of a scikit-image sample photograph (``astronaut``, ``coffee``, ...)."""
     from PIL import Image
 
-    from ..tiny import sample_image
+    from gswa_plugin.testing.tiny import sample_image
 
     if Path(image).is_file():
         return Image.open(image).convert("RGB")
@@ -70,7 +70,7 @@ def influence_cmd(
     A KL divergence or logit change near zero means this configuration cannot make the weights
     matter, however long it trains.
     """
-    from ..influence import compare_modes
+    from gswa_plugin.tools.influence import compare_modes
 
     with reported_errors():
         cfg: GSWAConfig = resolve_config(config)

@@ -9,9 +9,9 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from . import app
-from ._common import console, err_console, reported_errors
-from .visualize import input_errors
+from gswa_plugin.cli import app
+from gswa_plugin.cli._common import console, err_console, reported_errors
+from gswa_plugin.cli.visualize import input_errors
 
 _MODEL_HELP = "Local checkpoint directory (or cached hub id). Default: the small InternVL built in code."
 _IMAGE_HELP = "Image file, folder of images, or scikit-image sample name (repeatable)."
@@ -19,7 +19,7 @@ _TASK_HELP = "lmms-eval task(s) instead of images, comma-separated (needs `pip i
 
 
 def _images(image: List[str]) -> list:
-    from ..visualize import load_images
+    from gswa_plugin.tools.visualize import load_images
 
     return load_images(image)
 
@@ -60,7 +60,7 @@ def remove_tiles_cmd(
     lmms_model: str = typer.Option("gswa_hf", help="With --task: the lmms-eval model name (gswa_internvl, ...)."),
 ) -> None:
     """Remove the k tiles with the highest/lowest weight (or similarity) and report the change."""
-    from .. import inspect_tools as it
+    from gswa_plugin.tools import inspect as it
 
     _need_images_or_task(image, task)
     with reported_errors(), input_errors():
@@ -81,7 +81,7 @@ def remove_tiles_cmd(
                     table.add_row(t, metric, _fmt(b), _fmt(r), _fmt(r - b))
             console.print(table)
             return
-        from ..eval.hosts import load_host
+        from gswa_plugin.tools.hosts import load_host
 
         net, processor, handle = load_host(model, gswa or None, max_tiles=max_tiles)
         if handle is None:
@@ -128,7 +128,7 @@ def ablate_cmd(
     lmms_model: str = typer.Option("gswa_hf", help="With --task: the lmms-eval model name."),
 ) -> None:
     """The same images or task under several GSWA checkpoints (e.g. cosine, cross_attn, self_attn) and without GSWA."""
-    from .. import inspect_tools as it
+    from gswa_plugin.tools import inspect as it
 
     _need_images_or_task(image, task)
     ckpts = _parse_checkpoints(checkpoint)
@@ -147,7 +147,7 @@ def ablate_cmd(
                 table.add_row(name, *(_fmt(per.get(t, {}).get(m, math.nan)) for t, m in metrics))
             console.print(table)
             return
-        from ..eval.hosts import load_host
+        from gswa_plugin.tools.hosts import load_host
 
         net, processor, _ = load_host(model, "none", max_tiles=max_tiles)
         rows = it.ablate_on_images(net, processor, ckpts, _images(image or []))
@@ -181,9 +181,9 @@ def diagnose_cmd(
     thumbnail_ratio: Optional[float] = typer.Option(None, help="Thumbnail / mean tile weight at or above which the thumbnail dominates."),
 ) -> None:
     """Report the failure signatures (uniform, one-tile or thumbnail dominance) of a GSWA checkpoint over images."""
-    from ..diagnostics import Thresholds
-    from ..eval.hosts import load_host
-    from ..inspect_tools import diagnose_images
+    from gswa_plugin.tools.diagnostics import Thresholds
+    from gswa_plugin.tools.hosts import load_host
+    from gswa_plugin.tools.inspect import diagnose_images
 
     given = {"uniform_entropy": uniform_entropy, "tile_dominance_share": tile_dominance_share, "thumbnail_ratio": thumbnail_ratio}
     thresholds = Thresholds(**{k: v for k, v in given.items() if v is not None})

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from . import app
-from ._common import console, reported_errors
+from gswa_plugin.cli import app
+from gswa_plugin.cli._common import console, reported_errors
 
 
 @app.command("train", context_settings={"allow_extra_args": False})
@@ -23,9 +23,9 @@ def train_cmd(
     """Train GSWA (and what the recipe's freezing policy names) with transformers' Trainer.
 
     One process here; for several GPUs or nodes run the same recipe with
-    `accelerate launch --config_file ACCELERATE.yaml -m gswa_plugin.training RECIPE.yaml KEY=VALUE...`.
+    `accelerate launch --config_file ACCELERATE.yaml -m gswa_plugin.cli train RECIPE.yaml KEY=VALUE...`.
     """
-    from ..training.config import load_recipe
+    from gswa_plugin.integrations.transformers.config import load_recipe
 
     with reported_errors():
         cfg = load_recipe(recipe, overrides or [])
@@ -37,7 +37,7 @@ def train_cmd(
             return
         import logging
 
-        from ..training.run import train
+        from gswa_plugin.integrations.transformers.run import train
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         train(cfg, True if resume == "latest" else resume)

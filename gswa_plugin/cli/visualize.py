@@ -8,8 +8,8 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from . import app
-from ._common import console, err_console, reported_errors
+from gswa_plugin.cli import app
+from gswa_plugin.cli._common import console, err_console, reported_errors
 
 
 @contextlib.contextmanager
@@ -41,8 +41,8 @@ def visualize_cmd(
     device: str = typer.Option("cpu", help="Device of a loaded checkpoint."),
 ) -> None:
     """Draw each image with its tiles shaded by GSWA weight and the weights written on them."""
-    from ..eval.hosts import load_host
-    from ..visualize import visualize_paths
+    from gswa_plugin.tools.hosts import load_host
+    from gswa_plugin.tools.visualize import visualize_paths
 
     with reported_errors(), input_errors():
         with console.status("loading the model..."):

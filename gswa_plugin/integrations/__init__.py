@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import MODULE_ATTR, get_handle, is_enabled, save
-from ..errors import HostNotInstalledError
+from gswa_plugin.checkpoint import save
+from gswa_plugin.errors import HostNotInstalledError
+from gswa_plugin.handle import MODULE_ATTR, get_handle, is_enabled
 
 #: Folder name GSWA's weights and config get inside a host checkpoint directory.
 CHECKPOINT_SUBDIR = "gswa"
@@ -39,11 +40,25 @@ def require(module: str, install: str, what: str) -> Any:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module GSWA is enabled on, found under any wrapper (PEFT, DDP, a trainer's own)."""
-    for module in model.modules():
-        if is_enabled(module):
-            return module
-    return model
+    """The module GSWA is enabled on, found under any wrapper.
+
+    Distributed and compiled wrappers (DDP, FSDP, DeepSpeed, ``torch.compile``) are removed by
+    accelerate's ``extract_model_from_parallel`` (every trainer here runs on accelerate), then
+    PEFT's ``get_base_model``; a trainer's own wrapper is searched for an enabled submodule.
+    PEFT forwards attribute lookups to the model it wraps, so ``is_enabled`` is asked only after
+    unwrapping.
+    """
+    try:
+        from accelerate.utils import extract_model_from_parallel
+    except ImportError:  # plain inference without accelerate: no distributed wrapper to remove
+        pass
+    else:
+        model = extract_model_from_parallel(model)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    if is_enabled(model):
+        return model
+    return next((m for m in model.modules() if is_enabled(m)), model)
 
 
 def gswa_state_from(state_dict: dict[str, torch.Tensor] | None, model: nn.Module) -> dict[str, torch.Tensor]:

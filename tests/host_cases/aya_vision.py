@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gswa_plugin.tiny import sample_image
-from gswa_plugin.tiny_more import tiny_aya_vision, tiny_aya_vision_processor
+from gswa_plugin.testing.tiny import sample_image
+from gswa_plugin.testing.tiny_more import tiny_aya_vision, tiny_aya_vision_processor
 
 from . import HostCase
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from gswa_plugin.tiny import sample_image
-from gswa_plugin.tiny_more import got_ocr2_inputs, tiny_got_ocr2
+from gswa_plugin.testing.tiny import sample_image
+from gswa_plugin.testing.tiny_more import got_ocr2_inputs, tiny_got_ocr2
 
 from . import HostCase
 

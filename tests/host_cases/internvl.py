@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gswa_plugin.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
 
 from . import HostCase
 

@@ -3,8 +3,8 @@ from the same closest-aspect-ratio algorithm (GotOcr2 PIL image processor), trai
 
 from __future__ import annotations
 
-from gswa_plugin.tiny import sample_image
-from gswa_plugin.tiny_more import internvl_chat_inputs, tiny_internvl_chat
+from gswa_plugin.testing.tiny import sample_image
+from gswa_plugin.testing.tiny_more import internvl_chat_inputs, tiny_internvl_chat
 
 from . import HostCase
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gswa_plugin.tiny import sample_image
-from gswa_plugin.tiny_hosts import tiny_llava_next, tiny_llava_next_processor
+from gswa_plugin.testing.tiny import sample_image
+from gswa_plugin.testing.tiny_hosts import tiny_llava_next, tiny_llava_next_processor
 
 from . import HostCase
 

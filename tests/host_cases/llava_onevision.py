@@ -6,11 +6,10 @@ language model as is (shrinking is tested in tests/test_adapters_llava.py).
 
 from __future__ import annotations
 
-from gswa_plugin.tiny_hosts import tiny_llava_onevision, tiny_llava_onevision_processor
+from gswa_plugin.testing.tiny_hosts import tiny_llava_onevision, tiny_llava_onevision_processor
 
 from . import HostCase
 from .llava_next import anyres_inputs
-
 
 CASE = HostCase(
     adapter="llava_onevision",

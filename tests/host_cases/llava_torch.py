@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from gswa_plugin.tiny import sample_image, tiny_tokenizer
+from gswa_plugin.testing.tiny import sample_image, tiny_tokenizer
 
 from . import HostCase
 

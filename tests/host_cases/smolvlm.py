@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gswa_plugin.tiny_more import tiny_idefics3
+from gswa_plugin.testing.tiny_more import tiny_idefics3
 
 from . import HostCase
 from .idefics3 import idefics3_inputs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from gswa_plugin.tiny import sample_image, tiny_tokenizer
+from gswa_plugin.testing.tiny import sample_image, tiny_tokenizer
 from tests.host_cases.llava_torch import tiny_llava, tower_dir
 
 PHOTOS = {"astronaut.png": ("astronaut", None), "coffee.png": ("coffee", (300, 100))}

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from gswa_plugin.hf import save_processor
-from gswa_plugin.tiny import sample_image, tiny_internvl, tiny_internvl_processor, tiny_tokenizer
+from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor, tiny_tokenizer
 
 #: Tile side of the tiny model (patch 14 -> 4x4 patches -> 4 tokens per tile after pixel shuffle).
 TILE = 56
@@ -54,7 +54,7 @@ def _write_llava_onevision(root: Path) -> Path:
     data processor loads (``LlavaOnevisionProcessor.from_pretrained``)."""
     from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
 
-    from gswa_plugin.tiny_hosts import anyres_pinpoints, tiny_llava_onevision
+    from gswa_plugin.testing.tiny_hosts import anyres_pinpoints, tiny_llava_onevision
 
     path = root / "tiny-llava-onevision"
     model = tiny_llava_onevision(tile=TILE)

@@ -20,7 +20,7 @@ HUB_PATHS = {
 
 
 def _photo(name: str, size: tuple[int, int]):
-    from gswa_plugin.tiny import sample_image
+    from gswa_plugin.testing.tiny import sample_image
 
     return sample_image(name).resize(size)
 

@@ -29,11 +29,12 @@ from typing import Any
 
 from torch import nn
 
-from ...adapters.llava_torch import is_llava_model
-from ...api import enable, is_enabled
-from ...config import GSWAConfig, resolve_config
-from ...errors import AdapterNotFoundError
-from .. import require, save_into_checkpoint, unwrap
+from gswa_plugin.adapters.llava_torch import is_llava_model
+from gswa_plugin.api import enable
+from gswa_plugin.config import GSWAConfig, resolve_config
+from gswa_plugin.errors import AdapterNotFoundError
+from gswa_plugin.handle import is_enabled
+from gswa_plugin.integrations import require, save_into_checkpoint, unwrap
 
 #: How to install the llava package next to gswa-plugin (it pins torch 2.0 / transformers 4.36).
 INSTALL = "pip install 'gswa-plugin[llava]' && pip install --no-deps llava-torch==1.2.2.post1"

@@ -18,9 +18,9 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from ...config import GSWAConfig
-from ...errors import ConfigError
-from . import gswa_trainer_class, llava_module, prepare_llava_training_code, save_final
+from gswa_plugin.config import GSWAConfig
+from gswa_plugin.errors import ConfigError
+from gswa_plugin.integrations.llava import gswa_trainer_class, llava_module, prepare_llava_training_code, save_final
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[str, str | None, list[str]]:
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # llava parses sys.argv itself (HfArgumentParser)
     sys.argv = [sys.argv[0], *rest]
     train_module.train(attn_implementation=attn_implementation)
-    from . import last_trainer
+    from gswa_plugin.integrations.llava import last_trainer
 
     save_final(last_trainer)
 

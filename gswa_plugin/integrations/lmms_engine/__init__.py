@@ -35,10 +35,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from ...api import MODULE_ATTR, enable, get_handle, is_enabled
-from ...config import GSWAConfig
-from ...errors import ConfigError
-from .. import require, save_into_checkpoint, unwrap
+from gswa_plugin.api import enable
+from gswa_plugin.config import GSWAConfig
+from gswa_plugin.errors import ConfigError
+from gswa_plugin.handle import MODULE_ATTR, get_handle, is_enabled
+from gswa_plugin.integrations import require, save_into_checkpoint, unwrap
 
 #: The ``patch_type`` that turns GSWA on in ``model_config.monkey_patch_kwargs``.
 PATCH_TYPE = "gswa"
@@ -105,7 +106,7 @@ def _log(message: str) -> None:
 def model_types_for_gswa(extra: Iterable[str] = ()) -> list[str]:
     """Model types the ``gswa`` patch should be registered for: the defaults, the
     ``model_types`` of registered adapters, and ``extra``."""
-    from ...plugins import adapters
+    from gswa_plugin.plugins import adapters
 
     types = list(DEFAULT_MODEL_TYPES)
     for adapter in adapters().values():
@@ -135,7 +136,7 @@ def register(model_types: Iterable[str] = ()) -> None:
         _trainers_wrapped = True
     mapping = lmms_engine_module("lmms_engine.mapping_func")
     if "internvl" not in mapping.DATAPROCESSOR_MAPPING:
-        from .internvl import InternVLDataProcessor
+        from gswa_plugin.integrations.lmms_engine.internvl import InternVLDataProcessor
 
         mapping.register_processor("internvl")(InternVLDataProcessor)
 

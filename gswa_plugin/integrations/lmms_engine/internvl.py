@@ -31,7 +31,7 @@ class InternVLDataProcessor:
         self.processor: Any = None
 
     def build(self) -> None:
-        from ...hf import load_processor
+        from gswa_plugin.hf import load_processor
 
         self.processor = load_processor(self.config.processor_name)
         if getattr(self.processor, "chat_template", None) is None:

@@ -19,8 +19,14 @@ from typing import Sequence
 
 import yaml
 
-from ...errors import ConfigError
-from . import GSWAPatchFailed, gswa_settings, lmms_engine_module, model_type_of, register
+from gswa_plugin.errors import ConfigError
+from gswa_plugin.integrations.lmms_engine import (
+    GSWAPatchFailed,
+    gswa_settings,
+    lmms_engine_module,
+    model_type_of,
+    register,
+)
 
 
 def config_yaml_path(argv: Sequence[str]) -> Path | None:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from gswa_plugin.errors import DataError
-from gswa_plugin.training.data import IMAGE_PLACEHOLDER, Record, iter_raw_records, parse_record
+from gswa_plugin.integrations.transformers.data import IMAGE_PLACEHOLDER, Record, iter_raw_records, parse_record
 
 _FROM = {"user": "human", "assistant": "gpt", "system": "system"}
 

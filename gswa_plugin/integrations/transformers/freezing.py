@@ -20,8 +20,8 @@ from typing import Iterable
 
 from torch import nn
 
-from ..errors import ConfigError
-from .config import FREEZE_POLICIES
+from gswa_plugin.errors import ConfigError
+from gswa_plugin.integrations.transformers.config import FREEZE_POLICIES
 
 #: Module names (a path component) that identify each part.
 PART_MODULES: dict[str, tuple[str, ...]] = {
@@ -50,7 +50,7 @@ def apply_freezing(model: nn.Module, policy: str, lora: bool = False) -> list[st
 
     Args:
         model: a model with GSWA enabled (possibly wrapped by PEFT).
-        policy: a key of :data:`~gswa_plugin.training.config.FREEZE_POLICIES`.
+        policy: a key of :data:`~gswa_plugin.integrations.transformers.config.FREEZE_POLICIES`.
         lora: whether LoRA adapters were added; their ``lora_`` parameters then train too.
 
     Raises:

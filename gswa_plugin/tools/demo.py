@@ -9,7 +9,6 @@ id in the cache) the same runs on a real model.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import api
-from .config import default_config_path
-from .visualize import internvl_grid, weight_map
+from gswa_plugin import api
+from gswa_plugin.config import default_config_path
+from gswa_plugin.tools.visualize import grid_for, load_image, weight_map
 
-DEFAULT_IMAGE = "coffee"
 DEFAULT_PROMPT = "describe the image"
 
 
@@ -39,47 +37,11 @@ class DemoResult:
     variant: str
 
 
-def guess_grid(image: Image.Image, n_tiles: int) -> tuple[int, int]:
-    """(rows, columns) with ``rows * columns == n_tiles`` closest to the image's aspect ratio."""
-    aspect = image.width / image.height
-    pairs = [(r, n_tiles // r) for r in range(1, n_tiles + 1) if n_tiles % r == 0]
-    return min(pairs, key=lambda rc: abs(math.log((rc[1] / rc[0]) / aspect)))
-
-
-def grid_for(processor: Any, image: Image.Image, n_tiles: int) -> tuple[int, int]:
-    """The tiling grid of ``image``: exact for InternVL-style processors, else the best aspect match."""
-    ip = getattr(processor, "image_processor", None)
-    size = getattr(ip, "size", None)
-    if getattr(ip, "crop_to_patches", False) and size is not None:
-        tile = size["height"] if isinstance(size, dict) else size.height
-        rows, cols = internvl_grid(image, tile, ip.min_patches, ip.max_patches)
-        if rows * cols == n_tiles:
-            return rows, cols
-    return guess_grid(image, n_tiles)
-
-
-def load_image(image: str | os.PathLike[str] | Image.Image | None) -> tuple[Image.Image, str]:
-    """A PIL image from a path, a scikit-image sample name, or the default photograph."""
-    from .tiny import sample_image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB"), "image"
-    if image is None:
-        return sample_image(DEFAULT_IMAGE), f"skimage.data.{DEFAULT_IMAGE}"
-    path = Path(image)
-    if path.is_file():
-        return Image.open(path).convert("RGB"), path.name
-    try:
-        return sample_image(str(image)), f"skimage.data.{image}"
-    except AttributeError:
-        raise FileNotFoundError(f"image not found: {image} (give a file path or a scikit-image sample name)") from None
-
-
 def load_model(model: str | os.PathLike[str]) -> tuple[Any, Any]:
     """A real checkpoint (local directory or cached hub id) and its processor."""
     from transformers import AutoModelForImageTextToText
 
-    from .hf import load_processor
+    from gswa_plugin.hf import load_processor
 
     try:
         processor = load_processor(model)
@@ -109,7 +71,7 @@ def run_demo(
     max_new_tokens: int = 8,
 ) -> DemoResult:
     """Enable GSWA, generate once on one image, and write the weight picture. See the module docstring."""
-    from .tiny import tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
 
     if model is None:
         processor = tiny_internvl_processor(image_size=448, max_patches=12)

@@ -2,10 +2,10 @@
 
 Used by the tests, the CI step and the docs to run a recipe end to end on CPU in seconds::
 
-    python -m gswa_plugin.training.smoke /tmp/gswa-smoke      # writes model/, data/, recipe.yaml
-    accelerate launch --cpu --num_processes 2 -m gswa_plugin.training /tmp/gswa-smoke/recipe.yaml
+    python -m gswa_plugin.integrations.transformers.smoke /tmp/gswa-smoke      # writes model/, data/, recipe.yaml
+    accelerate launch --cpu --num_processes 2 -m gswa_plugin.cli train /tmp/gswa-smoke/recipe.yaml
 
-The model is :func:`gswa_plugin.tiny.tiny_internvl` (real ``InternVLForConditionalGeneration``,
+The model is :func:`gswa_plugin.testing.tiny.tiny_internvl` (real ``InternVLForConditionalGeneration``,
 random weights, 56 px tiles) saved with its real processor; the data are scikit-image's
 photographs in different aspect ratios, so images get different tile counts, with short
 answers from the tiny vocabulary.
@@ -37,8 +37,8 @@ SMOKE_GSWA = {"variant": "self_attn", "hidden_size": 32, "num_layers": 1, "num_h
 
 def write_model(directory: str | Path, seed: int = 0) -> Path:
     """Save the tiny InternVL model and its processor to ``directory`` (``from_pretrained`` layout)."""
-    from ..tiny import tiny_internvl, tiny_internvl_processor
-    from .data import save_processor
+    from gswa_plugin.hf import save_processor
+    from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,7 +50,7 @@ def write_model(directory: str | Path, seed: int = 0) -> Path:
 
 def write_data(directory: str | Path, formats: tuple[str, ...] = ("llava", "messages")) -> list[Path]:
     """Real photographs as JPEG files and JSONL conversations about them (one file per format)."""
-    from ..tiny import sample_image
+    from gswa_plugin.testing.tiny import sample_image
 
     out = Path(directory)
     (out / "images").mkdir(parents=True, exist_ok=True)

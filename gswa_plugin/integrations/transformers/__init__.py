@@ -2,7 +2,7 @@
 
 Public pieces::
 
-    from gswa_plugin.training import (
+    from gswa_plugin.integrations.transformers import (
         load_recipe, train,                      # run a recipe (also `gswa train`)
         from_pretrained_with_gswa, GSWATrainer,  # checkpoints with gswa.* keys, GSWA learning rate
         GSWADiagnosticsCallback, add_diagnostics,
@@ -13,12 +13,19 @@ Public pieces::
 
 from __future__ import annotations
 
-from .callback import GSWADiagnosticsCallback, add_diagnostics
-from .config import FREEZE_POLICIES, TrainConfig, load_recipe, validate_recipe
-from .data import ConversationCollator, ConversationDataset, load_processor, save_processor
-from .freezing import apply_freezing
-from .run import build_model, build_trainer, train
-from .trainer import GSWATrainer, extract_gswa, from_pretrained_with_gswa, read_gswa_state, unwrap
+from gswa_plugin.hf import load_processor, save_processor
+from gswa_plugin.integrations import unwrap
+from gswa_plugin.integrations.transformers.callback import GSWADiagnosticsCallback, add_diagnostics
+from gswa_plugin.integrations.transformers.config import FREEZE_POLICIES, TrainConfig, load_recipe, validate_recipe
+from gswa_plugin.integrations.transformers.data import ConversationCollator, ConversationDataset
+from gswa_plugin.integrations.transformers.freezing import apply_freezing
+from gswa_plugin.integrations.transformers.run import build_model, build_trainer, train
+from gswa_plugin.integrations.transformers.trainer import (
+    GSWATrainer,
+    extract_gswa,
+    from_pretrained_with_gswa,
+    read_gswa_state,
+)
 
 __all__ = [
     "FREEZE_POLICIES",

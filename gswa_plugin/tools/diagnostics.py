@@ -1,6 +1,6 @@
 """Statistics of GSWA tile weights and the paper's failure signatures, with no host code.
 
-Used by the training callback (:class:`gswa_plugin.training.GSWADiagnosticsCallback`) and by
+Used by the training callback (:class:`gswa_plugin.integrations.transformers.GSWADiagnosticsCallback`) and by
 ``gswa diagnose``. Everything here takes plain tensors: the per-image tile weights that
 :func:`gswa_plugin.last_weights` returns (thumbnail excluded, mean 1 per image) and, where
 available, the GSWA parameters' gradients.

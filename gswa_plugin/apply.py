@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from .errors import LayoutError, UnsupportedModeError
+from gswa_plugin.errors import LayoutError, UnsupportedModeError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import GSWAHandle
+    from gswa_plugin.handle import GSWAHandle
 
 #: Every application mode, in the order the docs present them.
 MODES: tuple[str, ...] = ("embed", "value", "attn_bias")
@@ -58,6 +58,13 @@ class ModeState:
 
     seen: torch.Tensor | None = None
     current: torch.Tensor | None = None
+
+
+def apply_weights(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The ``embed`` mode: scale each view's features ``[views, ...]`` by its weight ``[views]``
+    (in the features' dtype)."""
+    shape = (-1,) + (1,) * (features.dim() - 1)
+    return features * weights.to(features.dtype).view(shape)
 
 
 def placeholder_position_weights(

@@ -30,9 +30,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..config import GSWAConfig, read_yaml, rule_problems
-from ..diagnostics import Thresholds
-from ..errors import ConfigError
+from gswa_plugin.config import GSWAConfig, read_yaml, rule_problems
+from gswa_plugin.errors import ConfigError
+from gswa_plugin.tools.diagnostics import Thresholds
 
 #: Value of the ``host:`` key that marks a recipe for this trainer.
 HOST = "transformers"

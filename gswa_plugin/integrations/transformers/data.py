@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import DataError
+from gswa_plugin.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -234,58 +234,6 @@ def _segments_from_chat_template(turns: list[Turn], tokenizer: Any) -> list[tupl
         segs += [(prompt[len(done):], False), (full[len(prompt):], True)]
         done = full
     return segs
-
-
-# --- processor --------------------------------------------------------------------------------
-def load_processor(path: str | os.PathLike[str], max_patches: int | None = None, min_patches: int | None = None) -> Any:
-    """The host's processor from a checkpoint directory.
-
-    ``AutoProcessor`` first; where it cannot be built (transformers without torchvision refuses
-    processors that declare a video processor) the real processor class is assembled from the
-    saved tokenizer and image processor, with ``image_seq_length`` from the saved configs.
-    """
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
-
-    try:
-        processor = AutoProcessor.from_pretrained(path)
-    except (ValueError, TypeError, AttributeError, ImportError, OSError):
-        import transformers
-
-        from ..tiny import _processor_class
-
-        cfg: dict[str, Any] = {}
-        for name in ("processor_config.json", "config.json"):
-            f = Path(path) / name
-            if f.is_file():
-                cfg = {**json.loads(f.read_text(encoding="utf-8")), **cfg}
-        cls_name = cfg.get("processor_class", "InternVLProcessor")
-        cls = _processor_class(getattr(transformers, cls_name))
-        kwargs = {"image_seq_length": cfg["image_seq_length"]} if "image_seq_length" in cfg else {}
-        processor = cls(
-            image_processor=AutoImageProcessor.from_pretrained(path),
-            tokenizer=AutoTokenizer.from_pretrained(path),
-            **kwargs,
-        )
-    ip = processor.image_processor
-    if max_patches is not None:
-        ip.max_patches = max_patches
-    if min_patches is not None:
-        ip.min_patches = min_patches
-    return processor
-
-
-def save_processor(processor: Any, directory: str | os.PathLike[str]) -> None:
-    """Save a processor so :func:`load_processor` reads it back (components where the whole
-    processor cannot be saved, as without torchvision)."""
-    try:
-        processor.save_pretrained(directory)
-    except AttributeError:
-        processor.tokenizer.save_pretrained(directory)
-        processor.image_processor.save_pretrained(directory)
-        meta = {"processor_class": type(processor).__name__}
-        if hasattr(processor, "image_seq_length"):
-            meta["image_seq_length"] = processor.image_seq_length
-        (Path(directory) / "processor_config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 # --- dataset ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .hf import image_processor_class, processor_class
+from gswa_plugin.hf import image_processor_class, processor_class
 
 # older names, used by other modules
 _image_processor_class = image_processor_class

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .hf import image_processor_class, processor_class
-from .tiny import WORDS, text_config
+from gswa_plugin.hf import image_processor_class, processor_class
+from gswa_plugin.testing.tiny import WORDS, text_config
 
 #: Special tokens every tiny tokenizer starts with.
 BASE_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -166,11 +166,11 @@ def internvl_chat_tokenizer() -> Any:
 
 
 def tiny_internvl_chat(seed: int = 0, tile: int = INTERNVL_CHAT_TILE, select_layer: int = -1) -> Any:
-    """A tiny :class:`~gswa_plugin.standins.internvl_chat.InternVLChatModel` (the InternVL2 remote-code
+    """A tiny :class:`~gswa_plugin.testing.standins.internvl_chat.InternVLChatModel` (the InternVL2 remote-code
     stand-in): InternViT with CLS (``tile`` px, patch 14), pixel shuffle 0.5, ``mlp1``, and a Qwen2
     language model (as in InternVL2-1B). ``img_context_token_id`` is set from the tiny tokenizer,
     as InternVL's training script does."""
-    from .standins.internvl_chat import InternVLChatConfig, InternVLChatModel
+    from gswa_plugin.testing.standins.internvl_chat import InternVLChatConfig, InternVLChatModel
 
     tok = internvl_chat_tokenizer()
     cfg = InternVLChatConfig(
@@ -221,7 +221,7 @@ def internvl_chat_inputs(images: list[Any], questions: list[str], model: Any, ti
     """Training-path inputs of the InternVL2 stand-in, built the way InternVL's fine-tuning script
     does: one image per sample, ``<img>`` + ``<IMG_CONTEXT>`` x ``num_image_token * tiles`` +
     ``</img>`` in the prompt, and ``image_flags`` of 1 for every real tile."""
-    from .standins.internvl_chat import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
+    from gswa_plugin.testing.standins.internvl_chat import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
 
     pixel_values, num_patches = internvl_chat_tiles(images, tile)
     tok = internvl_chat_tokenizer()

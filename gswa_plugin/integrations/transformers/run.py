@@ -2,9 +2,9 @@
 
 Entry points (the same function underneath)::
 
-    gswa train RECIPE.yaml [key=value ...] [--resume [CHECKPOINT]]
-    accelerate launch [--config_file ACCELERATE.yaml] -m gswa_plugin.training RECIPE.yaml [key=value ...]
-    torchrun --nproc_per_node 8 -m gswa_plugin.training RECIPE.yaml
+    gswa train RECIPE.yaml [key=value ...] [--resume latest|CHECKPOINT]
+    accelerate launch [--config_file ACCELERATE.yaml] -m gswa_plugin.cli train RECIPE.yaml [key=value ...]
+    torchrun --nproc_per_node 8 -m gswa_plugin.cli train RECIPE.yaml
 
 Overrides use dotted keys into the recipe (``training_args.max_steps=10``, ``gswa.variant=cosine``,
 ``freeze=gswa+projector``); values are parsed as YAML.
@@ -12,21 +12,21 @@ Overrides use dotted keys into the recipe (``training_args.max_steps=10``, ``gsw
 
 from __future__ import annotations
 
-import argparse
 import logging
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .. import api
-from .callback import GSWADiagnosticsCallback
-from .config import TrainConfig, load_recipe
-from .data import ConversationCollator, ConversationDataset, load_processor
-from .freezing import apply_freezing, part_of
-from .trainer import GSWATrainer, from_pretrained_with_gswa
+from gswa_plugin import checkpoint as ckpt
+from gswa_plugin.hf import load_processor
+from gswa_plugin.integrations.transformers.callback import GSWADiagnosticsCallback
+from gswa_plugin.integrations.transformers.config import TrainConfig
+from gswa_plugin.integrations.transformers.data import ConversationCollator, ConversationDataset
+from gswa_plugin.integrations.transformers.freezing import apply_freezing, part_of
+from gswa_plugin.integrations.transformers.trainer import GSWATrainer, from_pretrained_with_gswa
 
-logger = logging.getLogger("gswa_plugin.training")
+logger = logging.getLogger("gswa_plugin.integrations.transformers")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,7 +43,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         **kwargs,
     )
     if cfg.model.gswa_checkpoint:
-        api.load(model, cfg.model.gswa_checkpoint)
+        ckpt.load(model, cfg.model.gswa_checkpoint)
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -116,7 +116,7 @@ def build_trainer(cfg: TrainConfig) -> GSWATrainer:
 
 
 def _training_argument_names() -> set[str]:
-    from .config import training_argument_names
+    from gswa_plugin.integrations.transformers.config import training_argument_names
 
     return set(training_argument_names())
 
@@ -135,24 +135,3 @@ def train(cfg: TrainConfig, resume_from_checkpoint: str | bool | None = None) ->
     trainer.save_model()  # GSWATrainer._save also writes the gswa/ sub-folder
     trainer.save_state()
     return trainer
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gswa_plugin.training RECIPE.yaml [key=value ...] [--resume [CHECKPOINT]]``."""
-    parser = argparse.ArgumentParser(prog="python -m gswa_plugin.training", description=__doc__.split("\n")[0])
-    parser.add_argument("recipe", help="recipe YAML (host: transformers)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. training_args.max_steps=10")
-    parser.add_argument(
-        "--resume", nargs="?", const=True, default=None,
-        help="resume from the latest checkpoint in output_dir, or from the checkpoint given",
-    )
-    parser.add_argument("--check", action="store_true", help="validate the recipe and exit")
-    ns = parser.parse_args(argv)
-    cfg = load_recipe(ns.recipe, ns.overrides)
-    if ns.check:
-        print(f"ok {ns.recipe}: freeze={cfg.freeze} variant={cfg.gswa_config().variant} "
-              f"output_dir={cfg.training_args.get('output_dir')}")
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(cfg, ns.resume)
-    return 0

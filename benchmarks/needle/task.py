@@ -167,7 +167,7 @@ class NeedleData:
 
 def processor(tile: int) -> Any:
     """The real ``InternVLProcessor`` (GotOcr2 tiling) at ``tile`` px, allowing the 3x3 grid."""
-    from .tiny import tiny_internvl_processor
+    from gswa_plugin.testing.tiny import tiny_internvl_processor
 
     return tiny_internvl_processor(image_size=tile, max_patches=GRID * GRID)
 
@@ -236,8 +236,8 @@ def build_model(cfg: RunConfig) -> tuple[Any, Any]:
     Returns:
         ``(model, handle)``; ``handle`` is ``None`` for ``mode == 'none'``.
     """
-    from . import api
-    from .tiny import tiny_internvl
+    from gswa_plugin import api
+    from gswa_plugin.testing.tiny import tiny_internvl
 
     model = tiny_internvl(seed=cfg.seed, image_size=cfg.tile, text_layers=cfg.text_layers)
     handle = None
@@ -263,7 +263,7 @@ def build_model(cfg: RunConfig) -> tuple[Any, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer() -> Any:
-    from .tiny import tiny_tokenizer
+    from gswa_plugin.testing.tiny import tiny_tokenizer
 
     return tiny_tokenizer()
 
@@ -302,7 +302,7 @@ def _forward(model: Any, ids: torch.Tensor, pixel_values: torch.Tensor) -> torch
 @torch.no_grad()
 def evaluate(model: Any, handle: Any, data: NeedleData, ids: torch.Tensor, chunk: int = 128) -> dict[str, Any]:
     """Held-out accuracy, hit rate, mean needle weight and the tile weights ``[images, 9]``."""
-    from . import api
+    from gswa_plugin import api
 
     was_training = model.training
     model.eval()

@@ -18,11 +18,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import api
-from .config import GSWAConfig, resolve_config
-from .core import TileLayout
-from .errors import NotEnabledError
-from .modes import MODES
+from gswa_plugin import api
+from gswa_plugin.apply import MODES
+from gswa_plugin.config import GSWAConfig, resolve_config
+from gswa_plugin.errors import NotEnabledError
+from gswa_plugin.handle import get_handle, is_enabled
+from gswa_plugin.layout import TileLayout
 
 
 @dataclass
@@ -116,7 +117,7 @@ def measure_influence(
     Raises:
         NotEnabledError: GSWA is not enabled on ``model``.
     """
-    handle = api.get_handle(model)
+    handle = get_handle(model)
     real = handle.module
     try:
         handle.module = FixedWeights(handle.config, None, ratio)
@@ -153,8 +154,8 @@ def compare_modes(
     and the model is left without GSWA.
     """
     before = None
-    if api.is_enabled(model):
-        handle = api.get_handle(model)
+    if is_enabled(model):
+        handle = get_handle(model)
         before = (handle.config, {k: v.clone() for k, v in handle.module.state_dict().items()})
         cfg = handle.config
         api.disable(model)

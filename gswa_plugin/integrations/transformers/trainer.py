@@ -25,10 +25,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .. import api
-from ..config import GSWAConfig, resolve_config
-from ..errors import CheckpointError
-from .freezing import is_gswa_parameter
+from gswa_plugin import api
+from gswa_plugin import checkpoint as ckpt
+from gswa_plugin.config import GSWAConfig, resolve_config
+from gswa_plugin.errors import CheckpointError
+from gswa_plugin.handle import MODULE_ATTR, get_handle, is_enabled
+from gswa_plugin.integrations import unwrap
+from gswa_plugin.integrations.transformers.callback import GSWADiagnosticsCallback
+from gswa_plugin.integrations.transformers.freezing import is_gswa_parameter
 
 logger = logging.getLogger(__name__)
 
@@ -36,20 +40,7 @@ logger = logging.getLogger(__name__)
 GSWA_SUBDIR = "gswa"
 #: With PEFT: the trainable weights outside LoRA (GSWA, a trained projector) of a checkpoint.
 EXTRA_TRAINABLE_FILE = "non_lora_trainable.safetensors"
-_PREFIX = api.MODULE_ATTR + "."
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model GSWA was enabled on, through DDP/FSDP (``.module``) and PEFT (``get_base_model``)."""
-    # unwrap before asking is_enabled(): PEFT forwards attribute lookups to the wrapped model
-    for _ in range(8):
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif isinstance(getattr(model, "module", None), nn.Module) and not api.is_enabled(model):
-            model = model.module
-        else:
-            break
-    return model
+_PREFIX = MODULE_ATTR + "."
 
 
 # --- reading gswa.* tensors from a checkpoint -------------------------------------------------
@@ -71,22 +62,22 @@ def read_gswa_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     p = Path(path)
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(p):
-        if f.name in (api.WEIGHTS_FILE, EXTRA_TRAINABLE_FILE):
+        if f.name in (ckpt.WEIGHTS_FILE, EXTRA_TRAINABLE_FILE):
             continue
         with safe_open(str(f), "pt") as sf:
             for key in sf.keys():
                 if key.startswith(_PREFIX):
                     state[key[len(_PREFIX):]] = sf.get_tensor(key)
-    if not state and (p / GSWA_SUBDIR / api.WEIGHTS_FILE).is_file():
-        state = load_file(str(p / GSWA_SUBDIR / api.WEIGHTS_FILE))
+    if not state and (p / GSWA_SUBDIR / ckpt.WEIGHTS_FILE).is_file():
+        state = load_file(str(p / GSWA_SUBDIR / ckpt.WEIGHTS_FILE))
     return state
 
 
 def saved_gswa_config(path: str | os.PathLike[str]) -> GSWAConfig | None:
     """The GSWA config stored with a checkpoint (``gswa/gswa_config.yaml`` or ``gswa_config.yaml``)."""
     for d in (Path(path) / GSWA_SUBDIR, Path(path)):
-        if (d / api.CONFIG_FILE).is_file():
-            return GSWAConfig.from_yaml(d / api.CONFIG_FILE)
+        if (d / ckpt.CONFIG_FILE).is_file():
+            return GSWAConfig.from_yaml(d / ckpt.CONFIG_FILE)
     return None
 
 
@@ -154,7 +145,7 @@ def from_pretrained_with_gswa(
     if cfg is None:
         if state:
             raise CheckpointError(
-                f"{path} holds GSWA weights but no GSWA config ({GSWA_SUBDIR}/{api.CONFIG_FILE}); pass `gswa=` with "
+                f"{path} holds GSWA weights but no GSWA config ({GSWA_SUBDIR}/{ckpt.CONFIG_FILE}); pass `gswa=` with "
                 "the settings it was trained with"
             )
         cfg = GSWAConfig()
@@ -177,16 +168,16 @@ def extract_gswa(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]
     checkpoint's ``gswa/`` folder (written by :class:`GSWATrainer`) is copied.
     """
     if model is not None:
-        return api.save(unwrap(model), out)
+        return ckpt.save(unwrap(model), out)
     src = Path(checkpoint) / GSWA_SUBDIR
-    if not (src / api.WEIGHTS_FILE).is_file():
+    if not (src / ckpt.WEIGHTS_FILE).is_file():
         raise CheckpointError(
-            f"{checkpoint} has no {GSWA_SUBDIR}/{api.WEIGHTS_FILE}; load it with `from_pretrained_with_gswa` "
+            f"{checkpoint} has no {GSWA_SUBDIR}/{ckpt.WEIGHTS_FILE}; load it with `from_pretrained_with_gswa` "
             "and call `gswa_plugin.save(model, out)`"
         )
     dst = Path(out)
     dst.mkdir(parents=True, exist_ok=True)
-    for name in (api.WEIGHTS_FILE, api.CONFIG_FILE):
+    for name in (ckpt.WEIGHTS_FILE, ckpt.CONFIG_FILE):
         (dst / name).write_bytes((src / name).read_bytes())
     return dst
 
@@ -195,18 +186,18 @@ def save_gswa_with_state(model: nn.Module, out: str | os.PathLike[str], state_di
     """``gswa_plugin.save``, but taking the tensors from a gathered ``state_dict`` where one is
     given (under DeepSpeed ZeRO-3 or FSDP the module's own parameters are shards)."""
     base = unwrap(model)
-    path = api.save(base, out)
+    path = ckpt.save(base, out)
     if state_dict:
         gathered = {}
         for key, value in state_dict.items():
             i = key.find(_PREFIX)
             if i >= 0 and (i == 0 or key[i - 1] == "."):
                 gathered[key[i + len(_PREFIX):]] = value.detach().contiguous().cpu()
-        own = api.get_handle(base).module.state_dict()
+        own = get_handle(base).module.state_dict()
         if gathered and set(gathered) == set(own) and all(gathered[k].shape == own[k].shape for k in own):
-            with safe_open(str(path / api.WEIGHTS_FILE), "pt") as f:
+            with safe_open(str(path / ckpt.WEIGHTS_FILE), "pt") as f:
                 meta = f.metadata()
-            save_file(gathered, str(path / api.WEIGHTS_FILE), metadata=meta)
+            save_file(gathered, str(path / ckpt.WEIGHTS_FILE), metadata=meta)
     return path
 
 
@@ -274,7 +265,7 @@ class GSWATrainer(_trainer_base()):  # type: ignore[misc]
             return
         out = Path(output_dir if output_dir is not None else self.args.output_dir)
         base = unwrap(self.model)
-        if api.is_enabled(base):
+        if is_enabled(base):
             save_gswa_with_state(base, out / GSWA_SUBDIR, state_dict)
         if hasattr(self.model, "get_base_model"):  # PEFT saves only the adapters: keep the rest that trains
             extra = {
@@ -285,7 +276,7 @@ class GSWATrainer(_trainer_base()):  # type: ignore[misc]
             if extra:
                 save_file(extra, str(out / EXTRA_TRAINABLE_FILE))
         if self.gswa_processor is not None:
-            from .data import save_processor
+            from gswa_plugin.hf import save_processor
 
             save_processor(self.gswa_processor, out)
 
@@ -330,19 +321,17 @@ class GSWATrainer(_trainer_base()):  # type: ignore[misc]
                 f"resuming from {checkpoint}: the host weights do not fit the model "
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]}); resume with the recipe that wrote it"
             )
-        if api.is_enabled(base):
+        if is_enabled(base):
             state = read_gswa_state(checkpoint)
             if not state:
                 raise CheckpointError(f"resuming from {checkpoint}: it holds no GSWA weights (`gswa.*` keys)")
             try:
-                api.get_handle(base).module.load_state_dict(state, strict=True)
+                get_handle(base).module.load_state_dict(state, strict=True)
             except RuntimeError as exc:
                 raise CheckpointError(f"resuming from {checkpoint}: the GSWA weights do not fit: {exc}") from exc
 
     # logging: the diagnostics' statistics join every log line ----------------------------------
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        from .callback import GSWADiagnosticsCallback
-
         for cb in self.callback_handler.callbacks:
             if isinstance(cb, GSWADiagnosticsCallback):
                 logs.update(cb.latest)

@@ -11,6 +11,7 @@ one image and reads its weights back; :func:`visualize` does both and returns th
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from gswa_plugin.handle import get_handle
+
+#: The photograph used when no image is given (a scikit-image sample).
+DEFAULT_IMAGE = "coffee"
 #: Opacity of the weight overlay.
 OVERLAY_ALPHA = 0.55
 
@@ -163,11 +168,9 @@ def image_weights(
     Raises:
         NotEnabledError: GSWA is not enabled on ``model``.
     """
-    from . import api
-    from .demo import grid_for
-    from .eval.hosts import model_inputs
+    from gswa_plugin.tools.hosts import model_inputs
 
-    handle = api.get_handle(model)
+    handle = get_handle(model)
     inputs = model_inputs(model, processor, [image], question)
     with torch.no_grad():
         model(**inputs)
@@ -215,9 +218,8 @@ def visualize(
 
 
 def _handle(model: Any) -> Any:
-    from . import api
 
-    return api.get_handle(model)
+    return get_handle(model)
 
 
 def find_images(path: str | os.PathLike[str]) -> list[Path]:
@@ -239,7 +241,6 @@ def find_images(path: str | os.PathLike[str]) -> list[Path]:
 
 def load_images(source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[tuple[str, Image.Image]]:
     """(name, RGB image) for a file, a folder, a scikit-image sample name, or a list of those."""
-    from .demo import load_image
 
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     out: list[tuple[str, Image.Image]] = []
@@ -289,3 +290,40 @@ def visualize_paths(
         draw(w, title=title, width=width, cmap=cmap).save(path)
         results.append((path, w))
     return results
+
+
+# --- images and tiling grids (shared with `gswa demo`) ----------------------------------------
+def guess_grid(image: Image.Image, n_tiles: int) -> tuple[int, int]:
+    """(rows, columns) with ``rows * columns == n_tiles`` closest to the image's aspect ratio."""
+    aspect = image.width / image.height
+    pairs = [(r, n_tiles // r) for r in range(1, n_tiles + 1) if n_tiles % r == 0]
+    return min(pairs, key=lambda rc: abs(math.log((rc[1] / rc[0]) / aspect)))
+
+
+def grid_for(processor: Any, image: Image.Image, n_tiles: int) -> tuple[int, int]:
+    """The tiling grid of ``image``: exact for InternVL-style processors, else the best aspect match."""
+    ip = getattr(processor, "image_processor", None)
+    size = getattr(ip, "size", None)
+    if getattr(ip, "crop_to_patches", False) and size is not None:
+        tile = size["height"] if isinstance(size, dict) else size.height
+        rows, cols = internvl_grid(image, tile, ip.min_patches, ip.max_patches)
+        if rows * cols == n_tiles:
+            return rows, cols
+    return guess_grid(image, n_tiles)
+
+
+def load_image(image: str | os.PathLike[str] | Image.Image | None) -> tuple[Image.Image, str]:
+    """A PIL image from a path, a scikit-image sample name, or the default photograph."""
+    from gswa_plugin.testing.tiny import sample_image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB"), "image"
+    if image is None:
+        return sample_image(DEFAULT_IMAGE), f"skimage.data.{DEFAULT_IMAGE}"
+    path = Path(image)
+    if path.is_file():
+        return Image.open(path).convert("RGB"), path.name
+    try:
+        return sample_image(str(image)), f"skimage.data.{image}"
+    except AttributeError:
+        raise FileNotFoundError(f"image not found: {image} (give a file path or a scikit-image sample name)") from None

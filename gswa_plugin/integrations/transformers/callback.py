@@ -1,13 +1,13 @@
 """A ``TrainerCallback`` that watches GSWA's weights and gradients while training.
 
-Every optimizer step it computes :func:`gswa_plugin.diagnostics.weight_stats` on the latest
+Every optimizer step it computes :func:`gswa_plugin.tools.diagnostics.weight_stats` on the latest
 forward's tile weights, plus the GSWA gradient norm just before the optimizer steps, and keeps
 them as ``gswa/<statistic>`` in :attr:`GSWADiagnosticsCallback.latest`. :class:`GSWATrainer`
 merges them into every log line, so every logger (console, TensorBoard, W&B, ...) and
 ``trainer.state.log_history`` get them. With a stock ``Trainer``, use :func:`add_diagnostics`,
 which puts the callback first so that the loggers see the statistics it adds in ``on_log``.
 
-It warns (Python ``logging``, logger ``gswa_plugin.training``) on the paper's failure signatures:
+It warns (Python ``logging``, logger ``gswa_plugin.integrations.transformers``) on the paper's failure signatures:
 weights stuck at uniform (only after ``uniform_after_steps``, since GSWA starts uniform by
 design), one tile or the thumbnail dominating, and vanishing GSWA gradients. Each signature is
 repeated at most every ``warn_every_steps`` steps; every warning is also kept in
@@ -21,11 +21,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .. import api
-from ..diagnostics import Thresholds, failure_signatures, grad_norm, weight_stats
-from .trainer import unwrap
+from gswa_plugin.handle import get_handle, is_enabled
+from gswa_plugin.integrations import unwrap
+from gswa_plugin.tools.diagnostics import Thresholds, failure_signatures, grad_norm, weight_stats
 
-logger = logging.getLogger("gswa_plugin.training")
+logger = logging.getLogger("gswa_plugin.integrations.transformers")
 
 #: Prefix of the logged statistics.
 LOG_PREFIX = "gswa/"
@@ -54,7 +54,7 @@ class GSWADiagnosticsCallback(TrainerCallback):
     @staticmethod
     def _handle(model: Any) -> Any:
         base = unwrap(model) if model is not None else None
-        return api.get_handle(base) if base is not None and api.is_enabled(base) else None
+        return get_handle(base) if base is not None and is_enabled(base) else None
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         handle = self._handle(model)

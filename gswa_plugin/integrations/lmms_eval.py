@@ -18,7 +18,7 @@ Model arguments (``--model_args``, comma-separated ``key=value``):
   grids of LLaVA-NeXT/OneVision); the checkpoint's own setting when unset.
 * ``dtype`` (``float32``, ``bfloat16``, ...), ``max_new_tokens`` (caps the task's value).
 * ``remove_k``, ``remove_by``, ``remove_which``, ``remove_threshold``, ``remove_mode``: the tile
-  removal experiment (:class:`gswa_plugin.inspect_tools.RemovalSpec`).
+  removal experiment (:class:`gswa_plugin.tools.inspect.RemovalSpec`).
 
 The families differ only in which hosts they accept; ``gswa_hf`` takes any model with a
 registered GSWA adapter. Requests are answered one at a time (``batch_size`` is accepted and
@@ -38,9 +38,9 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from lmms_eval.protocol import ChatMessages
 from tqdm.auto import tqdm
 
-from ..errors import GSWAError, UnsupportedRequestError, WrongFamilyError
-from ..inspect_tools import RemovalSpec, run_with_removal
-from .hosts import enable_gswa, gswa_source_kind, load_pretrained, on_model, set_tile_cap
+from gswa_plugin.errors import GSWAError, UnsupportedRequestError, WrongFamilyError
+from gswa_plugin.tools.hosts import enable_gswa, gswa_source_kind, load_pretrained, on_model, set_tile_cap
+from gswa_plugin.tools.inspect import RemovalSpec, run_with_removal
 
 
 class GSWALmms(lmms):
@@ -74,7 +74,7 @@ class GSWALmms(lmms):
         if kwargs:
             raise TypeError(
                 f"unknown model_args for {type(self).__name__}: {', '.join(sorted(kwargs))}; see "
-                "`gswa_plugin.eval.lmms` for the accepted ones"
+                "`gswa_plugin.integrations.lmms_eval` for the accepted ones"
             )
         if gswa is None:
             raise GSWAError(

@@ -1,6 +1,6 @@
 """Tiny LLaVA-family hosts built in code, offline: real transformers classes with small configs.
 
-The counterpart of :mod:`gswa_plugin.tiny` for the LLaVA-NeXT and LLaVA-OneVision families:
+The counterpart of :mod:`gswa_plugin.testing.tiny` for the LLaVA-NeXT and LLaVA-OneVision families:
 ``LlavaNextForConditionalGeneration`` (CLIP vision tower, CLS first) and
 ``LlavaOnevisionForConditionalGeneration`` (SigLIP vision tower, no CLS), each with its real
 processor (the real anyres image processor and the tiny word-level tokenizer). Tiles are small
@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .hf import image_processor_class, processor_class
-from .tiny import SPECIAL_TOKENS, WORDS, tiny_tokenizer
-from .tiny_more import _finish, _text_config
+from gswa_plugin.hf import image_processor_class, processor_class
+from gswa_plugin.testing.tiny import SPECIAL_TOKENS, WORDS, tiny_tokenizer
+from gswa_plugin.testing.tiny_more import _finish, _text_config
 
 PATCH = 14
 VOCAB = len(SPECIAL_TOKENS) + len(WORDS)

@@ -1,8 +1,8 @@
 """Loading a host model with GSWA for evaluation and inspection, and the tile cap.
 
-Shared by the lmms-eval models (:mod:`gswa_plugin.eval.lmms`), ``gswa visualize`` and the
+Shared by the lmms-eval models (:mod:`gswa_plugin.integrations.lmms_eval`), ``gswa visualize`` and the
 inspection tools: a model is a local checkpoint directory (or a hub id already in the cache) or,
-by default, the tiny InternVL built in code (:mod:`gswa_plugin.tiny`); GSWA comes from a saved
+by default, the tiny InternVL built in code (:mod:`gswa_plugin.testing.tiny`); GSWA comes from a saved
 directory (:func:`gswa_plugin.load`), a YAML file with a ``gswa:`` block
 (:func:`gswa_plugin.enable`) or, with ``"none"``, stays off (the baseline).
 """
@@ -16,9 +16,11 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from .. import api
-from ..config import default_config_path
-from ..errors import CheckpointError, ConfigError
+from gswa_plugin import api
+from gswa_plugin import checkpoint as ckpt
+from gswa_plugin.config import default_config_path
+from gswa_plugin.errors import CheckpointError, ConfigError
+from gswa_plugin.handle import GSWAHandle
 
 #: Values of ``gswa`` meaning "evaluate the host without GSWA" (the baseline).
 DISABLED = ("none", "off", "false", "baseline", "disabled", "")
@@ -44,18 +46,18 @@ def gswa_source_kind(gswa: str | os.PathLike[str] | None) -> str:
     if path.is_file():
         return "yaml"
     raise CheckpointError(
-        f"gswa={text!r} is neither a saved GSWA directory (with {api.CONFIG_FILE} and {api.WEIGHTS_FILE}), "
+        f"gswa={text!r} is neither a saved GSWA directory (with {ckpt.CONFIG_FILE} and {ckpt.WEIGHTS_FILE}), "
         "a YAML file with a top-level `gswa:` block, nor 'none' (GSWA off) / 'default' (the packaged default)"
     )
 
 
-def enable_gswa(model: torch.nn.Module, gswa: str | os.PathLike[str] | None) -> api.GSWAHandle | None:
+def enable_gswa(model: torch.nn.Module, gswa: str | os.PathLike[str] | None) -> GSWAHandle | None:
     """Enable GSWA on ``model`` from ``gswa`` (see :func:`gswa_source_kind`); ``None`` when disabled."""
     kind = gswa_source_kind(gswa)
     if kind == "disabled":
         return None
     if kind == "checkpoint":
-        return api.load(model, str(gswa))
+        return ckpt.load(model, str(gswa))
     if kind == "yaml":
         return api.enable(model, str(gswa))
     return api.enable(model, default_config_path())
@@ -87,7 +89,7 @@ def load_pretrained(
 
 def tiny_default(max_tiles: int | None = None) -> tuple[Any, Any]:
     """The small InternVL built in code (random weights, 448 px tiles) and its real processor."""
-    from ..tiny import tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
 
     return tiny_internvl(image_size=448), tiny_internvl_processor(image_size=448, max_patches=max_tiles or 12)
 
@@ -144,7 +146,7 @@ def load_host(
     max_tiles: int | None = None,
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
-) -> tuple[Any, Any, api.GSWAHandle | None]:
+) -> tuple[Any, Any, GSWAHandle | None]:
     """Model, processor and GSWA handle (``None`` when GSWA is off) ready for inference.
 
     Args:

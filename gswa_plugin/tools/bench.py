@@ -48,9 +48,9 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .config import GSWAConfig, resolve_config
-from .core import count_parameters
-from .errors import ConfigError
+from gswa_plugin.config import GSWAConfig, resolve_config
+from gswa_plugin.errors import ConfigError
+from gswa_plugin.weighting import count_parameters
 
 MIB = 1024**2
 #: The paper's tile counts: InternVL2 trains with up to 12 tiles plus a thumbnail.
@@ -524,7 +524,7 @@ def _gswa_times(
     (GSWA trainable), and the number of tensor ops it dispatches per forward."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from . import api
+    from gswa_plugin import api
 
     model, shapes = host.model, host.shapes
     views = inputs["pixel_values"].shape[0]
@@ -573,7 +573,7 @@ def _gswa_times(
 def _peaks(host: _Host, cfg: GSWAConfig, inputs: dict[str, Any]) -> tuple[int, int, int, int]:
     """Peak live bytes of the image encoding and of the training step, without GSWA, and what
     enabling GSWA adds to each (at the depth that runs)."""
-    from . import api
+    from gswa_plugin import api
 
     model = host.model
     views = inputs["pixel_values"].shape[0]
@@ -667,7 +667,7 @@ def run(
     torch_dtype = getattr(torch, dtype)
     dev = torch.device(device)
     host = _Host(shapes, vision_layers, text_layers, torch_dtype, dev)
-    from . import api
+    from gswa_plugin import api
 
     handle = api.enable(host.model, cfg)
     gswa_params = count_parameters(handle.module)

@@ -41,7 +41,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError
+from gswa_plugin.errors import CheckpointError
 
 #: Token InternVL2 puts 256 times per tile (id 92546 in InternVL2-2B's tokenizer).
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"

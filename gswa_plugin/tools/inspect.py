@@ -11,7 +11,7 @@
 * **Variant ablation** (:func:`ablate_on_images`, and over an lmms-eval task with
   :func:`ablate_on_task`): the same inputs under several GSWA checkpoints and without GSWA.
 * **Diagnostics** (:func:`diagnose_images`): the failure signatures of
-  :mod:`gswa_plugin.diagnostics` over a set of images.
+  :mod:`gswa_plugin.tools.diagnostics` over a set of images.
 
 Over a folder of images there are no labels, so a change is measured on the model's next-token
 distribution after the prompt (the first answer token): its largest logit change, the KL
@@ -31,12 +31,13 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import api
-from .core import TileBatch, TileLayout
-from .diagnostics import Thresholds, failure_signatures, weight_stats
-from .errors import ConfigError, LayoutError
-from .hookspecs import hookimpl
-from .plugins import register_plugin, unregister_plugin
+from gswa_plugin import api
+from gswa_plugin.errors import ConfigError, LayoutError
+from gswa_plugin.handle import get_handle, is_enabled
+from gswa_plugin.hookspecs import hookimpl
+from gswa_plugin.layout import TileBatch, TileLayout
+from gswa_plugin.plugins import register_plugin, unregister_plugin
+from gswa_plugin.tools.diagnostics import Thresholds, failure_signatures, weight_stats
 
 #: Adapters whose views are fixed-size contiguous blocks of image tokens, one block per view in
 #: the order of ``pixel_values``: only these support ``mode="drop"``.
@@ -204,7 +205,7 @@ class _StopAtSeam:
 def seam_batch(model: torch.nn.Module, inputs: Mapping[str, Any]) -> TileBatch:
     """The weighted :class:`TileBatch` of ``inputs``, from a forward stopped at the seam (the
     vision encoder and GSWA run, the language model does not)."""
-    handle = api.get_handle(model)
+    handle = get_handle(model)
     name = f"gswa-stop-at-seam-{id(handle)}"
     register_plugin(_StopAtSeam(), name=name)
     try:
@@ -240,7 +241,7 @@ def drop_tiles(
         LayoutError: the model's adapter does not lay views out as blocks of image tokens, or the
             inputs do not match ``layout``.
     """
-    handle = api.get_handle(model)
+    handle = get_handle(model)
     if handle.adapter.name not in DROP_ADAPTERS:
         raise LayoutError(
             f"mode='drop' needs a host whose views are fixed-size blocks of image tokens ({', '.join(DROP_ADAPTERS)}); "
@@ -304,7 +305,7 @@ def run_with_removal(
     Returns:
         (model output, removed tile positions per image, the inputs actually used).
     """
-    api.get_handle(model)
+    get_handle(model)
 
     def call(feed: Mapping[str, Any]) -> Any:
         with torch.no_grad():
@@ -367,13 +368,13 @@ def remove_tiles_on_images(
     """Tile removal on each image: the reference is the same model (GSWA on) with nothing removed.
 
     Args:
-        images: (name, PIL image) pairs, e.g. from :func:`gswa_plugin.visualize.load_images`.
+        images: (name, PIL image) pairs, e.g. from :func:`gswa_plugin.tools.visualize.load_images`.
     """
     from tqdm.auto import tqdm
 
-    from .eval.hosts import model_inputs
+    from gswa_plugin.tools.hosts import model_inputs
 
-    handle = api.get_handle(model)
+    handle = get_handle(model)
     images = list(images)
     results = []
     for name, img in tqdm(images, desc=f"removing tiles ({spec.describe()})", unit="image", disable=not progress):
@@ -416,14 +417,14 @@ def ablate_on_images(
 
     Returns:
         A row for the baseline (``"none"``) and one per checkpoint: weight statistics
-        (:func:`gswa_plugin.diagnostics.weight_stats`) and the change of the next-token
+        (:func:`gswa_plugin.tools.diagnostics.weight_stats`) and the change of the next-token
         distribution against the baseline.
     """
     from tqdm.auto import tqdm
 
-    from .eval.hosts import enable_gswa, model_inputs
+    from gswa_plugin.tools.hosts import enable_gswa, model_inputs
 
-    if api.is_enabled(model):
+    if is_enabled(model):
         raise ConfigError(["ablation loads each checkpoint itself: pass the model with GSWA not enabled"])
     images = list(images)
     feeds = [model_inputs(model, processor, [img], question) for _, img in images]
@@ -473,8 +474,8 @@ class Diagnosis:
     """Failure signatures of a GSWA checkpoint over a set of images.
 
     Attributes:
-        stats: :func:`gswa_plugin.diagnostics.weight_stats` over all images.
-        signatures: lines from :func:`gswa_plugin.diagnostics.failure_signatures` (empty: healthy).
+        stats: :func:`gswa_plugin.tools.diagnostics.weight_stats` over all images.
+        signatures: lines from :func:`gswa_plugin.tools.diagnostics.failure_signatures` (empty: healthy).
         per_image: (name, tile weights, thumbnail weight) per image.
     """
 
@@ -503,9 +504,9 @@ def diagnose_images(
     """
     from tqdm.auto import tqdm
 
-    from .eval.hosts import model_inputs
+    from gswa_plugin.tools.hosts import model_inputs
 
-    handle = api.get_handle(model)
+    handle = get_handle(model)
     images = list(images)
     tile_w: list[torch.Tensor] = []
     thumbs: list[float] = []

@@ -1,0 +1,103 @@
+"""The handle: what links one model, its adapter, its config and its GSWA module.
+
+``enable()`` (in :mod:`gswa_plugin.api`) builds the handle and stores it on the model; adapters
+and application modes receive it. The handle runs the ``gswa_process_tiles`` hook through the
+hook caller it was given, so nothing below the plugin manager needs to know about plugins.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from gswa_plugin.config import GSWAConfig
+from gswa_plugin.errors import LayoutError, NotEnabledError
+from gswa_plugin.layout import TileBatch, TileLayout
+from gswa_plugin.weighting import GSWAModule
+
+#: Attribute of the model holding GSWA's parameters (hence the ``gswa.`` prefix of their names).
+MODULE_ATTR = "gswa"
+_HANDLE_ATTR = "_gswa_handle"
+
+
+class GSWAHandle:
+    """What ``enable()`` returns: the link between a model, its adapter and its GSWA module.
+
+    Attributes:
+        model: the host model.
+        config: the :class:`~gswa_plugin.config.GSWAConfig` in force.
+        adapter: the :class:`~gswa_plugin.adapters.Adapter` patching the host.
+        module: the :class:`~gswa_plugin.weighting.GSWAModule` (also ``model.gswa``).
+        last_batch: the processed :class:`~gswa_plugin.layout.TileBatch` of the latest forward.
+    """
+
+    def __init__(self, model: nn.Module, config: GSWAConfig, adapter: Any, module: GSWAModule, hook: Any):
+        self.model = model
+        self.hook = hook  # the plugin manager's hook caller (``pm.hook``)
+        self.config = config
+        self.adapter = adapter
+        self.module = module
+        self.last_batch: TileBatch | None = None
+        self.state: dict[str, Any] = {}  # per-forward scratch space for the adapter
+        self.views_override: tuple[int, ...] | None = None
+        self._undo: list[Callable[[], None]] = []
+
+    def add_undo(self, fn: Callable[[], None]) -> None:
+        """Register a step that ``disable()`` runs (in reverse order of registration)."""
+        self._undo.append(fn)
+
+    def process(self, features: torch.Tensor, summaries: torch.Tensor, layout: TileLayout, **extra: Any) -> torch.Tensor:
+        """Run the ``gswa_process_tiles`` hook on one forward's tiles; returns the weighted features."""
+        batch = TileBatch(features=features, summaries=summaries, layout=layout, extra=dict(extra))
+        result = self.hook.gswa_process_tiles(batch=batch, handle=self)
+        if result is None:
+            raise RuntimeError("no gswa_process_tiles implementation returned a batch")  # pragma: no cover
+        self.last_batch = result
+        self.hook.gswa_weights_computed(weights=result.tile_weights(), batch=result, handle=self)
+        return result.features
+
+    def layout_for(self, n_views: int, counts_from_ids: Sequence[int] | None) -> TileLayout:
+        """The layout of ``n_views`` views: an explicit ``set_tiles()`` override, else counts the
+        adapter read off ``input_ids``, else a single image with a single view."""
+        source = "set_tiles()"
+        counts = self.views_override
+        if counts is None and counts_from_ids is not None:
+            counts, source = tuple(int(c) for c in counts_from_ids), "the image tokens in input_ids"
+        if counts is None:
+            if n_views == 1:
+                counts = (1,)
+            else:
+                raise LayoutError(
+                    f"{n_views} tiles reached the '{self.adapter.name}' seam but GSWA cannot tell how they "
+                    "split into images: call the model with `input_ids` (so the image tokens can be counted) "
+                    "or say it with `gswa_plugin.set_tiles(model, [tiles of image 1, tiles of image 2, ...])`"
+                )
+        if sum(counts) != n_views:
+            raise LayoutError(
+                f"{source} describe{'s' if source.startswith('set') else ''} {sum(counts)} tiles "
+                f"({list(counts)} per image) but {n_views} reached the '{self.adapter.name}' seam; "
+                "check the processor's tiling or the counts given to `gswa_plugin.set_tiles`"
+            )
+        return TileLayout(tuple(counts), self.adapter.global_position)
+
+    def undo_all(self) -> None:
+        """Run every registered undo step, newest first (what ``disable()`` does)."""
+        while self._undo:
+            self._undo.pop()()
+
+
+def get_handle(model: nn.Module) -> GSWAHandle:
+    """The handle of a model with GSWA enabled."""
+    handle = getattr(model, _HANDLE_ATTR, None)
+    if handle is None:
+        raise NotEnabledError(
+            f"GSWA is not enabled on this {type(model).__name__}; call `gswa_plugin.enable(model, config)` first"
+        )
+    return handle
+
+
+def is_enabled(model: nn.Module) -> bool:
+    return getattr(model, _HANDLE_ATTR, None) is not None
+
