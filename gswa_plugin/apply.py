@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from gswa_plugin.config import MODES  # noqa: F401  (re-exported: the modes live here)
 from gswa_plugin.errors import LayoutError, UnsupportedModeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from gswa_plugin.handle import GSWAHandle
 
-#: Every application mode, in the order the docs present them.
-MODES: tuple[str, ...] = ("embed", "value", "attn_bias")
 #: Attention implementations that accept an additive float mask (needed by ``attn_bias``).
 BIAS_KERNELS: tuple[str, ...] = ("eager", "sdpa")
 

@@ -1,113 +1,292 @@
 """`GSWAConfig`: every knob of GSWA, loaded from YAML or a dict and validated up front.
 
 A YAML file holds the settings under a top-level ``gswa:`` block, so the block can sit inside a
-host framework's own YAML next to its keys. Every problem in a config is reported at once.
+host framework's own YAML next to its keys. Every problem in a config is reported at once (see
+:mod:`gswa_plugin.schema`). This module checks the config's own fields only; the names that
+installed plugins register (``variant``, ``adapter``) are checked by
+:func:`gswa_plugin.plugins.check_config`, which ``enable()``, ``gswa check`` and recipe
+validation call.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
 import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import Field
 
 from gswa_plugin.errors import ConfigError
+from gswa_plugin.schema import DottedPath, Name, PositiveInt, Settings, is_int, unknown_key
 
 #: Where the settings live in a YAML file or a nested dict.
 BLOCK_KEY = "gswa"
 
+#: Where the weights act; see :mod:`gswa_plugin.apply` and the docs page 'Application modes'.
+Mode = Literal["embed", "value", "attn_bias"]
+#: Every application mode, in the order the docs present them.
+MODES: tuple[str, ...] = typing.get_args(Mode)
+#: The built-in weighting variants (plugins may register more).
+BUILTIN_VARIANT_NAMES: tuple[str, ...] = ("self_attn", "cross_attn", "cosine")
+#: Name of the adapter that reads ``declare:``.
+DECLARATIVE = "declarative"
 
-def _f(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field whose metadata carries its documentation and validation rules."""
-    return field(default=default, metadata={"help": help, **meta})
+IdOrConfigKey = typing.Annotated[
+    int | DottedPath, Field(union_mode="left_to_right")
+]
 
 
-@dataclass
-class GSWAConfig:
+# --- the `declare:` block of the declarative adapter -------------------------------------------------
+class MatchSpec(Settings):
+    """Which models the declaration describes; checked against the model at ``enable()``."""
+
+    model_type: str | list[str] | None = Field(
+        None, description="`config.model_type` of the models described (a name or a list of names)."
+    )
+    class_: str | list[str] | None = Field(
+        None, alias="class", description="Class name of the models described (a name or a list of names)."
+    )
+
+    @classmethod
+    def rules(cls, data: dict[str, Any], where: str) -> list[str]:
+        if not any(data.get(k) for k in ("model_type", "class")):
+            return [f"`{where.rstrip('.')}` needs `model_type` and/or `class` naming the models it describes"]
+        return []
+
+
+class SummarySpec(Settings):
+    """Where each view's summary comes from."""
+
+    from_: Literal["features", "module"] = Field(
+        "features",
+        alias="from",
+        description="`features`: the mean of each view's tokens at the seam. `module`: read from the output of "
+        "the submodule `module` during the seam call (the default when `module` is given).",
+    )
+    module: DottedPath | None = Field(None, description="With `from: module`: dotted path of the submodule.")
+    output: int | Name = Field(
+        "last_hidden_state",
+        description="Where the summarised tokens are in the module's output: an attribute name, an integer "
+        "index into a tuple, or `return` (the output itself).",
+    )
+    token: int | Literal["mean", "cls"] = Field(
+        "mean", description="`mean` of the tokens, `cls` (token 0), or an integer token index."
+    )
+    channels: Literal["last", "first"] = Field(
+        "last", description="`last`: `[views, tokens, dim]`; `first`: feature maps `[views, dim, ...]`."
+    )
+    dim: PositiveInt | DottedPath | None = Field(
+        None,
+        description="Summary width: an integer or a dotted path into `model.config` (default "
+        "`vision_config.hidden_size` with `from: module`, else `text_config.hidden_size`).",
+    )
+    layer: int | None = Field(None, description="With `output: hidden_states`: the index of the layer.")
+
+    @classmethod
+    def rules(cls, data: dict[str, Any], where: str) -> list[str]:
+        problems = []
+        source = data.get("from", "module" if "module" in data else "features")
+        if source == "module" and data.get("module") is None:
+            problems.append(f"`{where}module` (dotted path of a submodule) is required with `from: module`")
+        if source == "features" and data.get("module") is not None and "from" in data:
+            problems.append(f"`{where}module` is only read with `from: module`")
+        if data.get("channels") == "first" and data.get("token", "mean") != "mean":
+            problems.append(f"`{where}token` must be `mean` with `channels: first` (feature maps have no token order)")
+        return problems
+
+    def model_post_init(self, context: Any) -> None:
+        if self.module is not None and "from_" not in self.model_fields_set:
+            object.__setattr__(self, "from_", "module")
+
+
+class TilesSpec(Settings):
+    """How many views each image has, read off `input_ids`."""
+
+    group: Literal["run", "start_token", "global_marker", "fixed"] = Field(
+        "run",
+        description="`run`: each contiguous run of placeholders is one image (InternVL, GOT-OCR2). `start_token`: "
+        "each image opens with `start_token`. `global_marker`: each view is its own run and the global view's "
+        "run, preceded by `marker_token`, closes the image (Idefics3, Aya Vision). `fixed`: `views_per_image` "
+        "views for every image.",
+    )
+    token: IdOrConfigKey | None = Field(
+        None, description="The image placeholder: an integer id or a `model.config` attribute (`image_token_id`)."
+    )
+    tokens_per_view: PositiveInt | Literal["auto"] | None = Field(
+        None, description="Placeholders per view (default `auto`: the tokens per view at the seam)."
+    )
+    start_token: IdOrConfigKey | None = Field(
+        None, description="With `group: start_token`: the token opening each image (id or config attribute)."
+    )
+    marker_token: IdOrConfigKey | Literal["auto"] = Field(
+        "auto",
+        description="With `group: global_marker`: the token before the global view's run (id, config attribute, "
+        "or `auto`: the token before the batch's last run).",
+    )
+    views_per_image: PositiveInt | None = Field(None, description="With `group: fixed`: views of every image.")
+
+    @classmethod
+    def rules(cls, data: dict[str, Any], where: str) -> list[str]:
+        problems = []
+        group = data.get("group", "run")
+        if group != "fixed" and data.get("token") is None:
+            problems.append(f"`{where}token` (placeholder id or model.config attribute) is required")
+        if group == "start_token" and data.get("start_token") is None:
+            problems.append(f"`{where}start_token` (id or model.config attribute) is required with `group: start_token`")
+        if group == "fixed" and data.get("views_per_image") is None:
+            problems.append(f"`{where}views_per_image` (a positive integer) is required with `group: fixed`")
+        return problems
+
+
+class HostDeclaration(Settings):
+    """The ``declare:`` block: a tiling host described in YAML for ``adapter: declarative``.
+
+    See the docs page 'Adapters' for worked examples.
+    """
+
+    match: MatchSpec = Field(
+        description="Which models this describes: `{model_type: <name or list>}` and/or `{class: <name or list>}`."
+    )
+    seam: DottedPath = Field(
+        description="Dotted path, from the model, of the METHOD whose output holds every view's features "
+        "(`model.get_image_features`). It is wrapped on this instance only, keeping its signature."
+    )
+    features: int | Name = Field(
+        "pooler_output",
+        description="Where the views are in the seam's output: an attribute name, an integer index into a "
+        "tuple, or `return` (the output itself). `[views, tokens, dim]`, a list of such tensors, or a list of "
+        "flat `[views_i * tokens, dim]` blocks (needs `tiles_from.tokens_per_view`).",
+    )
+    global_view: Literal["first", "last", "none"] = Field(
+        description="Where each multi-view image's whole-image view sits among its views."
+    )
+    summary: SummarySpec = Field(default_factory=SummarySpec, description="Where each view's summary comes from.")
+    apply: Literal["after_projector", "before_projector"] = Field(
+        "after_projector",
+        description="`after_projector`: scale the seam's output. `before_projector`: scale the input of "
+        "`projector` (a projector that opens with a norm cancels that scale).",
+    )
+    projector: DottedPath | None = Field(
+        None, description="With `apply: before_projector`: dotted path of the projector module (run inside the seam)."
+    )
+    tiles_from: TilesSpec | None = Field(
+        None,
+        description="How many views each image has, read off `input_ids` (empty: `gswa_plugin.set_tiles` or "
+        "single-view images).",
+    )
+
+    @classmethod
+    def rules(cls, data: dict[str, Any], where: str) -> list[str]:
+        problems = []
+        apply, projector = data.get("apply", "after_projector"), data.get("projector")
+        if apply == "before_projector" and projector is None:
+            problems.append(f"`{where}projector` (dotted path of the projector module) is required with "
+                            "`apply: before_projector`")
+        if apply == "after_projector" and projector is not None:
+            problems.append(f"`{where}projector` is only read with `apply: before_projector`")
+        tiles = data.get("tiles_from")
+        if isinstance(tiles, dict) and tiles.get("group") == "global_marker" and data.get("global_view") != "last":
+            problems.append(f"`{where}tiles_from.group` `global_marker` needs `global_view: last` "
+                            "(the marked global view closes the image)")
+        return problems
+
+
+# --- the `gswa:` block ----------------------------------------------------------------------------
+class GSWAConfig(Settings):
     """Settings of the Global Semantic-guided Weight Allocator.
 
     Every field maps 1:1 to a key of the ``gswa:`` block in YAML. See the configuration
-    reference in the docs (generated from this class).
+    reference in the docs (generated from this class). Building or changing a config validates
+    it; every problem is reported at once in a :class:`~gswa_plugin.errors.ConfigError`.
     """
 
-    adapter: str | None = _f(
-        None,
-        "Name of the adapter to use (see `gswa adapters`). Empty: chosen from the model.",
+    adapter: str | None = Field(
+        None, description="Name of the adapter to use (see `gswa adapters`). Empty: chosen from the model."
     )
-    declare: dict | None = _f(
+    declare: HostDeclaration | None = Field(
         None,
-        "With `adapter: declarative`: the description of a host without a built-in adapter (seam, "
+        description="With `adapter: declarative`: the description of a host without a built-in adapter (seam, "
         "features, global view, summary, where to apply, tiles per image). See the docs page 'Adapters'.",
     )
-    variant: str = _f(
+    variant: str = Field(
         "self_attn",
-        "Weighting variant: `self_attn` (the paper's, tiles and thumbnail interact through "
+        description="Weighting variant: `self_attn` (the paper's, tiles and thumbnail interact through "
         "transformer blocks), `cross_attn` (the thumbnail attends to the tiles, no tile-tile "
         "blocks), `cosine` (training-free: softmax of cosine similarity to the thumbnail), or a "
         "variant registered by a plugin.",
     )
-    mode: str = _f(
+    mode: Mode = Field(
         "embed",
-        "Where the weights act. `embed`: multiply each tile's image embeddings after the "
+        description="Where the weights act. `embed`: multiply each tile's image embeddings after the "
         "projector (the paper's; a pre-norm language model largely normalises it away). `value`: "
         "multiply the value vectors of the tile's tokens in the language model's self-attention "
         "(any attention kernel). `attn_bias`: add log(w) to the attention logits of the tile's "
         "keys (`eager`/`sdpa` attention). See the docs page 'Application modes'.",
-        choices=("embed", "value", "attn_bias"),
     )
-    mode_layers: int | None = _f(
+    mode_layers: int | None = Field(
         None,
-        "`value`/`attn_bias` modes: act in the first this-many decoder layers of the language model "
+        ge=1,
+        description="`value`/`attn_bias` modes: act in the first this-many decoder layers of the language model "
         "(empty: all layers).",
-        min=1,
     )
-    hidden_size: int = _f(768, "Width GSWA maps the summaries to before its blocks.", min=1)
-    num_layers: int = _f(
-        1, "Number of pre-norm transformer blocks before the scoring layer (`self_attn`, `cross_attn`).", min=0
+    hidden_size: int = Field(768, ge=1, description="Width GSWA maps the summaries to before its blocks.")
+    num_layers: int = Field(
+        1, ge=0, description="Number of pre-norm transformer blocks before the scoring layer (`self_attn`, `cross_attn`)."
     )
-    num_heads: int = _f(8, "Attention heads in the blocks and the scoring layer; must divide `hidden_size`.", min=1)
-    mlp_ratio: float = _f(2.0, "MLP width of each block as a multiple of `hidden_size`.", gt=0)
-    dropout: float = _f(0.0, "Dropout inside the GSWA blocks while training.", min=0.0, max_exclusive=1.0)
-    temperature: float = _f(
-        1.0, "Divides the attention scores before the softmax; below 1 sharpens the weights.", gt=0
+    num_heads: int = Field(
+        8, ge=1, description="Attention heads in the blocks and the scoring layer; must divide `hidden_size`."
     )
-    cosine_temperature: float = _f(
-        0.1, "Temperature of the `cosine` variant: `a = softmax(cos(g, s_i) / cosine_temperature)`.", gt=0
+    mlp_ratio: float = Field(2.0, gt=0, description="MLP width of each block as a multiple of `hidden_size`.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the GSWA blocks while training.")
+    temperature: float = Field(
+        1.0, gt=0, description="Divides the attention scores before the softmax; below 1 sharpens the weights."
     )
-    min_weight: float = _f(
+    cosine_temperature: float = Field(
+        0.1, gt=0, description="Temperature of the `cosine` variant: `a = softmax(cos(g, s_i) / cosine_temperature)`."
+    )
+    min_weight: float = Field(
         0.0,
-        "Floor on every tile weight, applied by mixing with uniform weights "
+        ge=0.0,
+        lt=1.0,
+        description="Floor on every tile weight, applied by mixing with uniform weights "
         "(`w = w + min_weight * (1 - w)`), which keeps the mean at 1.",
-        min=0.0,
-        max_exclusive=1.0,
     )
-    global_weight: float = _f(1.0, "Weight of the global thumbnail's tokens (1 leaves them unchanged).", gt=0)
-    summary: str = _f(
+    global_weight: float = Field(
+        1.0, gt=0, description="Weight of the global thumbnail's tokens (1 leaves them unchanged)."
+    )
+    summary: Literal["auto", "cls", "mean"] = Field(
         "auto",
-        "Per-tile summary fed to GSWA: `cls` (the encoder's CLS token), `mean` (mean of the "
+        description="Per-tile summary fed to GSWA: `cls` (the encoder's CLS token), `mean` (mean of the "
         "tile's tokens) or `auto` (CLS where the encoder has one, else the mean).",
-        choices=("auto", "cls", "mean"),
     )
-    identity_init: bool = _f(
+    identity_init: bool = Field(
         True,
-        "Initialise the scoring layer so that attention is uniform: an untrained GSWA changes no output bit.",
+        description="Initialise the scoring layer so that attention is uniform: an untrained GSWA changes no output bit.",
     )
-    seed: int = _f(
+    seed: int = Field(
         0,
-        "Seed of GSWA's own random generator for its initial parameters (the global random stream is left untouched).",
-        min=0,
+        ge=0,
+        description="Seed of GSWA's own random generator for its initial parameters (the global random stream is "
+        "left untouched).",
     )
 
-    def __post_init__(self) -> None:
-        problems = _validate(dataclasses.asdict(self))
-        if problems:
-            raise ConfigError(problems)
+    @classmethod
+    def rules(cls, data: dict[str, Any], where: str) -> list[str]:
+        problems = []
+        hidden, heads = data.get("hidden_size", 768), data.get("num_heads", 8)
+        if is_int(hidden) and is_int(heads) and hidden > 0 and heads > 0 and hidden % heads:
+            problems.append(f"`{where}num_heads` ({heads}) must divide `{where}hidden_size` ({hidden})")
+        adapter, declare = data.get("adapter"), data.get("declare")
+        if declare is not None and adapter != DECLARATIVE:
+            problems.append(f"`{where}declare` is read only by `adapter: {DECLARATIVE}`; add `adapter: {DECLARATIVE}` "
+                            "or remove `declare`")
+        if adapter == DECLARATIVE and declare is None:
+            problems.append(f"`{where}adapter: {DECLARATIVE}` needs a `declare:` mapping describing the host "
+                            "(see the docs page 'Adapters')")
+        return problems
 
     # --- constructors -------------------------------------------------------------------
     @classmethod
@@ -127,10 +306,7 @@ class GSWAConfig:
                 data = {}
             if not isinstance(data, dict):
                 raise ConfigError([f"the `{BLOCK_KEY}:` block must be a mapping, got {type(data).__name__}"], source)
-        problems = _validate(data, partial=True)
-        if problems:
-            raise ConfigError(problems, source)
-        return cls(**data)
+        return cls.parse(data, source)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> GSWAConfig:
@@ -138,14 +314,19 @@ class GSWAConfig:
         path = Path(path)
         data = read_yaml(path)
         if not isinstance(data, dict) or BLOCK_KEY not in data:
-            raise ConfigError(
-                [f"no top-level `{BLOCK_KEY}:` block; put the GSWA settings under `{BLOCK_KEY}:`"], str(path)
-            )
+            problems = [f"no top-level `{BLOCK_KEY}:` block; put the GSWA settings under `{BLOCK_KEY}:`"]
+            if isinstance(data, dict):
+                near = [k for k in data if isinstance(k, str) and unknown_key(k, [BLOCK_KEY]).endswith(f"`{BLOCK_KEY}`?")]
+                problems[0] += f" (found `{near[0]}:`; did you mean `{BLOCK_KEY}:`?)" if near else ""
+            raise ConfigError(problems, str(path))
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict (the content of a ``gswa:`` block)."""
-        return dataclasses.asdict(self)
+        """The settings as a plain dict (the content of a ``gswa:`` block); ``declare`` keeps only
+        the keys that were given."""
+        out = self.model_dump(by_alias=True, exclude={"declare"})
+        declare = None if self.declare is None else self.declare.model_dump(by_alias=True, exclude_unset=True)
+        return {"adapter": out.pop("adapter"), "declare": declare, **out}
 
     def to_yaml(self) -> str:
         """The settings as YAML text with a top-level ``gswa:`` block."""
@@ -167,9 +348,11 @@ def read_yaml(path: str | os.PathLike[str], what: str = "file") -> Any:
         raise ConfigError([f"not valid YAML: {exc}"], str(p)) from exc
 
 
+
 def default_config_path() -> Path:
     """The packaged default YAML (used by ``gswa demo``)."""
     return Path(str(resources.files("gswa_plugin") / "default.yaml"))
+
 
 
 def resolve_config(config: GSWAConfig | dict[str, Any] | str | os.PathLike[str] | None) -> GSWAConfig:
@@ -187,82 +370,6 @@ def resolve_config(config: GSWAConfig | dict[str, Any] | str | os.PathLike[str] 
     )
 
 
-# --- validation -----------------------------------------------------------------------------
 def field_docs() -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) of every config field, for docs and the CLI."""
-    hints = typing.get_type_hints(GSWAConfig)
-    out = []
-    for f in dataclasses.fields(GSWAConfig):
-        out.append((f.name, _type_name(hints[f.name]), f.default, f.metadata["help"]))
-    return out
-
-
-def _type_name(tp: Any) -> str:
-    args = typing.get_args(tp)
-    if args:
-        return " | ".join(_type_name(a) for a in args)
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _check_type(value: Any, tp: Any) -> bool:
-    args = typing.get_args(tp)
-    if args:  # a union
-        return any(_check_type(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-def rule_problems(label: str, value: Any, meta: Any) -> list[str]:
-    """Problems of a well-typed ``value`` against the rules in a field's metadata
-    (``choices``, ``min``, ``gt``, ``max_exclusive``); ``label`` names the field in the messages."""
-    problems = []
-    if "choices" in meta and value not in meta["choices"]:
-        problems.append(f"{label} must be one of {', '.join(map(repr, meta['choices']))}; got {value!r}")
-    if "min" in meta and value < meta["min"]:
-        problems.append(f"{label} must be >= {meta['min']}, got {value!r}")
-    if "gt" in meta and value <= meta["gt"]:
-        problems.append(f"{label} must be > {meta['gt']}, got {value!r}")
-    if "max_exclusive" in meta and value >= meta["max_exclusive"]:
-        problems.append(f"{label} must be < {meta['max_exclusive']}, got {value!r}")
-    return problems
-
-
-def _validate(data: dict[str, Any], partial: bool = False) -> list[str]:
-    """Every problem of a (possibly partial) settings dict, as readable lines."""
-    hints = typing.get_type_hints(GSWAConfig)
-    fields = {f.name: f for f in dataclasses.fields(GSWAConfig)}
-    problems: list[str] = []
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(fields)}"
-            problems.append(f"unknown key `{key}`{hint}")
-    for name, value in data.items():
-        if name not in fields:
-            continue
-        meta = fields[name].metadata
-        tp = hints[name]
-        if not _check_type(value, tp):
-            problems.append(f"`{name}` must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
-            continue
-        if value is None:
-            continue
-        problems.extend(rule_problems(f"`{name}`", value, meta))
-    hidden = data.get("hidden_size", fields["hidden_size"].default)
-    heads = data.get("num_heads", fields["num_heads"].default)
-    if (
-        _check_type(hidden, int)
-        and _check_type(heads, int)
-        and heads > 0
-        and hidden > 0
-        and hidden % heads
-    ):
-        problems.append(f"`num_heads` ({heads}) must divide `hidden_size` ({hidden})")
-    return problems
+    """(name, type, default, help) of every field of :class:`GSWAConfig`, for docs and the CLI."""
+    return GSWAConfig.field_docs()

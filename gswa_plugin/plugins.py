@@ -204,9 +204,10 @@ def variant_names() -> list[str]:
     return list(variants())
 
 
-def config_problems(config: Any) -> list[str]:
+def config_problems(config: Any, where: str = "") -> list[str]:
     """The problems of a valid :class:`~gswa_plugin.config.GSWAConfig` that only the plugin
-    registries can see: a ``variant`` or ``adapter`` no installed plugin registers."""
+    registries can see: a ``variant`` or ``adapter`` no installed plugin registers. ``where``
+    prefixes the keys in the messages (``gswa.`` inside a recipe)."""
     problems = []
     for key, names in (("variant", variant_names()), ("adapter", adapter_names())):
         value = getattr(config, key)
@@ -215,7 +216,7 @@ def config_problems(config: Any) -> list[str]:
         close = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
         hint = f"; did you mean `{close[0]}`?" if close else ""
         problems.append(
-            f"`{key}` must be one of {', '.join(map(repr, names))} (the registered {key}s); got {value!r}{hint}"
+            f"`{where}{key}` must be one of {', '.join(map(repr, names))} (the registered {key}s); got {value!r}{hint}"
         )
     return problems
 

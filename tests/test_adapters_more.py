@@ -282,8 +282,9 @@ def test_declaration_problems_are_reported_all_at_once():
     }
     problems = validate_declaration(bad)
     for needle in (
-        "unknown key `extra`",
-        "declare.match: unknown key `model_typ`",
+        "unknown key `declare.extra`",
+        "unknown key `declare.match.model_typ`; did you mean `model_type`?",
+        "declare.match` needs `model_type`",
         "declare.seam",
         "declare.global_view",
         "declare.summary.module",
@@ -304,7 +305,7 @@ def test_declaration_problems_are_reported_all_at_once():
     [
         ({"adapter": "declarative"}, "needs a `declare:` mapping"),
         ({"declare": {"match": {"model_type": "x"}, "seam": "f", "global_view": "last"}}, "add `adapter: declarative`"),
-        ({"adapter": "declarative", "declare": "seam: f"}, "`declare` must be dict"),
+        ({"adapter": "declarative", "declare": "seam: f"}, "`declare` must be a mapping or null, got str"),
     ],
 )
 def test_declare_and_adapter_go_together(block, message):

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
+import math
 
 import pytest
 
 from gswa_plugin import ConfigError, GSWAConfig
-from gswa_plugin.config import default_config_path, field_docs, resolve_config
+from gswa_plugin.config import MODES, HostDeclaration, default_config_path, field_docs, resolve_config
+from gswa_plugin.plugins import check_config
 
 
 def test_defaults_and_every_field_documented():
     cfg = GSWAConfig()
     assert cfg.variant == "self_attn" and cfg.mode == "embed"
-    for f in dataclasses.fields(GSWAConfig):
-        assert f.metadata.get("help"), f"field {f.name} has no help text"
-    assert [d[0] for d in field_docs()] == [f.name for f in dataclasses.fields(GSWAConfig)]
+    for name, info in GSWAConfig.model_fields.items():
+        assert info.description, f"field {name} has no help text"
+    assert [d[0] for d in field_docs()] == list(GSWAConfig.model_fields)
+    for model in (HostDeclaration, *[HostDeclaration.model_fields[k].annotation for k in ("match",)]):
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no help text"
 
 
 def test_yaml_block_inside_a_host_yaml(tmp_path):
@@ -60,16 +64,67 @@ def test_wrong_type_names_field_and_allowed():
 def test_out_of_range_and_choices():
     with pytest.raises(ConfigError, match=r"`temperature` must be > 0, got 0"):
         GSWAConfig.from_dict({"temperature": 0})
-    with pytest.raises(ConfigError, match=r"`min_weight` must be < 1.0"):
+    with pytest.raises(ConfigError, match=r"`min_weight` must be < 1, got 1.5"):
         GSWAConfig.from_dict({"min_weight": 1.5})
     with pytest.raises(ConfigError, match=r"`summary` must be one of 'auto', 'cls', 'mean'; got 'max'"):
         GSWAConfig.from_dict({"summary": "max"})
-    with pytest.raises(ConfigError, match=r"`variant` must be one of .*'self_attn'.*got 'self_atn'; did you mean `self_attn`\?"):
-        GSWAConfig.from_dict({"variant": "self_atn"})
-    with pytest.raises(ConfigError, match=r"`adapter` must be one of .*'internvl'.*got 'intervl'; did you mean `internvl`\?"):
-        GSWAConfig.from_dict({"adapter": "intervl"})
+    with pytest.raises(ConfigError, match=r"`mode` must be one of 'embed', 'value', 'attn_bias'; got 'embedd'; did you mean `embed`\?"):
+        GSWAConfig.from_dict({"mode": "embedd"})
     with pytest.raises(ConfigError, match=r"`num_heads` \(3\) must divide `hidden_size` \(100\)"):
         GSWAConfig.from_dict({"hidden_size": 100, "num_heads": 3})
+
+
+def test_registry_names_are_checked_by_check_config_not_by_the_config():
+    # building a config imports no adapter and loads no plugin: plugin names are checked apart
+    cfg = GSWAConfig.from_dict({"variant": "self_atn", "adapter": "intervl"})
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert "`variant` must be one of" in problems[0] and "did you mean `self_attn`?" in problems[0]
+    assert "`adapter` must be one of" in problems[1] and "did you mean `internvl`?" in problems[1]
+    assert check_config(GSWAConfig()) == GSWAConfig()
+
+
+@pytest.mark.parametrize("key", ["temperature", "min_weight", "global_weight", "cosine_temperature", "mlp_ratio"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_refused(key, value):
+    with pytest.raises(ConfigError, match=rf"`{key}` must be a finite number"):
+        GSWAConfig.from_dict({key: value})
+
+
+def test_types_are_strict():
+    for key, value in (("hidden_size", 768.0), ("hidden_size", True), ("temperature", "1"), ("seed", None)):
+        with pytest.raises(ConfigError, match=rf"`{key}` must be"):
+            GSWAConfig.from_dict({key: value})
+    assert GSWAConfig.from_dict({"temperature": 1}).temperature == 1.0  # an int is a valid float
+
+
+def test_assignment_is_validated_and_a_failed_one_changes_nothing():
+    cfg = GSWAConfig()
+    with pytest.raises(ConfigError, match="`num_heads` must be >= 1"):
+        cfg.num_heads = 0
+    with pytest.raises(ConfigError, match=r"`num_heads` \(5\) must divide `hidden_size` \(768\)"):
+        cfg.num_heads = 5
+    with pytest.raises(ConfigError, match="finite"):
+        cfg.temperature = float("nan")
+    assert cfg == GSWAConfig()
+    cfg.num_heads = 4
+    assert cfg.num_heads == 4
+
+
+def test_modes_are_listed_once():
+    from gswa_plugin import apply
+
+    assert apply.MODES is MODES
+    assert MODES == ("embed", "value", "attn_bias")
+
+
+def test_misspelled_block_key_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("gsaw:\n  variant: cosine\n")
+    with pytest.raises(ConfigError, match=r"found `gsaw:`; did you mean `gswa:`\?"):
+        GSWAConfig.from_yaml(path)
 
 
 def test_all_problems_reported_at_once():

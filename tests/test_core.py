@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gswa_plugin import GSWAConfig, LayoutError
 from gswa_plugin.apply import apply_weights
@@ -138,13 +141,41 @@ def test_follows_host_dtype(dtype):
     assert torch.equal(apply_weights(feats, torch.ones(8)), feats)
 
 
-def test_no_python_loop_over_images_in_hot_path():
-    """The batched path handles 64 images of 2..13 views in one call (shape check of the vectorised path)."""
-    module = randomise(make("cross_attn"))
-    counts = tuple(2 + (i % 12) for i in range(64))
-    layout = TileLayout(counts, "last")
-    w = module(torch.randn(layout.num_views, 16), layout)
+class _CountOps(TorchDispatchMode):
+    """Counts every aten op dispatched while active (one count per op call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _forward_ops(module: GSWAModule, layout: TileLayout) -> Counter[str]:
+    summaries = torch.randn(layout.num_views, 16)
+    with _CountOps() as count:
+        w = module(summaries, layout)
     assert w.shape == (layout.num_views,)
+    return count.ops
+
+
+@pytest.mark.parametrize("variant", ["self_attn", "cross_attn", "cosine"])
+@pytest.mark.parametrize("position", ["first", "last", "none"])
+def test_no_python_loop_over_images_in_hot_path(variant, position):
+    """The aten ops GSWAModule.forward dispatches do not grow with the number of images or tiles.
+
+    A Python loop over images or tiles (in the module, a variant or ``pad_summaries``) dispatches
+    its ops once per image, so 16 images of 2..13 views would run more ops than 2 images.
+    """
+    module = randomise(make(variant))  # train mode, grad enabled: the training hot path
+    few = _forward_ops(module, TileLayout((3, 7), position))
+    many_counts = (2, 13, 5, 9, 4, 11, 6, 3, 12, 8, 2, 10, 7, 13, 5, 4)
+    many = _forward_ops(module, TileLayout(many_counts, position))
+    assert sum(few.values()) > 10  # the counter sees the forward's ops at all
+    grew = {op: (few[op], many[op]) for op in few.keys() | many.keys() if few[op] != many[op]}
+    assert not grew, f"ops (2 images, 16 images) that depend on the number of images: {grew}"
 
 
 def test_layout_errors_are_clear():

@@ -61,16 +61,47 @@ def test_host_starts_identical_with_or_without_gswa():
         assert all(torch.equal(v, base.state_dict()[k]) for k, v in host.items())
 
 
+def _answer_loss(model, data) -> float:
+    """Cross-entropy over the answer words on ``data`` (eval mode, no grad), as ``needle.train`` trains it."""
+    model.eval()
+    with torch.no_grad():
+        logits = needle._forward(model, needle.prompt_ids(model, tokens_per_view=1), data.pixel_values)
+    return float(torch.nn.functional.cross_entropy(logits[:, needle.answer_ids()], data.answer))
+
+
 def test_a_few_training_steps_with_and_without_gswa():
+    """Two AdamW steps (one pass over 16 images) lower the loss, and with GSWA its weights leave 1."""
     proc = needle.processor(28)
     train, held_out = needle.make_data(16, seed=1, proc=proc), needle.make_data(8, seed=2, proc=proc)
+    start_loss = {}
     for mode in ("none", "attn_bias"):
-        res = needle.train(needle.RunConfig(mode=mode, steps=2, batch_size=8, eval_every=2), train, held_out)
+        cfg = needle.RunConfig(mode=mode, steps=2, batch_size=8, eval_every=2)
+        res = needle.train(cfg, train, held_out, keep_model=True)
         assert 0.0 <= res["accuracy"] <= 1.0 and len(res["history"]) == 1
+        initial, _ = needle.build_model(cfg)  # the same seeded start train() began from
+        start_loss[mode] = before = _answer_loss(initial, train)
+        after = _answer_loss(res["model"], train)
+        assert after < before - 0.01, f"{mode}: loss on the training images {before:.4f} -> {after:.4f}"
+        start = dict(initial.named_parameters())
+        trained = dict(res["model"].named_parameters())
+        host_still = [n for n, p in trained.items() if not n.startswith("gswa.") and torch.equal(p, start[n])]
+        assert not host_still, f"{mode}: host parameters the optimiser never moved: {host_still}"
         if mode == "none":
             assert res["hit_rate"] is None and res["weights"] is None
-        else:
-            assert res["weights"].shape == (8, 9) and 0.0 <= res["hit_rate"] <= 1.0
+            assert not any(n.startswith("gswa.") for n in trained)
+            continue
+        # GSWA's group has no weight decay: a parameter that moved got a real gradient
+        gswa = {n: p for n, p in trained.items() if n.startswith("gswa.")}
+        gswa_still = [n for n, p in gswa.items() if torch.equal(p, start[n])]
+        assert gswa and not gswa_still, f"GSWA parameters training never moved: {gswa_still}"
+        assert not torch.equal(trained["gswa.scorer.query.weight"], torch.zeros_like(start["gswa.scorer.query.weight"]))
+        w = res["weights"]
+        assert w.shape == (8, 9) and 0.0 <= res["hit_rate"] <= 1.0
+        assert torch.isfinite(w).all() and (w > 0).all()
+        torch.testing.assert_close(w.mean(-1), torch.ones(8), rtol=0, atol=1e-5)
+        assert (w - 1).abs().max() > 1e-2, "the held-out tile weights are still uniform (identity start) after training"
+    # GSWA starts at identity: with and without it the host starts from the same loss
+    assert start_loss["attn_bias"] == pytest.approx(start_loss["none"], abs=1e-5)
 
 
 def test_tile_kinds_replay_the_data_generator():

@@ -50,7 +50,7 @@ def test_every_problem_is_reported_at_once():
         "`lora.r` must be >= 1",
         "unknown key `training_args.learnig_rate`; did you mean `learning_rate`?",
         "`training_args.output_dir` is required",
-        "gswa: `variant` must be one of",
+        "`gswa.variant` must be one of",
         "`lora.enabled` with `freeze: gswa+projector+language_model`",
     ]:
         assert fragment in text, fragment

@@ -32,8 +32,8 @@ from torch import nn
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from gswa_plugin.adapters import Adapter, patch_method, summarise
-from gswa_plugin.hookspecs import hookimpl
 from gswa_plugin.layout import TileLayout
+from gswa_plugin.hookspecs import hookimpl
 
 
 class MyLlavaNextAdapter(Adapter):

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoModelForImageTextToText
-
 import gswa_plugin
+from transformers import AutoModelForImageTextToText
 
 
 def load_trained(base_model: str, checkpoint: str):

@@ -1,8 +1,8 @@
 """Tile removal and diagnostics with the Python API (docs/inspection.md)."""
 
 import gswa_plugin
-from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
 from gswa_plugin.tools import inspect as it
+from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
 
 model = tiny_internvl(image_size=224)
 processor = tiny_internvl_processor(image_size=224, max_patches=6)

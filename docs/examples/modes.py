@@ -1,6 +1,6 @@
 import gswa_plugin
-from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
 from gswa_plugin.tools.influence import compare_modes
+from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor, sample_image
 
 model = tiny_internvl(image_size=56)
 processor = tiny_internvl_processor(image_size=56, max_patches=6)

@@ -1,6 +1,5 @@
-
-import gswa_plugin
-from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+import torch, gswa_plugin
+from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor, sample_image
 
 model = tiny_internvl()                          # or AutoModelForImageTextToText.from_pretrained(...)
 processor = tiny_internvl_processor()            # or AutoProcessor.from_pretrained(...)

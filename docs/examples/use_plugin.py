@@ -1,8 +1,8 @@
-import plugin  # docs/examples/plugin.py; an installed plugin is found through its entry point instead
-
 import gswa_plugin
 from gswa_plugin.plugins import register_plugin
 from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+
+import plugin  # docs/examples/plugin.py; an installed plugin is found through its entry point instead
 
 register_plugin(plugin, name="example")
 model, processor = tiny_internvl(), tiny_internvl_processor()

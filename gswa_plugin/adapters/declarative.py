@@ -17,46 +17,10 @@ tiles a page into 2-12 crops plus a thumbnail LAST)::
         apply: after_projector
         tiles_from: {group: run, token: image_token_id}
 
-Keys of ``declare`` (every problem is reported at once, by :func:`validate_declaration`):
-
-``match`` (required)
-    ``{model_type: <str or list>}`` and/or ``{class: <str or list>}`` (class name of the model).
-    Checked against the model when GSWA is enabled, so a declaration is not applied to the
-    wrong family by mistake.
-``seam`` (required)
-    Dotted path, from the model, of the method whose output holds every view's features
-    (``model.get_image_features``, ``extract_feature``). It is wrapped on this instance only,
-    keeping its signature (``generate()`` reads it).
-``features`` (default ``pooler_output``)
-    Where the views are in the method's output: an attribute name, an integer index into a
-    tuple, or ``return`` (the output itself). The value must be ``[views, tokens, dim]``, a
-    list/tuple of such tensors (concatenated in order, split back the same way), or a list/tuple
-    of flat ``[views_i * tokens, dim]`` blocks (Idefics3's per-sample output; needs
-    ``tiles_from.tokens_per_view``).
-``global_view`` (required)
-    ``first``, ``last`` or ``none``: where each multi-view image's whole-image view sits.
-``summary`` (default ``{from: features}``)
-    ``{from: features}``: the mean of each view's tokens at the seam (width ``dim``, default
-    ``text_config.hidden_size``). ``{from: module, module: <dotted path>}``: read from the output
-    of that submodule's forward during the seam call; ``output`` (attribute, index or ``return``,
-    default ``last_hidden_state``), ``token`` (``mean``, ``cls`` = token 0, or an integer index;
-    default ``mean``), ``channels`` (``last``: ``[views, tokens, dim]``, the default; ``first``:
-    feature maps ``[views, dim, ...]``), ``dim`` (an integer or a dotted path into
-    ``model.config``; default ``vision_config.hidden_size``), ``layer`` (with
-    ``output: hidden_states``, the index of the layer).
-``apply`` (default ``after_projector``)
-    ``after_projector``: scale the seam's output. ``before_projector``: scale the input of the
-    module named by ``projector`` (dotted path) instead; a projector that opens with a norm
-    cancels that scale, so use it only for norm-free projectors.
-``tiles_from`` (default: none; then ``gswa_plugin.set_tiles`` or single-view images)
-    How many views each image has, read off ``input_ids``. ``token``: the image placeholder
-    (an integer id or a ``model.config`` attribute, e.g. ``image_token_id``). ``tokens_per_view``:
-    placeholders per view (an integer; default: the tokens per view at the seam). ``group``:
-    ``run`` (each contiguous run of placeholders is one image: InternVL, GOT-OCR2),
-    ``start_token`` (each image opens with ``start_token``, an id or config attribute),
-    ``global_marker`` (each view is its own run and the global view's run, preceded by
-    ``marker_token``, closes the image; ``marker_token: auto`` takes the token before the batch's
-    last run: Idefics3, Aya Vision) or ``fixed`` (``views_per_image`` views for every image).
+The keys of ``declare`` and their rules are defined once, by the schema
+:class:`~gswa_plugin.config.HostDeclaration` (its field descriptions are the reference; the
+docs page 'Adapters' and ``gswa schema`` are generated from it). Every problem is reported at
+once, naming the ``declare.*`` key.
 """
 
 from __future__ import annotations
@@ -70,15 +34,12 @@ from torch import nn
 
 from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, patch_method, resolve_path, runs_of_token
 from gswa_plugin.adapters._layout import views_closed_by_marker, views_opened_by_marker
+from gswa_plugin.config import DECLARATIVE, HostDeclaration
 from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
 from gswa_plugin.hookspecs import hookimpl
 
-NAME = "declarative"
+NAME = DECLARATIVE
 
-_TOP_KEYS = ("match", "seam", "features", "global_view", "summary", "apply", "projector", "tiles_from")
-_SUMMARY_KEYS = ("from", "module", "output", "token", "channels", "dim", "layer")
-_TILES_KEYS = ("token", "tokens_per_view", "group", "start_token", "marker_token", "views_per_image")
-_GROUPS = ("run", "start_token", "global_marker", "fixed")
 
 
 @dataclass(frozen=True)
@@ -111,22 +72,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_path(v: Any) -> bool:
-    return isinstance(v, str) and bool(v) and all(part.isidentifier() for part in v.split("."))
-
-
-def _names(v: Any) -> tuple[str, ...] | None:
-    if isinstance(v, str) and v:
-        return (v,)
-    if isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x for x in v):
-        return tuple(v)
-    return None
-
-
-def _unknown(keys: Any, allowed: tuple[str, ...], where: str) -> list[str]:
-    return [f"{where}: unknown key `{k}`; valid keys: {', '.join(allowed)}" for k in keys if k not in allowed]
-
-
 def validate_declaration(data: Any) -> list[str]:
     """Every problem of a ``declare:`` mapping, one readable line each (empty when valid)."""
     try:
@@ -136,138 +81,40 @@ def validate_declaration(data: Any) -> list[str]:
     return []
 
 
-def parse_declaration(data: Any) -> Declaration:
-    """Validate a ``declare:`` mapping and turn it into a :class:`Declaration`.
+def parse_declaration(data: HostDeclaration | dict[str, Any]) -> Declaration:
+    """Validate a ``declare:`` mapping (schema: :class:`~gswa_plugin.config.HostDeclaration`) and
+    flatten it into the :class:`Declaration` the adapter runs from.
 
     Raises:
-        ConfigError: listing every problem at once, each prefixed by the key it concerns.
+        ConfigError: listing every problem at once, each naming the ``declare.*`` key it concerns.
     """
-    p: list[str] = []
-    if not isinstance(data, dict):
-        raise ConfigError([f"`declare` must be a mapping (see the docs page 'Adapters'), got {type(data).__name__}"])
-    p += _unknown(data, _TOP_KEYS, "declare")
+    spec = data if isinstance(data, HostDeclaration) else HostDeclaration.parse(data, where="declare.")
+    s, tiles = spec.summary, spec.tiles_from
 
-    match = data.get("match")
-    model_types: tuple[str, ...] = ()
-    class_names: tuple[str, ...] = ()
-    if not isinstance(match, dict) or not match:
-        p.append("declare.match is required: `{model_type: <name>}` and/or `{class: <ModelClassName>}`")
-    else:
-        p += _unknown(match, ("model_type", "class"), "declare.match")
-        for key in ("model_type", "class"):
-            if key in match:
-                names = _names(match[key])
-                if names is None:
-                    p.append(f"declare.match.{key} must be a name or a list of names, got {match[key]!r}")
-                elif key == "model_type":
-                    model_types = names
-                else:
-                    class_names = names
+    def names(v: str | list[str] | None) -> tuple[str, ...]:
+        return () if v is None else (v,) if isinstance(v, str) else tuple(v)
 
-    seam = data.get("seam")
-    if not _is_path(seam):
-        p.append(f"declare.seam must be the dotted path of a method, e.g. `model.get_image_features`; got {seam!r}")
-
-    features = data.get("features", "pooler_output")
-    if not (_is_int(features) or (isinstance(features, str) and features.isidentifier())):
-        p.append(f"declare.features must be an attribute name, an integer index or `return`; got {features!r}")
-
-    global_view = data.get("global_view")
-    if global_view not in ("first", "last", "none"):
-        p.append(f"declare.global_view is required: `first`, `last` or `none`; got {global_view!r}")
-
-    summary = data.get("summary", {"from": "features"})
-    s_from, s_module, s_output, s_token, s_channels, s_dim, s_layer = "features", None, "last_hidden_state", "mean", "last", None, None
-    if not isinstance(summary, dict):
-        p.append(f"declare.summary must be a mapping such as `{{from: features}}`; got {summary!r}")
-    else:
-        p += _unknown(summary, _SUMMARY_KEYS, "declare.summary")
-        s_from = summary.get("from", "module" if "module" in summary else "features")
-        if s_from not in ("features", "module"):
-            p.append(f"declare.summary.from must be `features` or `module`; got {s_from!r}")
-        s_module = summary.get("module")
-        if s_from == "module" and not _is_path(s_module):
-            p.append(f"declare.summary.module must be the dotted path of a submodule (with `from: module`); got {s_module!r}")
-        if s_from == "features" and s_module is not None:
-            p.append("declare.summary.module is only read with `from: module`")
-        s_output = summary.get("output", "last_hidden_state")
-        if not (_is_int(s_output) or (isinstance(s_output, str) and s_output.isidentifier())):
-            p.append(f"declare.summary.output must be an attribute name, an integer index or `return`; got {s_output!r}")
-        s_token = summary.get("token", "mean")
-        if not (_is_int(s_token) or s_token in ("mean", "cls")):
-            p.append(f"declare.summary.token must be `mean`, `cls` or an integer token index; got {s_token!r}")
-        s_channels = summary.get("channels", "last")
-        if s_channels not in ("last", "first"):
-            p.append(f"declare.summary.channels must be `last` ([views, tokens, dim]) or `first` ([views, dim, ...]); got {s_channels!r}")
-        if s_channels == "first" and s_token != "mean":
-            p.append("declare.summary.token must be `mean` with `channels: first` (feature maps have no token order)")
-        s_dim = summary.get("dim")
-        if s_dim is not None and not ((_is_int(s_dim) and s_dim > 0) or _is_path(s_dim)):
-            p.append(f"declare.summary.dim must be a positive integer or a dotted path into model.config; got {s_dim!r}")
-        s_layer = summary.get("layer")
-        if s_layer is not None and not _is_int(s_layer):
-            p.append(f"declare.summary.layer must be an integer layer index; got {s_layer!r}")
-
-    apply = data.get("apply", "after_projector")
-    projector = data.get("projector")
-    if apply not in ("after_projector", "before_projector"):
-        p.append(f"declare.apply must be `after_projector` or `before_projector`; got {apply!r}")
-    if apply == "before_projector" and not _is_path(projector):
-        p.append(f"declare.projector (dotted path of the projector module) is required with `apply: before_projector`; got {projector!r}")
-    if apply != "before_projector" and projector is not None:
-        p.append("declare.projector is only read with `apply: before_projector`")
-
-    tiles = data.get("tiles_from")
-    group = token = per_view = start = marker = fixed = None
-    if tiles is not None:
-        if not isinstance(tiles, dict):
-            p.append(f"declare.tiles_from must be a mapping such as `{{group: run, token: image_token_id}}`; got {tiles!r}")
-        else:
-            p += _unknown(tiles, _TILES_KEYS, "declare.tiles_from")
-            group = tiles.get("group", "run")
-            if group not in _GROUPS:
-                p.append(f"declare.tiles_from.group must be one of {', '.join(_GROUPS)}; got {group!r}")
-            token = tiles.get("token")
-            if group != "fixed" and not (_is_int(token) or _is_path(token)):
-                p.append(f"declare.tiles_from.token (placeholder id or model.config attribute) is required; got {token!r}")
-            per_view = tiles.get("tokens_per_view")
-            if per_view is not None and per_view != "auto" and not (_is_int(per_view) and per_view > 0):
-                p.append(f"declare.tiles_from.tokens_per_view must be a positive integer or `auto`; got {per_view!r}")
-            per_view = None if per_view == "auto" else per_view
-            start = tiles.get("start_token")
-            if group == "start_token" and not (_is_int(start) or _is_path(start)):
-                p.append(f"declare.tiles_from.start_token (id or model.config attribute) is required with `group: start_token`; got {start!r}")
-            marker = tiles.get("marker_token", "auto")
-            if group == "global_marker" and not (_is_int(marker) or _is_path(marker)):
-                p.append(f"declare.tiles_from.marker_token must be an id, a model.config attribute or `auto`; got {marker!r}")
-            fixed = tiles.get("views_per_image")
-            if group == "fixed" and not (_is_int(fixed) and fixed > 0):
-                p.append(f"declare.tiles_from.views_per_image (a positive integer) is required with `group: fixed`; got {fixed!r}")
-            if group == "global_marker" and global_view != "last":
-                p.append("declare.tiles_from.group `global_marker` needs `global_view: last` (the marked global view closes the image)")
-    if p:
-        raise ConfigError(p)
     return Declaration(
-        model_types=model_types,
-        class_names=class_names,
-        seam=seam,
-        features=features,
-        global_view=global_view,
-        summary_from=s_from,
-        summary_module=s_module,
-        summary_output=s_output,
-        summary_token=s_token,
-        summary_channels=s_channels,
-        summary_dim=s_dim,
-        summary_layer=s_layer,
-        apply=apply,
-        projector=projector,
-        tiles_group=group,
-        tiles_token=token,
-        tokens_per_view=per_view,
-        start_token=start,
-        marker_token=marker,
-        views_per_image=fixed,
+        model_types=names(spec.match.model_type),
+        class_names=names(spec.match.class_),
+        seam=spec.seam,
+        features=spec.features,
+        global_view=spec.global_view,
+        summary_from=s.from_,
+        summary_module=s.module,
+        summary_output=s.output,
+        summary_token=s.token,
+        summary_channels=s.channels,
+        summary_dim=s.dim,
+        summary_layer=s.layer,
+        apply=spec.apply,
+        projector=spec.projector,
+        tiles_group=None if tiles is None else tiles.group,
+        tiles_token=None if tiles is None else tiles.token,
+        tokens_per_view=None if tiles is None or tiles.tokens_per_view == "auto" else tiles.tokens_per_view,
+        start_token=None if tiles is None else tiles.start_token,
+        marker_token="auto" if tiles is None else tiles.marker_token,
+        views_per_image=None if tiles is None else tiles.views_per_image,
     )
 
 

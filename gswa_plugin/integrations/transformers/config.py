@@ -1,4 +1,4 @@
-"""The recipe file of ``gswa train``: YAML keys mapped 1:1 onto dataclasses, validated up front.
+"""The recipe file of ``gswa train``: YAML keys mapped 1:1 onto settings models, validated up front.
 
 A recipe is one YAML file with these top-level keys (see ``recipes/internvl2-2b/transformers``)::
 
@@ -12,26 +12,28 @@ A recipe is one YAML file with these top-level keys (see ``recipes/internvl2-2b/
     training_args: {...}        # any field of transformers.TrainingArguments
     gswa: {...}                 # the GSWA block (gswa_plugin.GSWAConfig)
 
-Every problem in a recipe (unknown keys with a suggestion, wrong types, out-of-range values,
-``training_args`` keys that TrainingArguments does not have, and the ``gswa:`` block's own
-problems) is reported at once in one :class:`~gswa_plugin.errors.ConfigError`. Validation needs
-no GPU and does not build the TrainingArguments (that would touch devices).
+The sections are :class:`~gswa_plugin.schema.Settings`, the same mechanism as the GSWA block:
+every problem in a recipe (unknown keys with a suggestion, wrong types, out-of-range values,
+``training_args`` keys that TrainingArguments does not have, and the ``gswa:`` block's own and
+registry problems) is reported at once in one :class:`~gswa_plugin.errors.ConfigError`, and
+``gswa schema recipe`` exports the JSON Schema. Validation needs no GPU and does not build the
+TrainingArguments (that would touch devices).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import os
-import typing
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import yaml
+from pydantic import Field
 
-from gswa_plugin.config import GSWAConfig, read_yaml, rule_problems
+from gswa_plugin.config import GSWAConfig, read_yaml
 from gswa_plugin.errors import ConfigError
+from gswa_plugin.plugins import config_problems
+from gswa_plugin.schema import Settings, unknown_key
 from gswa_plugin.tools.diagnostics import Thresholds
 
 #: Value of the ``host:`` key that marks a recipe for this trainer.
@@ -44,99 +46,98 @@ FREEZE_POLICIES: dict[str, tuple[str, ...]] = {
     "gswa+projector+language_model": ("gswa", "projector", "language_model"),
     "all": ("gswa", "projector", "language_model", "vision"),
 }
+FreezePolicy = Literal["gswa", "gswa+projector", "gswa+projector+language_model", "all"]
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 
 
-def _f(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        value = default
-        return field(default_factory=lambda: copy.deepcopy(value), metadata={"help": help, **meta})
-    return field(default=default, metadata={"help": help, **meta})
-
-
-@dataclass
-class ModelSection:
+class ModelSection(Settings):
     """Which model and processor to load, and how."""
 
-    name_or_path: str = _f(
-        "",
-        "Directory (or hub id) of a transformers-native checkpoint, e.g. InternVL2-2B converted with "
+    name_or_path: str = Field(
+        min_length=1,
+        description="Directory (or hub id) of a transformers-native checkpoint, e.g. InternVL2-2B converted with "
         "`gswa convert-internvl2`. A Trainer checkpoint with `gswa.*` keys resumes GSWA's weights too.",
-        required=True,
     )
-    processor: str | None = _f(None, "Where the processor lives; empty: `name_or_path`.")
-    dtype: str = _f(
-        "bfloat16", "Dtype the weights are loaded in.", choices=("float32", "bfloat16", "float16", "auto")
+    processor: str | None = Field(None, description="Where the processor lives; empty: `name_or_path`.")
+    dtype: Dtype = Field("bfloat16", description="Dtype the weights are loaded in.")
+    attn_implementation: str | None = Field("sdpa", description="Attention kernel (`eager`, `sdpa`, `flash_attention_2`).")
+    max_patches: int | None = Field(
+        None, ge=1, description="Maximum tiles per image of the image processor (InternVL2 trains with 12); empty: "
+        "the processor's."
     )
-    attn_implementation: str | None = _f("sdpa", "Attention kernel (`eager`, `sdpa`, `flash_attention_2`).")
-    max_patches: int | None = _f(
-        None, "Maximum tiles per image of the image processor (InternVL2 trains with 12); empty: the processor's.",
-        min=1,
-    )
-    min_patches: int | None = _f(None, "Minimum tiles per image; empty: the processor's.", min=1)
-    gswa_dtype: str = _f(
+    min_patches: int | None = Field(None, ge=1, description="Minimum tiles per image; empty: the processor's.")
+    gswa_dtype: Dtype = Field(
         "float32",
-        "Dtype of GSWA's own parameters; float32 keeps small updates from being rounded away under a bf16 host "
-        "(`auto`: the host's dtype).",
-        choices=("float32", "bfloat16", "float16", "auto"),
+        description="Dtype of GSWA's own parameters; float32 keeps small updates from being rounded away under a "
+        "bf16 host (`auto`: the host's dtype).",
     )
-    gswa_checkpoint: str | None = _f(
-        None, "A directory written by `gswa_plugin.save` whose GSWA weights start the run (instead of identity)."
+    gswa_checkpoint: str | None = Field(
+        None, description="A directory written by `gswa_plugin.save` whose GSWA weights start the run (instead of "
+        "identity)."
     )
 
 
-@dataclass
-class DataSection:
+class DataSection(Settings):
     """Conversation files and how they become model inputs."""
 
-    train_files: list[str] = _f([], "JSON or JSONL files of conversations (LLaVA or OpenAI `messages` format).", required=True)
-    eval_files: list[str] = _f([], "Optional evaluation files, same format.")
-    image_root: str | None = _f(
-        None, "Directory relative image paths resolve against; empty: the directory of each data file."
+    train_files: list[str] = Field(
+        min_length=1, description="JSON or JSONL files of conversations (LLaVA or OpenAI `messages` format)."
     )
-    template: str = _f(
+    eval_files: list[str] = Field(default_factory=list, description="Optional evaluation files, same format.")
+    image_root: str | None = Field(
+        None, description="Directory relative image paths resolve against; empty: the directory of each data file."
+    )
+    template: Literal["internlm2", "plain", "tokenizer"] = Field(
         "internlm2",
-        "Chat format: `internlm2` (InternVL2's `<|im_start|>role ... <|im_end|>`), `plain` "
+        description="Chat format: `internlm2` (InternVL2's `<|im_start|>role ... <|im_end|>`), `plain` "
         "(`user : ... assistant : ... <eos>`), or `tokenizer` (the tokenizer's own chat template).",
-        choices=("internlm2", "plain", "tokenizer"),
     )
-    system_prompt: str | None = _f(None, "System message put before every conversation; empty: none.")
-    max_length: int = _f(4096, "Longest sequence in tokens; longer records are truncated after their images.", min=8)
-    on_missing_image: str = _f(
-        "error", "A record whose image file is missing: `error` (stop, naming it) or `skip` (count and leave it out).",
-        choices=("error", "skip"),
+    system_prompt: str | None = Field(None, description="System message put before every conversation; empty: none.")
+    max_length: int = Field(
+        4096, ge=8, description="Longest sequence in tokens; longer records are truncated after their images."
+    )
+    on_missing_image: Literal["error", "skip"] = Field(
+        "error",
+        description="A record whose image file is missing: `error` (stop, naming it) or `skip` (count and leave it out).",
     )
 
 
-@dataclass
-class LoraSection:
+class LoraSection(Settings):
     """PEFT LoRA on the language model (GSWA and the policy's other parts train in full)."""
 
-    enabled: bool = _f(False, "Put LoRA adapters on the language model's linear layers.")
-    r: int = _f(16, "LoRA rank.", min=1)
-    alpha: int = _f(32, "LoRA alpha.", min=1)
-    dropout: float = _f(0.05, "LoRA dropout.", min=0.0, max_exclusive=1.0)
-    target_modules: list[str] = _f(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        "Names of the language model's linear layers that get adapters (matched inside the language model only).",
+    enabled: bool = Field(False, description="Put LoRA adapters on the language model's linear layers.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Names of the language model's linear layers that get adapters (matched inside the language "
+        "model only).",
     )
 
 
-@dataclass
-class DiagnosticsSection:
+class DiagnosticsSection(Settings):
     """Per-step weight statistics logged to the trainer's loggers, and failure warnings."""
 
-    enabled: bool = _f(True, "Log `gswa/*` statistics and warn on failure signatures.")
-    uniform_after_steps: int = _f(
-        100, "Warn about uniform weights only after this many optimizer steps (GSWA starts uniform by design).", min=0
+    enabled: bool = Field(True, description="Log `gswa/*` statistics and warn on failure signatures.")
+    uniform_after_steps: int = Field(
+        100, ge=0, description="Warn about uniform weights only after this many optimizer steps (GSWA starts uniform "
+        "by design)."
     )
-    warn_every_steps: int = _f(50, "Repeat a warning at most this often (in optimizer steps).", min=1)
-    uniform_entropy: float = _f(Thresholds.uniform_entropy, "Relative entropy at or above which weights count as uniform.")
-    uniform_max_min: float = _f(Thresholds.uniform_max_min, "And max/min ratio at or below which.")
-    tile_dominance_share: float = _f(
-        Thresholds.tile_dominance_share, "Top-tile share excess at or above which one tile dominates."
+    warn_every_steps: int = Field(50, ge=1, description="Repeat a warning at most this often (in optimizer steps).")
+    uniform_entropy: float = Field(
+        Thresholds.uniform_entropy, description="Relative entropy at or above which weights count as uniform."
     )
-    thumbnail_ratio: float = _f(Thresholds.thumbnail_ratio, "Thumbnail/mean-tile weight ratio that counts as dominance.")
-    min_grad_norm: float = _f(Thresholds.min_grad_norm, "GSWA gradient norm at or below which gradients count as vanished.")
+    uniform_max_min: float = Field(Thresholds.uniform_max_min, description="And max/min ratio at or below which.")
+    tile_dominance_share: float = Field(
+        Thresholds.tile_dominance_share, description="Top-tile share excess at or above which one tile dominates."
+    )
+    thumbnail_ratio: float = Field(
+        Thresholds.thumbnail_ratio, description="Thumbnail/mean-tile weight ratio that counts as dominance."
+    )
+    min_grad_norm: float = Field(
+        Thresholds.min_grad_norm, description="GSWA gradient norm at or below which gradients count as vanished."
+    )
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
@@ -148,31 +149,47 @@ class DiagnosticsSection:
         )
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """A whole recipe. Build it with :func:`load_recipe` (YAML + overrides) or :meth:`from_dict`."""
 
-    host: str = _f(HOST, "Which trainer the recipe is for; this one reads `transformers`.", choices=(HOST,))
-    model: ModelSection = _f(None, "The model section.")
-    data: DataSection = _f(None, "The data section.")
-    freeze: str = _f(
+    host: Literal["transformers"] = Field(HOST, description="Which trainer the recipe is for; this one reads `transformers`.")
+    model: ModelSection = Field(description="The model section.")
+    data: DataSection = Field(description="The data section.")
+    freeze: FreezePolicy = Field(
         "gswa",
-        "What trains: `gswa` (GSWA only), `gswa+projector`, `gswa+projector+language_model`, or `all`.",
-        choices=tuple(FREEZE_POLICIES),
+        description="What trains: `gswa` (GSWA only), `gswa+projector`, `gswa+projector+language_model`, or `all`.",
     )
-    gswa_learning_rate: float | None = _f(
-        None, "Learning rate of GSWA's parameters; empty: `training_args.learning_rate`.", gt=0
+    gswa_learning_rate: float | None = Field(
+        None, gt=0, description="Learning rate of GSWA's parameters; empty: `training_args.learning_rate`."
     )
-    gswa_weight_decay: float = _f(0.0, "Weight decay of GSWA's parameters.", min=0.0)
-    lora: LoraSection = _f(None, "The LoRA section.")
-    diagnostics: DiagnosticsSection = _f(None, "The diagnostics section.")
-    training_args: dict[str, Any] = _f({}, "Keyword arguments of transformers.TrainingArguments.")
-    gswa: dict[str, Any] = _f({}, "The GSWA block (see the configuration reference).")
+    gswa_weight_decay: float = Field(0.0, ge=0.0, description="Weight decay of GSWA's parameters.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="The LoRA section.")
+    diagnostics: DiagnosticsSection = Field(default_factory=DiagnosticsSection, description="The diagnostics section.")
+    training_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of transformers.TrainingArguments (`output_dir` required)."
+    )
+    gswa: GSWAConfig | None = Field(
+        None,
+        description="The GSWA block (see the configuration reference); empty: the config saved with the "
+        "checkpoint, else the defaults.",
+    )
 
-    def __post_init__(self) -> None:
-        for name, cls in _SECTIONS.items():
-            if getattr(self, name) is None:
-                setattr(self, name, cls())
+    @classmethod
+    def rules(cls, data: dict[str, Any], where: str) -> list[str]:
+        problems = []
+        args = data.get("training_args")
+        if isinstance(args, dict):
+            valid = training_argument_names()
+            problems += [unknown_key(key, valid, f"{where}training_args.") for key in args if key not in valid]
+        if not isinstance(args, dict) or not args.get("output_dir"):
+            problems.append(f"`{where}training_args.output_dir` is required: where checkpoints and the final model go")
+        lora, freeze = data.get("lora") or {}, data.get("freeze", "gswa")
+        if isinstance(lora, dict) and lora.get("enabled") is True and "language_model" in FREEZE_POLICIES.get(freeze, ()):
+            problems.append(
+                f"`{where}lora.enabled` with `freeze: {freeze}` would train the language model in full and through "
+                "LoRA; use `freeze: gswa` or `freeze: gswa+projector` with LoRA (the adapters are what trains in the LM)"
+            )
+        return problems
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> TrainConfig:
@@ -180,97 +197,16 @@ class TrainConfig:
         problems = validate_recipe(data)
         if problems:
             raise ConfigError(problems, source)
-        sections = {name: sec(**(data.get(name) or {})) for name, sec in _SECTIONS.items()}
-        rest = {k: v for k, v in data.items() if k not in _SECTIONS}
-        rest["gswa"] = rest.get("gswa") or {}
-        rest["training_args"] = rest.get("training_args") or {}
-        return cls(**rest, **sections)
+        return cls.parse(data, source)
 
     def gswa_config(self) -> GSWAConfig:
-        return GSWAConfig.from_dict(self.gswa)
+        """The recipe's GSWA config (the defaults where the recipe has no ``gswa:`` block)."""
+        return self.gswa if self.gswa is not None else GSWAConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-_SECTIONS: dict[str, type] = {
-    "model": ModelSection,
-    "data": DataSection,
-    "lora": LoraSection,
-    "diagnostics": DiagnosticsSection,
-}
-
-
-# --- validation -------------------------------------------------------------------------------
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_type_ok(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if tp is Any:
-        return True
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True
-
-
-def _type_name(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is list:
-        return f"a list of {_type_name(args[0])}"
-    if origin is dict:
-        return "a mapping"
-    if args:
-        return " or ".join(_type_name(a) for a in args)
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _unknown(key: str, valid: Sequence[str], where: str) -> str:
-    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
-    hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(valid)}"
-    return f"unknown key `{where}{key}`{hint}"
-
-
-def _check_fields(cls: type, data: Any, where: str, problems: list[str]) -> None:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        problems.append(f"`{where.rstrip('.')}` must be a mapping, got {type(data).__name__}")
-        return
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            problems.append(_unknown(key, list(fields), where))
-    for name, f in fields.items():
-        meta = f.metadata
-        if name in _SECTIONS and cls is TrainConfig:
-            continue
-        if name not in data:
-            if meta.get("required"):
-                problems.append(f"`{where}{name}` is required: {meta['help']}")
-            continue
-        value, tp = data[name], hints[name]
-        if not _type_ok(value, tp):
-            problems.append(f"`{where}{name}` must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
-            continue
-        if value is None:
-            continue
-        if meta.get("required") and value in ("", []):
-            problems.append(f"`{where}{name}` is required: {meta['help']}")
-        problems.extend(rule_problems(f"`{where}{name}`", value, meta))
+        out = self.model_dump(by_alias=True, exclude={"gswa"})
+        out["gswa"] = None if self.gswa is None else self.gswa.to_dict()
+        return out
 
 
 def training_argument_names() -> list[str]:
@@ -281,35 +217,19 @@ def training_argument_names() -> list[str]:
 
 
 def validate_recipe(data: Any) -> list[str]:
-    """Every problem of a parsed recipe, as readable lines (empty when it is valid)."""
+    """Every problem of a parsed recipe, as readable lines (empty when it is valid): the schema's,
+    and the registry's for its ``gswa:`` block (variant and adapter names)."""
     problems: list[str] = []
-    if not isinstance(data, dict):
-        return [f"a recipe must be a mapping of keys, got {type(data).__name__}"]
-    _check_fields(TrainConfig, data, "", problems)
-    for name, cls in _SECTIONS.items():
-        _check_fields(cls, data.get(name), f"{name}.", problems)
-    args = data.get("training_args") or {}
-    if isinstance(args, dict):
-        valid = training_argument_names()
-        for key in args:
-            if key not in valid:
-                problems.append(_unknown(key, valid, "training_args."))
-        if not args.get("output_dir"):
-            problems.append("`training_args.output_dir` is required: where checkpoints and the final model go")
-    block = data.get("gswa")
+    try:
+        TrainConfig.parse(data)
+    except ConfigError as exc:
+        problems += exc.problems
+    block = data.get("gswa") if isinstance(data, dict) else None
     if isinstance(block, dict):
         try:
-            GSWAConfig.from_dict(block)
-        except ConfigError as exc:
-            problems.extend(f"gswa: {p}" for p in exc.problems)
-    lora = data.get("lora") or {}
-    freeze = data.get("freeze", "gswa")
-    if isinstance(lora, dict) and lora.get("enabled") and freeze in FREEZE_POLICIES:
-        if "language_model" in FREEZE_POLICIES[freeze]:
-            problems.append(
-                f"`lora.enabled` with `freeze: {freeze}` would train the language model in full and through LoRA; "
-                "use `freeze: gswa` or `freeze: gswa+projector` with LoRA (the adapters are what trains in the LM)"
-            )
+            problems += config_problems(GSWAConfig.parse(block), where="gswa.")
+        except ConfigError:
+            pass  # the block's own problems are listed above
     return problems
 
 

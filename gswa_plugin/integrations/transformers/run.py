@@ -38,7 +38,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
     model = from_pretrained_with_gswa(
         cfg.model.name_or_path,
-        gswa=cfg.gswa or None,
+        gswa=cfg.gswa,
         gswa_dtype=_DTYPES.get(cfg.model.gswa_dtype),
         **kwargs,
     )
