@@ -1,8 +1,12 @@
 """mkdocs hooks (``hooks:`` in mkdocs.yml): the generated parts of the docs.
 
 * ``<!-- gswa:config-reference -->`` becomes the configuration reference, rendered from the
-  :class:`gswa_plugin.config.GSWAConfig` dataclass (names, types, defaults, limits, help), so the
+  :class:`gswa_plugin.config.GSWAConfig` schema (names, types, defaults, limits, help), so the
   reference is never copied by hand.
+* ``<!-- gswa:architecture -->`` becomes the picture of the package's layers, drawn from
+  ``gswa_plugin._layers.LAYERS`` (the list ``tests/test_architecture.py`` enforces).
+* ``<!-- gswa:declare-reference -->`` becomes the table of every ``declare:`` key, from
+  :class:`gswa_plugin.config.HostDeclaration`.
 * ``<!-- gswa:hooks-reference -->`` becomes one section per hook of
   :mod:`gswa_plugin.hookspecs` with its exact signature and its docstring.
 * ``<!-- gswa:adapters-table -->`` becomes the table of built-in adapters (thumbnail position,
@@ -16,7 +20,6 @@ The tests import this file to check what it renders.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import re
@@ -28,19 +31,19 @@ log = logging.getLogger("mkdocs.hooks.gswa")
 CONFIG_MARKER = "<!-- gswa:config-reference -->"
 HOOKS_MARKER = "<!-- gswa:hooks-reference -->"
 ADAPTERS_MARKER = "<!-- gswa:adapters-table -->"
+DECLARE_MARKER = "<!-- gswa:declare-reference -->"
+ARCHITECTURE_MARKER = "<!-- gswa:architecture -->"
 
 
 # --- configuration reference -------------------------------------------------------------------
-def _limits(meta: dict[str, Any]) -> str:
+def _limits(info: Any) -> str:
+    """The numeric limits of a pydantic field (``>= 1``, ``> 0``, ``< 1``), from its metadata."""
     parts = []
-    if "choices" in meta:
-        parts.append("one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
-    if "min" in meta:
-        parts.append(f">= {meta['min']}")
-    if "gt" in meta:
-        parts.append(f"> {meta['gt']}")
-    if "max_exclusive" in meta:
-        parts.append(f"< {meta['max_exclusive']}")
+    for m in info.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            value = getattr(m, attr, None)
+            if value is not None:
+                parts.append(f"{sign} {value}")
     return "; ".join(parts)
 
 
@@ -54,10 +57,10 @@ def render_config_reference() -> str:
     """Markdown for every field of ``GSWAConfig``: the default block, then one section per field."""
     from gswa_plugin.config import BLOCK_KEY, GSWAConfig, field_docs
 
-    fields = {f.name: f for f in dataclasses.fields(GSWAConfig)}
+    fields = {info.alias or name: info for name, info in GSWAConfig.model_fields.items()}
     out = [
-        f"Every key of the `{BLOCK_KEY}:` block, with its default. Unknown keys, wrong types and values "
-        "out of range are all reported at once (`gswa check FILE`).",
+        f"Every key of the `{BLOCK_KEY}:` block, with its default. Unknown keys, wrong types, values "
+        "out of range and non-finite numbers are all reported at once (`gswa check FILE`).",
         "",
         "```yaml",
         GSWAConfig().to_yaml().rstrip(),
@@ -70,10 +73,10 @@ def render_config_reference() -> str:
     for name, type_name, default, _ in docs:
         out.append(
             f"| [`{name}`](#{name.replace('_', '-')}) | `{type_name}` | `{_yaml_value(default)}` | "
-            f"{_limits(dict(fields[name].metadata)) or '—'} |"
+            f"{_limits(fields[name]) or '—'} |"
         )
     for name, type_name, default, help_text in docs:
-        limits = _limits(dict(fields[name].metadata))
+        limits = _limits(fields[name])
         out += [
             "",
             f"### `{name}` {{#{name.replace('_', '-')}}}",
@@ -82,6 +85,82 @@ def render_config_reference() -> str:
             "",
             help_text,
         ]
+    return "\n".join(out) + "\n"
+
+
+def _settings_rows(model: Any, prefix: str) -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) of a settings model, nested models flattened."""
+    from gswa_plugin.schema import _settings_class
+
+    rows = []
+    for name, type_name, default, help_text in model.field_docs():
+        info = next(i for n, i in model.model_fields.items() if (i.alias or n) == name)
+        required = info.is_required()
+        nested = _settings_class(info.annotation)
+        default_text = "required" if required else f"`{_yaml_value(default)}`"
+        if nested is not None:
+            rows.append((f"{prefix}{name}", "a mapping", default_text if required else "", help_text))
+            rows += _settings_rows(nested, f"{prefix}{name}.")
+        else:
+            rows.append((f"{prefix}{name}", type_name, default_text, help_text))
+    return rows
+
+
+def render_declare_reference() -> str:
+    """The table of every key of the ``declare:`` block, from ``HostDeclaration``."""
+    from gswa_plugin.config import HostDeclaration
+
+    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default, help_text in _settings_rows(HostDeclaration, ""):
+        out.append(f"| `{key}` | {type_name.replace('|', 'or')} | {default} | {help_text.replace('|', '/')} |")
+    return "\n".join(out) + "\n"
+
+
+def _layer_modules(patterns: tuple[str, ...]) -> str:
+    """``gswa_plugin.tools.*`` -> ``tools/``, ``gswa_plugin.adapters._*`` -> ``adapters/_*``."""
+    shown: list[str] = []
+    for pattern in patterns:
+        name = pattern.removeprefix("gswa_plugin.") if pattern != "gswa_plugin" else "gswa_plugin/__init__"
+        if name.endswith("._*"):
+            name = name[:-3] + "/_*"
+        elif name.endswith(".*"):
+            name = name[:-2] + "/"
+        shown.append(name)
+    folders = {s.split("/")[0] for s in shown if "/" in s}
+    return ", ".join(s for s in shown if s not in folders)
+
+
+# --- architecture picture ------------------------------------------------------------------------
+def render_architecture() -> str:
+    """An inline SVG of the layers, top layer first, each with the modules it holds.
+
+    Written as SVG text rather than with matplotlib: it is regenerated from the layer list at
+    every build, needs no binary asset and no script (and no network, unlike a mermaid chart).
+    """
+    from html import escape
+
+    from gswa_plugin._layers import LAYERS
+
+    width, row, gap, left = 760, 46, 6, 150
+    rows = list(reversed(LAYERS))
+    height = len(rows) * (row + gap) + 28
+    fills = {"tools": "#e8f0fe", "integrations": "#e8f0fe", "cli": "#e8f0fe", "testing": "#fef7e0"}
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" font-family="sans-serif" style="max-width:100%;height:auto" aria-label="gswa_plugin layers">',
+        f'<text x="4" y="16" font-size="13" fill="#555">imports flow downwards only (top layer first)</text>',
+    ]
+    for i, (name, what, patterns) in enumerate(rows):
+        y = 26 + i * (row + gap)
+        fill = fills.get(name, "#e6f4ea" if i >= len(rows) - 11 else "#f1f3f4")
+        mods = _layer_modules(patterns)
+        out += [
+            f'<rect x="0" y="{y}" width="{width}" height="{row}" rx="6" fill="{fill}" stroke="#999"/>',
+            f'<text x="10" y="{y + 19}" font-size="15" font-weight="bold">{escape(name)}</text>',
+            f'<text x="{left}" y="{y + 19}" font-size="14" font-family="monospace">{escape(mods)}</text>',
+            f'<text x="{left}" y="{y + 37}" font-size="13" fill="#444">{escape(what)}</text>',
+        ]
+    out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
@@ -178,6 +257,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     CONFIG_MARKER: render_config_reference,
     HOOKS_MARKER: render_hooks_reference,
     ADAPTERS_MARKER: render_adapters_table,
+    DECLARE_MARKER: render_declare_reference,
+    ARCHITECTURE_MARKER: render_architecture,
 }
 
 

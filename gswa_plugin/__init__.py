@@ -12,12 +12,11 @@ Public API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from gswa_plugin.adapters._base import Adapter  # noqa: E402
+from gswa_plugin._version import __version__
+from gswa_plugin.adapters._base import Adapter
 from gswa_plugin.api import disable, enable, last_weights, set_tiles, tiles
-from gswa_plugin.checkpoint import load, save
-from gswa_plugin.config import GSWAConfig  # noqa: E402
+from gswa_plugin.checkpoint import load, read_saved, save
+from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import (
     AdapterNotFoundError,
     AlreadyEnabledError,
@@ -34,9 +33,9 @@ from gswa_plugin.errors import (
     UnsupportedModeError,
 )
 from gswa_plugin.handle import GSWAHandle, get_handle, is_enabled
-from gswa_plugin.hookspecs import hookimpl  # noqa: E402
+from gswa_plugin.hookspecs import hookimpl
 from gswa_plugin.layout import TileBatch, TileLayout
-from gswa_plugin.weighting import GSWAModule  # noqa: E402
+from gswa_plugin.weighting import GSWAModule
 
 __all__ = [
     "Adapter",

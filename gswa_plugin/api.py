@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gswa_plugin import apply
-from gswa_plugin.config import GSWAConfig, resolve_config
+from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import AdapterNotFoundError, AlreadyEnabledError, NotEnabledError
 from gswa_plugin.handle import _HANDLE_ATTR, MODULE_ATTR, GSWAHandle, get_handle, is_enabled
 from gswa_plugin.plugins import adapters, check_config, get_plugin_manager, variants
@@ -66,8 +66,7 @@ def enable(model: nn.Module, config: GSWAConfig | dict[str, Any] | str | os.Path
             f"GSWA is already enabled on this {type(model).__name__}; call `gswa_plugin.disable(model)` "
             "first to change its configuration, or use the handle returned by the first `enable()`"
         )
-    cfg = resolve_config(config)
-    check_config(cfg)  # the names the plugin registries must know (variant, adapter)
+    cfg = check_config(config)  # the config's own problems and the registry's, all at once
     adapter = find_adapter(model, cfg.adapter)
     adapter.check(model)
     registry = variants()

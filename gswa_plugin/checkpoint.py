@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gswa_plugin import __version__
+from gswa_plugin._version import __version__
 from gswa_plugin.api import disable, enable, find_adapter
 from gswa_plugin.config import GSWAConfig, resolve_config
 from gswa_plugin.errors import AdapterNotFoundError, CheckpointError

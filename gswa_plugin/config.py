@@ -151,8 +151,9 @@ class HostDeclaration(Settings):
         description="Which models this describes: `{model_type: <name or list>}` and/or `{class: <name or list>}`."
     )
     seam: DottedPath = Field(
-        description="Dotted path, from the model, of the METHOD whose output holds every view's features "
-        "(`model.get_image_features`). It is wrapped on this instance only, keeping its signature."
+        description="Dotted path, from the model, of the method (not a module) whose output holds every view's "
+        "features (`model.get_image_features`). It is wrapped on this instance only, keeping its signature "
+        "(`generate()` reads it)."
     )
     features: int | Name = Field(
         "pooler_output",
@@ -161,7 +162,8 @@ class HostDeclaration(Settings):
         "flat `[views_i * tokens, dim]` blocks (needs `tiles_from.tokens_per_view`).",
     )
     global_view: Literal["first", "last", "none"] = Field(
-        description="Where each multi-view image's whole-image view sits among its views."
+        description="Where each multi-view image's whole-image view sits among its views; `none`: tiles only (the "
+        "mean of the tiles stands in for the global summary)."
     )
     summary: SummarySpec = Field(default_factory=SummarySpec, description="Where each view's summary comes from.")
     apply: Literal["after_projector", "before_projector"] = Field(
@@ -170,7 +172,10 @@ class HostDeclaration(Settings):
         "`projector` (a projector that opens with a norm cancels that scale).",
     )
     projector: DottedPath | None = Field(
-        None, description="With `apply: before_projector`: dotted path of the projector module (run inside the seam)."
+        None,
+        description="With `apply: before_projector`: dotted path of the projector module whose input is scaled (it "
+        "must run inside the seam call). Only for norm-free projectors: one that opens with a norm (InternVL, Aya "
+        "Vision, LLaVA-OneVision) divides the scale out.",
     )
     tiles_from: TilesSpec | None = Field(
         None,

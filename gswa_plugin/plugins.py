@@ -19,6 +19,7 @@ from typing import Any
 import pluggy
 
 from gswa_plugin import hookspecs
+from gswa_plugin.config import BLOCK_KEY, GSWAConfig, read_yaml, resolve_config
 from gswa_plugin.errors import ConfigError, PluginLoadError, RegistrationError
 
 #: Entry-point group third-party plugins are published under.
@@ -205,13 +206,18 @@ def variant_names() -> list[str]:
 
 
 def config_problems(config: Any, where: str = "") -> list[str]:
-    """The problems of a valid :class:`~gswa_plugin.config.GSWAConfig` that only the plugin
-    registries can see: a ``variant`` or ``adapter`` no installed plugin registers. ``where``
-    prefixes the keys in the messages (``gswa.`` inside a recipe)."""
+    """The problems of a config that only the plugin registries can see: a ``variant`` or
+    ``adapter`` no installed plugin registers.
+
+    Args:
+        config: a :class:`~gswa_plugin.config.GSWAConfig`, or the raw ``gswa:`` mapping (so these
+            problems can be listed beside the fields' own even when some fields are invalid).
+        where: prefix of the keys in the messages (``gswa.`` inside a recipe).
+    """
     problems = []
     for key, names in (("variant", variant_names()), ("adapter", adapter_names())):
-        value = getattr(config, key)
-        if value is None or value in names:
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        if not isinstance(value, str) or value in names:
             continue
         close = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
         hint = f"; did you mean `{close[0]}`?" if close else ""
@@ -221,16 +227,38 @@ def config_problems(config: Any, where: str = "") -> list[str]:
     return problems
 
 
-def check_config(config: Any, source: str | None = None) -> Any:
-    """Check a config against the registries (see :func:`config_problems`); returns it unchanged.
+def check_config(config: Any = None, source: str | None = None) -> GSWAConfig:
+    """A valid config whose ``variant`` and ``adapter`` the installed plugins register.
 
-    Called by ``enable()``, ``gswa check`` and recipe validation, so that a config's own problems
-    and the registry's are reported together.
+    Called by ``enable()``, ``gswa check``, recipe validation and the host-framework
+    integrations, so that a config's own problems and the registry's are reported together.
+
+    Args:
+        config: what ``enable()`` accepts: a :class:`~gswa_plugin.config.GSWAConfig`, a dict (the
+            ``gswa:`` block or a dict holding one), a path to a YAML file, or ``None``.
+        source: where the config came from, named in the error.
 
     Raises:
-        ConfigError: listing every problem.
+        ConfigError: listing every problem at once.
     """
-    problems = config_problems(config)
+    try:
+        cfg = resolve_config(config)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + config_problems(_raw_block(config)), exc.source or source) from None
+    problems = config_problems(cfg)
     if problems:
-        raise ConfigError(problems, source)
-    return config
+        raise ConfigError(problems, source or (str(config) if isinstance(config, (str, os.PathLike)) else None))
+    return cfg
+
+
+def _raw_block(config: Any) -> dict[str, Any]:
+    """The raw ``gswa:`` mapping of what a user passed (empty when it cannot be read)."""
+    data = config
+    if isinstance(config, (str, os.PathLike)):
+        try:
+            data = read_yaml(config)
+        except ConfigError:
+            return {}
+    if isinstance(data, dict) and isinstance(data.get(BLOCK_KEY), dict):
+        data = data[BLOCK_KEY]
+    return data if isinstance(data, dict) else {}

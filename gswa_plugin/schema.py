@@ -52,7 +52,7 @@ Name = Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_
 DottedPath = Annotated[
     str,
     pydantic.StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"),
-    Describe("a dotted path such as `model.vision_tower`"),
+    Describe("a dotted path (like model.vision_tower)"),
 ]
 #: A positive integer.
 PositiveInt = Annotated[int, pydantic.Field(ge=1), Describe("a positive integer")]

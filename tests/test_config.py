@@ -156,3 +156,26 @@ def test_config_error_is_a_value_error():
         GSWAConfig(temperature=-1.0)
     with pytest.raises(ConfigError, match="config must be a GSWAConfig, a dict or a path"):
         resolve_config(42)
+
+
+def test_check_config_lists_field_and_registry_problems_together(tmp_path):
+    for given in ({"variant": "selfattn", "num_heads": 0}, {"gswa": {"variant": "selfattn", "num_heads": 0}}):
+        with pytest.raises(ConfigError) as info:
+            check_config(given)
+        text = str(info.value)
+        assert len(info.value.problems) == 2 and "`num_heads` must be >= 1" in text and "did you mean `self_attn`?" in text
+    path = tmp_path / "g.yaml"
+    path.write_text("gswa:\n  variant: selfattn\n  num_heads: 0\n")
+    with pytest.raises(ConfigError, match=r"g\.yaml \(2 problem\(s\)\)"):
+        check_config(path)
+
+
+def test_enable_reports_every_problem_before_touching_the_model(internvl_model):
+    import gswa_plugin
+
+    before = {k: v.clone() for k, v in internvl_model.state_dict().items()}
+    with pytest.raises(ConfigError) as info:
+        gswa_plugin.enable(internvl_model, {"variant": "selfattn", "num_heads": 0})
+    assert len(info.value.problems) == 2
+    assert not gswa_plugin.is_enabled(internvl_model) and not hasattr(internvl_model, "gswa")
+    assert all(v.equal(before[k]) for k, v in internvl_model.state_dict().items())

@@ -149,22 +149,6 @@ def summarise(hidden: torch.Tensor, use_cls: bool, has_cls: bool) -> torch.Tenso
     return tokens.mean(dim=1)
 
 
-def runs_of_token(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
-    """Lengths of the contiguous runs of ``token_id`` in ``input_ids`` ``[batch, seq]``, in
-    row-major order (the order images appear in a batch). Vectorised."""
-    mask = input_ids == token_id
-    if mask.dim() == 1:
-        mask = mask[None]
-    prev = torch.zeros_like(mask)
-    prev[:, 1:] = mask[:, :-1]
-    starts = (mask & ~prev).flatten()
-    run_id = torch.cumsum(starts.long(), 0) - 1
-    flat = mask.flatten()
-    if not bool(flat.any()):
-        return torch.zeros(0, dtype=torch.long)
-    return torch.bincount(run_id[flat]).cpu()
-
-
 def _input_ids_from_call(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
     ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
     return ids if isinstance(ids, torch.Tensor) and not ids.is_floating_point() else None

@@ -32,8 +32,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, patch_method, resolve_path, runs_of_token
-from gswa_plugin.adapters._layout import views_closed_by_marker, views_opened_by_marker
+from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, patch_method, resolve_path
+from gswa_plugin.adapters._layout import token_runs, views_closed_by_marker, views_opened_by_marker
 from gswa_plugin.config import DECLARATIVE, HostDeclaration
 from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
 from gswa_plugin.hookspecs import hookimpl
@@ -267,7 +267,7 @@ class DeclarativeAdapter(Adapter):
                 return None
             n = per_view or tokens
             if decl.tiles_group == "run":
-                return (runs_of_token(ids, tiles_token) // n).tolist()
+                return (token_runs(ids, tiles_token)[2] // n).tolist()
             if decl.tiles_group == "start_token":
                 return views_opened_by_marker(ids, tiles_token, n, start_token)
             return views_closed_by_marker(ids, tiles_token, n, marker)

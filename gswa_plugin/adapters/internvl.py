@@ -26,9 +26,9 @@ from gswa_plugin.adapters._base import (
     model_type,
     patch_method,
     resolve_path,
-    runs_of_token,
     summarise,
 )
+from gswa_plugin.adapters._layout import token_runs
 from gswa_plugin.apply import placeholder_position_weights
 from gswa_plugin.errors import LayoutError
 from gswa_plugin.hookspecs import hookimpl
@@ -86,7 +86,7 @@ class InternVLAdapter(Adapter):
 
     def views_from_ids(self, model: nn.Module, input_ids: torch.Tensor, tokens_per_view: int) -> list[int]:
         """Views per image read off ``input_ids``: one run of image-context tokens per image."""
-        return (runs_of_token(input_ids, model.config.image_token_id) // tokens_per_view).tolist()
+        return (token_runs(input_ids, model.config.image_token_id)[2] // tokens_per_view).tolist()
 
     def install(self, model: nn.Module, handle: Any) -> None:
         inner = _inner(model)

@@ -28,7 +28,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from gswa_plugin.adapters._base import Adapter, model_type, patch_method, runs_of_token, summarise
+from gswa_plugin.adapters._base import Adapter, model_type, patch_method, summarise
+from gswa_plugin.adapters._layout import token_runs
 from gswa_plugin.apply import placeholder_position_weights
 from gswa_plugin.errors import LayoutError
 from gswa_plugin.hookspecs import hookimpl
@@ -101,7 +102,7 @@ class InternVLChatAdapter(Adapter):
             token = getattr(model, "img_context_token_id", None)
             if ids is None or token is None:
                 return None
-            return (runs_of_token(ids, token) // model.num_image_token).tolist()
+            return (token_runs(ids, token)[2] // model.num_image_token).tolist()
 
         def make_extract(original: Callable) -> Callable:
             def extract_feature(pixel_values: torch.Tensor) -> torch.Tensor:

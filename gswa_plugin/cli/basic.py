@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from gswa_plugin import __version__
+from gswa_plugin._version import __version__
 from gswa_plugin.cli import app
 from gswa_plugin.cli._common import console, err_console, reported_errors
 from gswa_plugin.config import GSWAConfig
@@ -43,7 +43,7 @@ def adapters_cmd() -> None:
 def check_cmd(config: Path = typer.Argument(..., help="YAML file with a top-level `gswa:` block.")) -> None:
     """Validate a GSWA config file; exits non-zero listing every problem."""
     try:
-        cfg = check_config(GSWAConfig.from_yaml(config), source=str(config))
+        cfg = check_config(config, source=str(config))
     except ConfigError as exc:
         err_console.print(f"[bold red]{exc}[/]", highlight=False)
         raise typer.Exit(code=1) from exc

@@ -55,7 +55,6 @@ from torch import nn
 from gswa_plugin import plugins
 from gswa_plugin.api import disable, enable, last_weights
 from gswa_plugin.checkpoint import load, save
-from gswa_plugin.config import GSWAConfig
 from gswa_plugin.handle import MODULE_ATTR, GSWAHandle, get_handle, is_enabled
 from gswa_plugin.hookspecs import hookimpl
 from gswa_plugin.layout import TileBatch
@@ -86,22 +85,22 @@ class AdapterCase:
             language model sees), as a function of the model or a dotted path from it
             (``"model.language_model"``).
         config: extra GSWA settings for this host (e.g. a declarative adapter's ``declare``),
-            as the content of a ``gswa:`` block or a :class:`~gswa_plugin.config.GSWAConfig`.
-            The checks choose the variant, size and initialisation themselves.
+            as the content of a ``gswa:`` block. The checks choose the variant, size and
+            initialisation themselves.
         supports_generate: whether ``generate()`` works on this host (checked for identity).
         adapter: the registered adapter to check; ``None`` lets ``enable()`` pick the first
             adapter that matches the model (the report says which one ran).
         global_position: where the host's processor puts each image's thumbnail (``"first"``,
             ``"last"`` or ``"none"``); when given, the ``layout`` check compares the adapter's
             layout with it. Leave ``None`` to skip that comparison.
-        id: a name for the case in reports (default: the adapter's name).
+        id: a name for the case in reports (default: the adapter's name, if given).
     """
 
     make_model: Callable[[], nn.Module]
     make_inputs: Callable[[], Mapping[str, Any]]
     views_per_image: Sequence[int]
     language_model: Callable[[nn.Module], nn.Module] | str
-    config: Mapping[str, Any] | GSWAConfig | None = field(default_factory=dict)
+    config: Mapping[str, Any] | None = field(default_factory=dict)
     supports_generate: bool = True
     adapter: str | None = None
     global_position: str | None = None
@@ -109,10 +108,8 @@ class AdapterCase:
 
     def __post_init__(self) -> None:
         self.views_per_image = [int(v) for v in self.views_per_image]
-        if isinstance(self.config, GSWAConfig):
-            self.config = {k: v for k, v in self.config.to_dict().items() if v is not None}
         self.config = dict(self.config or {})
-        self.id = self.id or self.adapter or "case"
+        self.id = self.id or self.adapter or ""
 
     def check(self, checks: Sequence[str] | None = None, *, raise_on_failure: bool = False) -> ContractReport:
         """Run the contract on this case; see :func:`check_adapter`."""
@@ -150,7 +147,7 @@ class ContractReport:
     """Every check of one :func:`check_adapter` run.
 
     Attributes:
-        case: the case's id.
+        case: the case's id (empty when it has none).
         adapter: the name of the adapter that ``enable()`` used (``None`` if it never ran).
         results: one :class:`CheckResult` per check, in the order they ran.
     """
@@ -180,11 +177,12 @@ class ContractReport:
 
     def __str__(self) -> str:
         ok = sum(r.passed for r in self.results)
-        head = (
-            f"GSWA adapter contract, case {self.case!r}, adapter {self.adapter!r}: "
-            f"{ok} of {len(self.results)} checks passed"
-        )
+        head = f"GSWA adapter contract{self._which()}: {ok} of {len(self.results)} checks passed"
         return "\n".join([head, *(f"  {r}" for r in self.results)])
+
+    def _which(self) -> str:
+        case = f"case {self.case!r}, " if self.case and self.case != self.adapter else ""
+        return f", {case}adapter {self.adapter!r}"
 
     def assert_passed(self) -> None:
         """Raise an :class:`AssertionError` listing every failed check at once.
@@ -196,10 +194,7 @@ class ContractReport:
         failed = self.failures
         if not failed:
             return
-        lines = [
-            f"{len(failed)} of {len(self.results)} adapter contract checks failed "
-            f"(case {self.case!r}, adapter {self.adapter!r}):"
-        ]
+        lines = [f"{len(failed)} of {len(self.results)} adapter contract checks failed{self._which()}:"]
         lines += [f"  - {r.name}: {r.reason}" for r in failed]
         for r in failed:
             if r.details and r.details.strip() != r.reason:
@@ -214,7 +209,7 @@ def check_adapter(
     *,
     views_per_image: Sequence[int],
     language_model: Callable[[nn.Module], nn.Module] | str,
-    config: Mapping[str, Any] | GSWAConfig | None = None,
+    config: Mapping[str, Any] | None = None,
     supports_generate: bool = True,
     adapter: str | None = None,
     global_position: str | None = None,
@@ -283,7 +278,7 @@ class _Inputs:
             self._value = dict(made)
         try:
             return copy.deepcopy(self._value)
-        except Exception:  # something that cannot be copied: build the inputs again
+        except Exception:  # noqa: BLE001 - something that cannot be copied: build the inputs again
             return dict(self._make())
 
 
@@ -341,11 +336,11 @@ class _Run:
                     break
                 try:
                     disable(model)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - reported, and the next undo step runs
                     problems.append(f"disable() raised {_one_line(exc)}")
             try:
                 model.train(training)
-            except Exception as exc:  # pragma: no cover - a host that cannot switch modes
+            except Exception as exc:  # noqa: BLE001  # pragma: no cover - a host that cannot switch modes
                 problems.append(f"restoring train/eval mode raised {_one_line(exc)}")
         self.models.clear()
         return problems
@@ -363,7 +358,7 @@ def _run_case(case: AdapterCase, checks: Sequence[str] | None, raise_on_failure:
         passed, reason, details = True, "", ""
         try:
             reason = fn(run)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of a check is a failed check
             passed, reason = False, _one_line(exc)
             details = str(exc) if isinstance(exc, AssertionError) else traceback.format_exc()
         finally:
@@ -374,9 +369,7 @@ def _run_case(case: AdapterCase, checks: Sequence[str] | None, raise_on_failure:
         elif problems:
             details = f"{details.rstrip()}\nclean-up after the check: {'; '.join(problems)}"
         adapter_name = adapter_name or run.adapter_name
-        results.append(
-            CheckResult(name, title, passed, _clip(reason), round(time.perf_counter() - start, 3), details)
-        )
+        results.append(CheckResult(name, title, passed, _clip(reason), round(time.perf_counter() - start, 3), details))
     report = ContractReport(case.id, adapter_name, results)
     if raise_on_failure:
         report.assert_passed()
@@ -504,7 +497,11 @@ def _view_of_position(run: _Run, model: nn.Module, inputs: Mapping[str, Any], n_
     where = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
     for v in range(n_views):
         hit = (embeds == -1000.0 - v).all(dim=-1)
-        _require(hit.any(), f"view {v}'s features reach no language-model position")
+        _require(
+            hit.any(),
+            f"view {v}'s features reach no language-model position (does the adapter hand the features "
+            "handle.process() returns back to the host?)",
+        )
         _require(not (where[hit] >= 0).any(), "two views claim the same position")
         where[hit] = v
     return where
@@ -556,9 +553,7 @@ def _check_identity(run: _Run) -> str:
     )
     for step, (a, b) in enumerate(zip(gen0.logits, gen1.logits)):
         _require(torch.equal(a, b), f"generate() step {step} differs at initialisation: {_difference(b, a)}")
-    return (
-        "logits, language-model inputs and every generate() step bit-identical at initialisation, weights 1"
-    )
+    return "logits, language-model inputs and every generate() step bit-identical at initialisation, weights 1"
 
 
 def _check_exact_weighting(run: _Run) -> str:
@@ -610,13 +605,13 @@ def _check_exact_weighting(run: _Run) -> str:
 def _check_gradients(run: _Run) -> str:
     model, inputs = run.model(), run.inputs()
     _require("input_ids" in inputs, "make_inputs() gives no `input_ids` (the gradient check uses them as labels)")
-    handle = run.enable(model, variant="self_attn", identity_init=False, num_layers=1)
+    run.enable(model, variant="self_attn", identity_init=False, num_layers=1)
     model.train()
     out = model(**inputs, labels=inputs["input_ids"].clone())
     out.loss.backward()
     w = _last_batch(get_handle(model)).weights
     _require(not torch.allclose(w, torch.ones_like(w)), "weights should be non-uniform here but are all close to 1")
-    params = list(handle.module.named_parameters())
+    params = list(getattr(model, MODULE_ATTR).named_parameters())
     for name, p in params:
         _require(p.grad is not None, f"{name} gets no gradient")
         _require(torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient")

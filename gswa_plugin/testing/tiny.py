@@ -15,10 +15,6 @@ from PIL import Image
 
 from gswa_plugin.hf import image_processor_class, processor_class
 
-# older names, used by other modules
-_image_processor_class = image_processor_class
-_processor_class = processor_class
-
 #: Word-level vocabulary of the tiny tokenizers; special tokens come first.
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>", "<image>"]
 WORDS = (

@@ -18,10 +18,9 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from gswa_plugin.config import GSWAConfig
-from gswa_plugin.plugins import check_config
 from gswa_plugin.errors import ConfigError
 from gswa_plugin.integrations.llava import gswa_trainer_class, llava_module, prepare_llava_training_code, save_final
+from gswa_plugin.plugins import check_config
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[str, str | None, list[str]]:
@@ -56,7 +55,7 @@ def split_arguments(argv: Sequence[str]) -> tuple[str, str | None, list[str]]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse our two options, validate the GSWA config, patch llava's trainer, run llava's ``train()``."""
     gswa_path, attn_implementation, rest = split_arguments(sys.argv[1:] if argv is None else argv)
-    config = check_config(GSWAConfig.from_yaml(gswa_path), source=str(gswa_path))
+    config = check_config(str(gswa_path), source=str(gswa_path))
     llava_module("llava")
     prepare_llava_training_code()
     train_module = llava_module("llava.train.train")

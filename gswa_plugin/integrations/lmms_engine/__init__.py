@@ -37,10 +37,10 @@ from typing import Any, Iterable
 
 from gswa_plugin.api import enable
 from gswa_plugin.config import GSWAConfig
-from gswa_plugin.plugins import check_config
 from gswa_plugin.errors import ConfigError
 from gswa_plugin.handle import MODULE_ATTR, get_handle, is_enabled
 from gswa_plugin.integrations import require, save_into_checkpoint, unwrap
+from gswa_plugin.plugins import check_config
 
 #: The ``patch_type`` that turns GSWA on in ``model_config.monkey_patch_kwargs``.
 PATCH_TYPE = "gswa"
@@ -215,7 +215,7 @@ def gswa_settings(config: dict[str, Any]) -> tuple[bool, GSWAConfig | None]:
     if not on:
         return False, None
     source = "model_config.monkey_patch_kwargs.gswa"
-    return True, check_config(GSWAConfig.from_dict(block or {}, source=source), source=source)
+    return True, check_config(block or {}, source=source)
 
 
 def model_type_of(config: dict[str, Any]) -> str | None:

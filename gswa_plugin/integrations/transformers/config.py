@@ -226,10 +226,7 @@ def validate_recipe(data: Any) -> list[str]:
         problems += exc.problems
     block = data.get("gswa") if isinstance(data, dict) else None
     if isinstance(block, dict):
-        try:
-            problems += config_problems(GSWAConfig.parse(block), where="gswa.")
-        except ConfigError:
-            pass  # the block's own problems are listed above
+        problems += config_problems(block, where="gswa.")
     return problems
 
 
