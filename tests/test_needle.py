@@ -1,7 +1,9 @@
 """The needle-tile benchmark: its images, its tiling by the real processor, and a CI-sized run.
 
-The CI-sized run (marked ``needle``; about 15 s on 2 idle cores, so it is part of the default run)
-trains the benchmark's best configuration and asserts its hit rate on held-out images.
+The CI-sized run (marked ``needle``; about 15 s on 2 idle cores) trains the benchmark's best
+configuration and asserts its hit rate on held-out images. It is not part of the default
+``pytest -q`` run (``addopts`` in pyproject.toml deselects ``needle``); it runs in its own CI
+step, .ci/steps/15-needle.sh (``python -m pytest -q -m needle tests/test_needle.py``).
 """
 
 from __future__ import annotations

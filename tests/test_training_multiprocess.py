@@ -52,7 +52,7 @@ def test_two_ranks_train_checkpoint_resume_extract(tmp_path):
 
     # resume from the latest checkpoint (checkpoint-4) and continue to step 6
     _launch(recipe, "training_args.max_steps=6", "training_args.save_steps=2",
-            "training_args.per_device_train_batch_size=2", "--resume")
+            "training_args.per_device_train_batch_size=2", "--resume", "latest")
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4, 5, 6]

@@ -377,7 +377,7 @@ def train(
         if step <= cfg.gswa_warmup:
             for p in gswa_params:
                 p.grad = None  # AdamW skips parameters without a gradient: GSWA stays at identity
-        pass  # BREAK opt.step()
+        opt.step()
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             ev = evaluate(model, handle, eval_data, ids)
             history.append([step, ev["accuracy"], ev["hit_rate"]])
