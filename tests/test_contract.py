@@ -1,36 +1,37 @@
 """The adapter contract, checked on every registered adapter with its tiny real host.
 
+The checks themselves live in :mod:`gswa_plugin.testing.contract` (public:
+``gswa_plugin.testing.check_adapter``, which third-party adapter authors run on their own
+adapter); here they run on every built-in adapter, and the function is shown able to fail.
+
 Parametrised at collection time over ``gswa_plugin.plugins.adapter_names()``: an adapter without
 a case in ``tests/host_cases/`` fails here (it is not skipped), so registering an adapter obliges
-its author to add a case. Every check looks at what the language model actually receives (a
-forward pre-hook on ``case.language_model(model)`` capturing ``inputs_embeds``) or at logits.
-
-Which language-model positions hold which view is found without host knowledge: a test plugin
-answers ``gswa_process_tiles`` first and replaces every view's features by its own marker value;
-the positions where a marker lands belong to that view (tokens the host drops, such as
-LLaVA-NeXT's unpadding, never land; tokens the host adds, such as newlines, carry no marker).
+its author to add a case.
 """
 
 from __future__ import annotations
 
+import contextlib
+import runpy
+import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
 
 import gswa_plugin
 from gswa_plugin import plugins
+from gswa_plugin.adapters.internvl import InternVLAdapter
 from gswa_plugin.hookspecs import hookimpl
-from gswa_plugin.layout import TileBatch
+from gswa_plugin.testing import CHECKS, AdapterCase, ContractReport, check_adapter
+from gswa_plugin.testing.contract import MARKER_PLUGIN_NAME
 
 from .host_cases import HostCase, all_cases
+from .host_cases.internvl import CASE as INTERNVL
 
-#: A small GSWA so that every check stays fast.
-SMALL = {"hidden_size": 32, "num_heads": 4}
-#: Non-identity initial parameters and a sharp temperature: clearly non-uniform weights.
-PEAKED = {**SMALL, "identity_init": False, "temperature": 0.1}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _params() -> list[Any]:
@@ -60,76 +61,7 @@ def case(request) -> HostCase:
     return found
 
 
-def _config(case: HostCase, **extra: Any) -> dict[str, Any]:
-    return {**SMALL, **case.config, **extra}
-
-
-def _logits(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def _generate(model, inputs):
-    with torch.no_grad():
-        return model.generate(
-            **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
-        )
-
-
-def lm_embeds(case: HostCase, model, inputs) -> torch.Tensor:
-    """The ``inputs_embeds`` the language model receives in one forward."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def hook(module, args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"].detach().clone()
-
-    h = case.language_model(model).register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        _logits(model, inputs)
-    finally:
-        h.remove()
-    return seen["embeds"]
-
-
-class _Markers:
-    """Answers ``gswa_process_tiles`` first: view ``v``'s features become the constant ``-1000 - v``."""
-
-    @hookimpl(tryfirst=True)
-    def gswa_process_tiles(self, batch: TileBatch, handle: Any) -> TileBatch:
-        f = batch.features
-        marks = -1000.0 - torch.arange(f.shape[0], dtype=f.dtype, device=f.device)
-        batch.features = marks.view(-1, *([1] * (f.dim() - 1))).expand_as(f).clone()
-        batch.weights = torch.ones(f.shape[0], device=f.device)
-        return batch
-
-
-def view_of_position(case: HostCase, model, inputs, n_views: int) -> torch.Tensor:
-    """``[batch, seq]``: the view whose features sit at each LM position, ``-1`` elsewhere.
-    GSWA must be enabled on ``model``."""
-    marker = _Markers()
-    plugins.register_plugin(marker, name="contract-markers")
-    try:
-        embeds = lm_embeds(case, model, inputs)
-    finally:
-        plugins.unregister_plugin(marker)
-    where = torch.full(embeds.shape[:2], -1, dtype=torch.long)
-    for v in range(n_views):
-        hit = (embeds == -1000.0 - v).all(dim=-1)
-        assert hit.any(), f"view {v}'s features reach no language-model position"
-        assert not (where[hit] >= 0).any(), "two views claim the same position"
-        where[hit] = v
-    return where
-
-
-def _state(model) -> dict[str, Any]:
-    """Instance attributes and hooks of every submodule (what enable() may patch)."""
-    return {
-        name: (sorted(vars(m)), len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-        for name, m in model.named_modules()
-    }
-
-
-# --- the contract ---------------------------------------------------------------------------
+# --- the contract on every registered adapter ---------------------------------------------------
 def test_every_case_names_a_registered_adapter():
     names = set(plugins.adapter_names())
     unknown = [c.id for c in all_cases() if c.adapter not in names]
@@ -137,94 +69,209 @@ def test_every_case_names_a_registered_adapter():
 
 
 def test_every_adapter_has_a_row_in_the_docs():
-    page = Path(__file__).resolve().parents[1] / "docs" / "adapters.md"
+    page = ROOT / "docs" / "adapters.md"
     rows = [line for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("| `")]
     missing = [n for n in plugins.adapter_names() if not any(f"`{n}`" in row.split("|")[1] for row in rows)]
     assert not missing, f"docs/adapters.md 'Built-in adapters' has no row for: {missing}"
 
 
-def test_identity_at_initialisation_forward_and_generate(case):
-    model, inputs = case.make_model(), case.make_inputs()
-    base = _logits(model, inputs)
-    gen0 = _generate(model, inputs) if case.supports_generate else None
-    gswa_plugin.enable(model, _config(case))
-    assert torch.equal(_logits(model, inputs), base)
-    assert all(torch.equal(w, torch.ones_like(w)) for w in gswa_plugin.last_weights(model))
-    if gen0 is not None:
-        gen1 = _generate(model, inputs)
-        assert torch.equal(gen0.sequences, gen1.sequences)
-        assert len(gen0.logits) == len(gen1.logits)
-        for step, (a, b) in enumerate(zip(gen0.logits, gen1.logits)):
-            assert torch.equal(a, b), f"generate() step {step} differs"
+def test_adapter_meets_the_contract(case):
+    report = case.check()
+    report.assert_passed()  # every failed check at once, each with its reason
+    assert [r.name for r in report] == list(CHECKS)
+    assert report.adapter == case.adapter  # the case's adapter ran, not another that matches the host
 
 
-def test_language_model_receives_exactly_w_times_each_tile(case):
-    model, inputs = case.make_model(), case.make_inputs()
-    base = lm_embeds(case, model, inputs)
-    handle = gswa_plugin.enable(model, _config(case, **PEAKED))
-    where = view_of_position(case, model, inputs, sum(case.views_per_image))
-    got = lm_embeds(case, model, inputs)
-    w = handle.last_batch.weights
-    assert not torch.allclose(w, torch.ones_like(w)), "weights should be non-uniform here"
-    image_pos = where >= 0
-    expected = base.clone()
-    expected[image_pos] = base[image_pos] * w[where[image_pos]].to(base.dtype)[:, None]
-    assert torch.equal(got, expected)  # tiles scaled exactly; text and host-added tokens untouched
-    for g in handle.last_batch.layout.global_indices():
-        if g is not None:
-            assert w[g] == 1.0
-            assert torch.equal(got[where == g], base[where == g])  # thumbnail unchanged
+# --- check_adapter can fail: deliberately broken adapters ---------------------------------------
+class _AdapterPlugin:
+    def __init__(self, adapter: Any):
+        self.adapter = adapter
+
+    @hookimpl
+    def gswa_register_adapters(self, register: Callable[[Any], None]) -> None:
+        register(self.adapter)
 
 
-def test_gradients_reach_every_gswa_parameter(case):
-    model, inputs = case.make_model(), case.make_inputs()
-    gswa_plugin.enable(model, _config(case, variant="self_attn", identity_init=False, num_layers=1))
-    model.train()
-    out = model(**inputs, labels=inputs["input_ids"].clone())
-    out.loss.backward()
-    w = gswa_plugin.get_handle(model).last_batch.weights
-    assert not torch.allclose(w, torch.ones_like(w))
-    for name, p in model.gswa.named_parameters():
-        assert p.grad is not None, f"{name} gets no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+@contextlib.contextmanager
+def _registered(adapter: Any) -> Iterator[None]:
+    plugin = _AdapterPlugin(adapter)
+    plugins.register_plugin(plugin, name=f"test-{adapter.name}")
+    try:
+        yield
+    finally:
+        plugins.unregister_plugin(plugin)
 
 
-def test_layout_matches_what_the_processor_produced(case):
-    model, inputs = case.make_model(), case.make_inputs()
-    assert len(case.views_per_image) == 2 and case.views_per_image[0] != case.views_per_image[1], (
-        "a contract case needs two images with different tile counts"
+class _BrokenInternVL(InternVLAdapter):
+    """The built-in InternVL adapter with its ``handle.process`` replaced by ``broken``."""
+
+    auto_match = False
+
+    def broken(self, handle: Any, process: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        raise NotImplementedError
+
+    def install(self, model: Any, handle: Any) -> None:
+        handle.process = self.broken(handle, handle.process)  # the adapter's closures call handle.process
+        super().install(model, handle)
+
+
+class WrongTile(_BrokenInternVL):
+    """Gives each view the weight of the view before it: identity at init, wrong tile scaled after."""
+
+    name = "broken_wrong_tile"
+
+    def broken(self, handle, process):
+        def wrong(features, summaries, layout, **extra):
+            out = process(features, summaries, layout, **extra)
+            w = handle.last_batch.weights
+            return out * (w.roll(1) / w).to(out.dtype)[:, None, None]
+
+        return wrong
+
+
+class Unweighted(_BrokenInternVL):
+    """Runs GSWA but hands the host back the unweighted features."""
+
+    name = "broken_unweighted"
+
+    def broken(self, handle, process):
+        def unweighted(features, summaries, layout, **extra):
+            process(features, summaries, layout, **extra)
+            return features
+
+        return unweighted
+
+
+class Crashing(_BrokenInternVL):
+    """Raises at the seam (while the contract's temporary plugin is registered)."""
+
+    name = "broken_crashing"
+
+    def broken(self, handle, process):
+        def crash(features, summaries, layout, **extra):
+            raise RuntimeError("boom at the seam")
+
+        return crash
+
+
+class ThumbnailFirst(InternVLAdapter):
+    """Says the thumbnail comes first; InternVL's processor puts it last."""
+
+    name = "broken_thumbnail_first"
+    auto_match = False
+    global_position = "first"
+
+
+def _internvl(adapter: str, make_model: Callable[[], Any] = INTERNVL.make_model, **kwargs: Any) -> ContractReport:
+    return check_adapter(
+        make_model,
+        INTERNVL.make_inputs,
+        views_per_image=INTERNVL.views_per_image,
+        language_model=INTERNVL.language_model,
+        adapter=adapter,
+        **kwargs,
     )
-    handle = gswa_plugin.enable(model, _config(case))
-    _logits(model, inputs)
-    layout = handle.last_batch.layout
-    assert list(layout.views_per_image) == case.views_per_image
-    assert layout.global_position == handle.adapter.global_position
-    tiles = [w.shape[0] for w in gswa_plugin.last_weights(model)]
-    assert tiles == layout.tiles_per_image()
 
 
-def test_disable_restores_output_and_removes_patches(case):
-    model, inputs = case.make_model(), case.make_inputs()
-    base = _logits(model, inputs)  # first call: the host's own lazy set-up happens here
-    before = _state(model)
-    gswa_plugin.enable(model, _config(case, variant="cosine"))
-    assert _state(model) != before, "enable() patched nothing"
-    changed = _logits(model, inputs)
-    assert not torch.equal(changed, base)
-    gswa_plugin.disable(model)
-    assert not hasattr(model, "gswa")
-    assert _state(model) == before
-    assert torch.equal(_logits(model, inputs), base)
+def _no_gswa_left(models: list[Any]) -> None:
+    assert models
+    assert not any(gswa_plugin.is_enabled(m) or hasattr(m, "gswa") for m in models)
+    assert not any(m.training for m in models)  # the gradient check's train() is undone
+    assert plugins.get_plugin_manager().get_plugin(MARKER_PLUGIN_NAME) is None
 
 
-def test_save_load_round_trip_on_a_fresh_model(case, tmp_path):
-    model, inputs = case.make_model(), case.make_inputs()
-    base = _logits(model, inputs)
-    gswa_plugin.enable(model, _config(case, **PEAKED))
-    trained = _logits(model, inputs)
-    assert not torch.equal(trained, base)
-    gswa_plugin.save(model, tmp_path / "gswa")
-    fresh = case.make_model()
-    gswa_plugin.load(fresh, tmp_path / "gswa")
-    assert torch.equal(_logits(fresh, inputs), trained)
+def test_a_wrong_tile_is_reported_by_exactly_the_weighting_check():
+    with _registered(WrongTile()):
+        report = _internvl("broken_wrong_tile")
+    assert report.adapter == "broken_wrong_tile"
+    assert [r.name for r in report.failures] == ["exact_weighting"], str(report)
+    assert "not exactly w_view x their features" in report["exact_weighting"].reason
+    assert report["identity"].passed  # weights are 1 at initialisation: the bug is invisible there
+
+
+def test_an_adapter_that_forgets_to_weight_fails_several_checks_reported_at_once():
+    made: list[Any] = []
+
+    def make_model():
+        made.append(INTERNVL.make_model())
+        return made[-1]
+
+    with _registered(Unweighted()):
+        report = _internvl("broken_unweighted", make_model)
+    failed = {r.name for r in report.failures}
+    assert failed == {"exact_weighting", "gradients", "disable", "save_load"}, str(report)
+    assert report["identity"].passed and report["layout"].passed
+    assert "gets no gradient" in report["gradients"].reason
+    assert all(r.reason and "\n" not in r.reason for r in report)
+    with pytest.raises(AssertionError) as raised:
+        report.assert_passed()
+    message = str(raised.value)
+    assert message.startswith("4 of 6 adapter contract checks failed")
+    for name in failed:
+        assert f"  - {name}: " in message
+    with _registered(Unweighted()), pytest.raises(AssertionError, match="adapter contract checks failed"):
+        _internvl("broken_unweighted", checks=["gradients"], raise_on_failure=True)
+    _no_gswa_left(made)
+
+
+def test_a_crash_at_the_seam_is_reported_and_cleaned_up():
+    made: list[Any] = []
+
+    def make_model():
+        made.append(INTERNVL.make_model())
+        return made[-1]
+
+    with _registered(Crashing()):
+        report = _internvl("broken_crashing", make_model, checks=["exact_weighting", "layout"])
+    assert [r.name for r in report.failures] == ["exact_weighting", "layout"]
+    assert report["exact_weighting"].reason == "RuntimeError: boom at the seam"
+    assert "Traceback" in report["exact_weighting"].details
+    _no_gswa_left(made)
+
+
+def test_a_misplaced_thumbnail_is_reported_when_the_case_says_where_it_is():
+    with _registered(ThumbnailFirst()):
+        report = _internvl("broken_thumbnail_first", checks=["layout"], global_position="last")
+    assert not report.passed
+    assert "thumbnail 'first', the processor puts it 'last'" in report["layout"].reason
+
+
+def test_a_model_factory_that_returns_the_same_model_fails():
+    model = INTERNVL.make_model()
+    report = _internvl("internvl", lambda: model, checks=["save_load"])
+    assert "make_model() returned the same model twice" in report["save_load"].reason
+    _no_gswa_left([model])
+
+
+def test_check_adapter_refuses_a_malformed_call():
+    with pytest.raises(ValueError, match="unknown contract check"):
+        _internvl("internvl", checks=["identity", "speed"])
+    with pytest.raises(ValueError, match="names adapter"):
+        _internvl("internvl", config={"adapter": "idefics3"})
+    with pytest.raises(TypeError, match="HostCase needs adapter"):
+        HostCase(adapter="", make_model=INTERNVL.make_model, make_inputs=dict, views_per_image=[1], language_model="m")
+
+
+def test_a_case_runs_as_check_adapter_does_and_paths_name_the_language_model():
+    case = AdapterCase(
+        INTERNVL.make_model,
+        INTERNVL.make_inputs,
+        INTERNVL.views_per_image,
+        "model.language_model",
+        adapter="internvl",
+    )
+    assert case.id == "internvl"
+    report = case.check(["layout"])
+    assert report.passed and [r.name for r in report] == ["layout"]
+    assert "views per image [5, 4], thumbnail 'last'" in str(report)
+
+
+# --- the docs' example ------------------------------------------------------------------------------
+def test_docs_example_checks_the_custom_adapter(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "examples"))
+    monkeypatch.delitem(sys.modules, "custom_adapter", raising=False)
+    namespace = runpy.run_path(str(ROOT / "docs" / "examples" / "check_adapter.py"))
+    report = namespace["report"]
+    assert report.passed and report.adapter == "my_llava_next"
+    assert "6 of 6 checks passed" in capsys.readouterr().out
+    assert "my_llava_next" not in plugins.adapter_names()  # the example unregisters its plugin

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-
 # Run as a script from a checkout: the repository root makes `benchmarks.needle.task` importable.
 _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:

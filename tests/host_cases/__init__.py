@@ -2,45 +2,39 @@
 
 Each module in this package exposes ``CASE: HostCase`` (or a list ``CASES``). The contract test
 is parametrised over every registered adapter and fails when an adapter has no case, so adding
-an adapter adds its contract cases.
+an adapter adds its contract cases. Each case runs through the public
+:func:`gswa_plugin.testing.check_adapter` (``case.check()``).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
 
-import torch
+from gswa_plugin.testing.contract import AdapterCase
 
 
 @dataclass
-class HostCase:
-    """How to exercise one adapter on a tiny real host.
+class HostCase(AdapterCase):
+    """How to exercise one registered adapter on a tiny real host: a
+    :class:`gswa_plugin.testing.AdapterCase` whose ``adapter`` is required.
 
     Attributes:
-        adapter: registered adapter name this case covers.
+        adapter: registered adapter name this case covers (the contract enables exactly it).
         make_model: builds a fresh tiny model (eval mode, fp32), deterministically.
         make_inputs: model inputs for a batch of TWO images with DIFFERENT tile counts, made by
             the host's real processor from real photographs.
         views_per_image: what the processor produced: views (tiles + thumbnail) per image.
         language_model: the module whose forward receives ``inputs_embeds`` (what the LM sees).
-        config: extra GSWA config for this case (e.g. a declarative adapter spec).
+        config: extra GSWA config for this case (e.g. a declarative adapter's spec).
         supports_generate: whether ``generate()`` works on this host here.
     """
 
-    adapter: str
-    make_model: Callable[[], torch.nn.Module]
-    make_inputs: Callable[[], dict[str, Any]]
-    views_per_image: list[int]
-    language_model: Callable[[torch.nn.Module], torch.nn.Module]
-    config: dict[str, Any] = field(default_factory=dict)
-    supports_generate: bool = True
-    id: str = ""
-
     def __post_init__(self) -> None:
-        self.id = self.id or self.adapter
+        if not self.adapter:
+            raise TypeError("HostCase needs adapter=<the registered adapter this case covers>")
+        super().__post_init__()
 
 
 def all_cases() -> list[HostCase]:
