@@ -31,6 +31,8 @@ from gswa_plugin.errors import (
     PluginLoadError,
     RegistrationError,
     UnsupportedModeError,
+    UnsupportedRequestError,
+    WrongFamilyError,
 )
 from gswa_plugin.handle import GSWAHandle, get_handle, is_enabled
 from gswa_plugin.hookspecs import hookimpl
@@ -57,6 +59,8 @@ __all__ = [
     "TileBatch",
     "TileLayout",
     "UnsupportedModeError",
+    "UnsupportedRequestError",
+    "WrongFamilyError",
     "__version__",
     "disable",
     "enable",

@@ -173,6 +173,17 @@ def _internvl(adapter: str, make_model: Callable[[], Any] = INTERNVL.make_model,
     )
 
 
+def _tracked_models() -> tuple[list[Any], Callable[[], Any]]:
+    """InternVL's ``make_model``, keeping every model it builds (to look at them afterwards)."""
+    made: list[Any] = []
+
+    def make_model() -> Any:
+        made.append(INTERNVL.make_model())
+        return made[-1]
+
+    return made, make_model
+
+
 def _no_gswa_left(models: list[Any]) -> None:
     assert models
     assert not any(gswa_plugin.is_enabled(m) or hasattr(m, "gswa") for m in models)
@@ -190,12 +201,7 @@ def test_a_wrong_tile_is_reported_by_exactly_the_weighting_check():
 
 
 def test_an_adapter_that_forgets_to_weight_fails_several_checks_reported_at_once():
-    made: list[Any] = []
-
-    def make_model():
-        made.append(INTERNVL.make_model())
-        return made[-1]
-
+    made, make_model = _tracked_models()
     with _registered(Unweighted()):
         report = _internvl("broken_unweighted", make_model)
     failed = {r.name for r in report.failures}
@@ -215,18 +221,33 @@ def test_an_adapter_that_forgets_to_weight_fails_several_checks_reported_at_once
 
 
 def test_a_crash_at_the_seam_is_reported_and_cleaned_up():
-    made: list[Any] = []
-
-    def make_model():
-        made.append(INTERNVL.make_model())
-        return made[-1]
-
+    made, make_model = _tracked_models()
     with _registered(Crashing()):
         report = _internvl("broken_crashing", make_model, checks=["exact_weighting", "layout"])
     assert [r.name for r in report.failures] == ["exact_weighting", "layout"]
     assert report["exact_weighting"].reason == "RuntimeError: boom at the seam"
     assert "Traceback" in report["exact_weighting"].details
     _no_gswa_left(made)
+
+
+class FailingUndo(InternVLAdapter):
+    """Registers an undo step that raises: disable() fails, and so does the clean-up after a check."""
+
+    name = "broken_failing_undo"
+    auto_match = False
+
+    def install(self, model, handle):
+        super().install(model, handle)
+        handle.add_undo(lambda: 1 / 0)
+
+
+def test_a_failing_undo_is_reported_and_gswa_is_still_removed():
+    made, make_model = _tracked_models()
+    with _registered(FailingUndo()):
+        report = _internvl("broken_failing_undo", make_model, checks=["identity", "disable"])
+    assert report["identity"].reason == "clean-up after the check: disable() raised ZeroDivisionError: division by zero"
+    assert report["disable"].reason == "ZeroDivisionError: division by zero"
+    _no_gswa_left(made)  # the clean-up ran the remaining undo steps
 
 
 def test_a_misplaced_thumbnail_is_reported_when_the_case_says_where_it_is():

@@ -86,7 +86,7 @@ class AdapterCase:
             (``"model.language_model"``).
         config: extra GSWA settings for this host (e.g. a declarative adapter's ``declare``),
             as the content of a ``gswa:`` block. The checks choose the variant, size and
-            initialisation themselves.
+            initialisation themselves; they check the default ``mode: embed``.
         supports_generate: whether ``generate()`` works on this host (checked for identity).
         adapter: the registered adapter to check; ``None`` lets ``enable()`` pick the first
             adapter that matches the model (the report says which one ran).
