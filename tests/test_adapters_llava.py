@@ -16,6 +16,7 @@ from gswa_plugin import plugins
 from gswa_plugin.apply import current_position_weights
 from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
 from gswa_plugin.hookspecs import hookimpl
+from gswa_plugin.testing.contract import view_of_position
 from gswa_plugin.testing.tiny import sample_image
 from gswa_plugin.testing.tiny_hosts import (
     tiny_llava_next,
@@ -28,7 +29,6 @@ from .conftest import lm_inputs_embeds
 from .host_cases.llava_next import CASE as NEXT_CASE
 from .host_cases.llava_next import anyres_inputs
 from .host_cases.llava_onevision import CASE as ONEVISION_CASE
-from .test_contract import view_of_position
 
 HOST_CASES = {"llava_next": NEXT_CASE, "llava_onevision": ONEVISION_CASE}
 
@@ -240,7 +240,7 @@ def test_value_mode_weights_every_packed_token_of_a_tile(family):
     case = HOST_CASES[family]
     model, inputs = case.make_model(), case.make_inputs()
     handle = gswa_plugin.enable(model, {**PEAKED, "mode": "value"})
-    where = view_of_position(case, model, inputs, sum(case.views_per_image))
+    where = view_of_position(case, model, inputs)
     out = model(**inputs, labels=inputs["input_ids"].clone())
     pos_w = current_position_weights(handle)
     w = handle.last_batch.weights

@@ -20,10 +20,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["CHECKS", "AdapterCase", "CheckResult", "ContractReport", "check_adapter"]
+__all__ = ["CHECKS", "AdapterCase", "CheckResult", "ContractReport", "check_adapter", "view_of_position"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gswa_plugin.testing.contract import CHECKS, AdapterCase, CheckResult, ContractReport, check_adapter
+    from gswa_plugin.testing.contract import (
+        CHECKS,
+        AdapterCase,
+        CheckResult,
+        ContractReport,
+        check_adapter,
+        view_of_position,
+    )
 
 
 def __getattr__(name: str) -> Any:

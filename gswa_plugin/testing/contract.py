@@ -59,7 +59,7 @@ from gswa_plugin.handle import MODULE_ATTR, GSWAHandle, get_handle, is_enabled
 from gswa_plugin.hookspecs import hookimpl
 from gswa_plugin.layout import TileBatch
 
-__all__ = ["CHECKS", "AdapterCase", "CheckResult", "ContractReport", "check_adapter"]
+__all__ = ["CHECKS", "AdapterCase", "CheckResult", "ContractReport", "check_adapter", "view_of_position"]
 
 #: A small GSWA so that every check stays fast (GSWA's own width, not the host's).
 SMALL: dict[str, Any] = {"hidden_size": 32, "num_heads": 4}
@@ -505,6 +505,19 @@ def _view_of_position(run: _Run, model: nn.Module, inputs: Mapping[str, Any], n_
         _require(not (where[hit] >= 0).any(), "two views claim the same position")
         where[hit] = v
     return where
+
+
+def view_of_position(case: AdapterCase, model: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
+    """Which view's features sit at each language-model position: ``[batch, seq]``, ``-1`` at
+    text and at tokens the host adds (the contract's marker method, for tests of your own).
+
+    Args:
+        case: the host case (its ``language_model`` and ``views_per_image`` are used).
+        model: a model of the case with GSWA enabled.
+        inputs: the model inputs of one forward.
+    """
+    run = _Run(case, _Inputs(lambda: inputs))
+    return _view_of_position(run, model, inputs, sum(case.views_per_image))
 
 
 def _state(model: nn.Module) -> dict[str, Any]:
