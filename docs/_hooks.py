@@ -144,15 +144,16 @@ def render_architecture() -> str:
     width, row, gap, left = 760, 46, 6, 150
     rows = list(reversed(LAYERS))
     height = len(rows) * (row + gap) + 28
-    fills = {"tools": "#e8f0fe", "integrations": "#e8f0fe", "cli": "#e8f0fe", "testing": "#fef7e0"}
+    # the core in green, the facade in grey, what is built on the public API in blue and yellow
+    fills = {"tools": "#e8f0fe", "integrations": "#e8f0fe", "cli": "#e8f0fe", "testing": "#fef7e0", "public facade": "#f1f3f4"}
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {width} {height}" width="{width}" '
         f'height="{height}" font-family="sans-serif" style="max-width:100%;height:auto" aria-label="gswa_plugin layers">',
-        f'<text x="4" y="16" font-size="13" fill="#555">imports flow downwards only (top layer first)</text>',
+        '<text x="4" y="16" font-size="13" fill="#555">imports flow downwards only (top layer first)</text>',
     ]
     for i, (name, what, patterns) in enumerate(rows):
         y = 26 + i * (row + gap)
-        fill = fills.get(name, "#e6f4ea" if i >= len(rows) - 11 else "#f1f3f4")
+        fill = fills.get(name, "#e6f4ea")
         mods = _layer_modules(patterns)
         out += [
             f'<rect x="0" y="{y}" width="{width}" height="{row}" rx="6" fill="{fill}" stroke="#999"/>',

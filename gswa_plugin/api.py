@@ -18,7 +18,7 @@ from torch import nn
 from gswa_plugin import apply
 from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import AdapterNotFoundError, AlreadyEnabledError, NotEnabledError
-from gswa_plugin.handle import _HANDLE_ATTR, MODULE_ATTR, GSWAHandle, get_handle, is_enabled
+from gswa_plugin.handle import MODULE_ATTR, GSWAHandle, attach, detach, get_handle, is_enabled
 from gswa_plugin.plugins import adapters, check_config, get_plugin_manager, variants
 from gswa_plugin.weighting import GSWAModule
 
@@ -87,7 +87,7 @@ def enable(model: nn.Module, config: GSWAConfig | dict[str, Any] | str | os.Path
     except BaseException:
         handle.undo_all()
         raise
-    object.__setattr__(model, _HANDLE_ATTR, handle)
+    attach(model, handle)
     return handle
 
 
@@ -96,7 +96,7 @@ def disable(model: nn.Module) -> None:
     behaves exactly as before ``enable()``."""
     handle = get_handle(model)
     handle.undo_all()
-    object.__delattr__(model, _HANDLE_ATTR)
+    detach(model)
 
 
 def last_weights(model: nn.Module) -> list[torch.Tensor]:

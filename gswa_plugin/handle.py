@@ -98,6 +98,16 @@ def get_handle(model: nn.Module) -> GSWAHandle:
     return handle
 
 
+def attach(model: nn.Module, handle: GSWAHandle) -> None:
+    """Store ``handle`` on ``model`` (as a plain attribute: the handle is not a submodule)."""
+    object.__setattr__(model, _HANDLE_ATTR, handle)
+
+
+def detach(model: nn.Module) -> None:
+    """Remove the handle stored on ``model``."""
+    object.__delattr__(model, _HANDLE_ATTR)
+
+
 def is_enabled(model: nn.Module) -> bool:
     return getattr(model, _HANDLE_ATTR, None) is not None
 

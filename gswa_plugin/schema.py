@@ -269,6 +269,15 @@ def _model_class(tp: Any) -> type[BaseModel] | None:
     return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
 
 
+#: pydantic's error type of a numeric bound -> (sign, key of the bound in the error's context).
+_BOUNDS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+
+
 def problems_of(exc: ValidationError, model: type[BaseModel], where: str = "") -> list[str]:
     """One readable line per problem in a pydantic ``ValidationError`` of ``model``.
 
@@ -302,14 +311,9 @@ def problems_of(exc: ValidationError, model: type[BaseModel], where: str = "") -
             hint = f"; did you mean `{close}`?" if close else ""
             choices = ", ".join(repr(v) for v in typing.get_args(_unwrap_annotated(tp, [])[0]))
             problems.append(f"{label} must be one of {choices}; got {value!r}{hint}")
-        elif etype == "greater_than":
-            problems.append(f"{label} must be > {_num(ctx['gt'])}, got {value!r}")
-        elif etype == "greater_than_equal":
-            problems.append(f"{label} must be >= {_num(ctx['ge'])}, got {value!r}")
-        elif etype == "less_than":
-            problems.append(f"{label} must be < {_num(ctx['lt'])}, got {value!r}")
-        elif etype == "less_than_equal":
-            problems.append(f"{label} must be <= {_num(ctx['le'])}, got {value!r}")
+        elif etype in _BOUNDS:
+            sign, key = _BOUNDS[etype]
+            problems.append(f"{label} must be {sign} {_num(ctx[key])}, got {value!r}")
         elif etype == "finite_number":
             problems.append(f"{label} must be a finite number, got {value!r}")
         elif etype == "value_error":

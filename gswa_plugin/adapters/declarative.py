@@ -44,7 +44,8 @@ NAME = DECLARATIVE
 
 @dataclass(frozen=True)
 class Declaration:
-    """A validated ``declare:`` mapping (see the module docstring for each key)."""
+    """A validated ``declare:`` block flattened for the adapter (the keys are documented by
+    :class:`~gswa_plugin.config.HostDeclaration`)."""
 
     model_types: tuple[str, ...]
     class_names: tuple[str, ...]
@@ -60,12 +61,12 @@ class Declaration:
     summary_layer: int | None
     apply: str
     projector: str | None
-    tiles_group: str | None
-    tiles_token: int | str | None
-    tokens_per_view: int | None
-    start_token: int | str | None
-    marker_token: int | str | None
-    views_per_image: int | None
+    tiles_group: str | None = None  # no `tiles_from`: set_tiles() or single-view images
+    tiles_token: int | str | None = None
+    tokens_per_view: int | None = None
+    start_token: int | str | None = None
+    marker_token: int | str | None = "auto"
+    views_per_image: int | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -94,6 +95,16 @@ def parse_declaration(data: HostDeclaration | dict[str, Any]) -> Declaration:
     def names(v: str | list[str] | None) -> tuple[str, ...]:
         return () if v is None else (v,) if isinstance(v, str) else tuple(v)
 
+    read_tiles = {}
+    if tiles is not None:
+        read_tiles = dict(
+            tiles_group=tiles.group,
+            tiles_token=tiles.token,
+            tokens_per_view=None if tiles.tokens_per_view == "auto" else tiles.tokens_per_view,
+            start_token=tiles.start_token,
+            marker_token=tiles.marker_token,
+            views_per_image=tiles.views_per_image,
+        )
     return Declaration(
         model_types=names(spec.match.model_type),
         class_names=names(spec.match.class_),
@@ -109,12 +120,7 @@ def parse_declaration(data: HostDeclaration | dict[str, Any]) -> Declaration:
         summary_layer=s.layer,
         apply=spec.apply,
         projector=spec.projector,
-        tiles_group=None if tiles is None else tiles.group,
-        tiles_token=None if tiles is None else tiles.token,
-        tokens_per_view=None if tiles is None or tiles.tokens_per_view == "auto" else tiles.tokens_per_view,
-        start_token=None if tiles is None else tiles.start_token,
-        marker_token="auto" if tiles is None else tiles.marker_token,
-        views_per_image=None if tiles is None else tiles.views_per_image,
+        **read_tiles,
     )
 
 
