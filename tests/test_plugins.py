@@ -201,3 +201,28 @@ def test_requested_plugin_not_installed(installed_plugins, monkeypatch):
     plugins.reset_plugin_manager()
     with pytest.raises(PluginLoadError, match=r"asks for plugin\(s\) nope but no such entry point"):
         plugins.variant_names()
+
+
+def test_registries_are_built_once_per_set_of_plugins():
+    calls = []
+
+    class Counting:
+        @hookimpl
+        def gswa_register_variants(self, register):
+            calls.append(1)
+            register("counted", lambda d, cfg: nn.Identity())
+
+    plugin = Counting()
+    plugins.register_plugin(plugin, name="counting")
+    try:
+        for _ in range(5):
+            assert "counted" in plugins.variants() and "counted" in plugins.variant_names()
+        assert len(calls) == 1  # built once, not on every lookup
+    finally:
+        plugins.unregister_plugin(plugin)
+    assert "counted" not in plugins.variants()  # unregistering rebuilds it
+    plugins.register_plugin(plugin, name="counting")
+    try:
+        assert "counted" in plugins.variants() and len(calls) == 2
+    finally:
+        plugins.unregister_plugin(plugin)
