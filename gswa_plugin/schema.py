@@ -79,7 +79,9 @@ class Settings(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             problems = problems_of(exc, type(self))
-        problems += type(self).rule_problems(data)
+        # settings objects given as values were checked when built; their fields still feed the rules
+        raw = {k: v.model_dump(by_alias=True) if isinstance(v, BaseModel) else v for k, v in data.items()}
+        problems += type(self).rule_problems(raw)
         if problems:
             raise ConfigError(problems)
 

@@ -111,3 +111,16 @@ def test_a_config_round_trips_through_yaml_with_its_declaration(tmp_path):
     path.write_text(cfg.to_yaml())
     assert GSWAConfig.from_yaml(path) == cfg
     assert "module" not in yaml.safe_load(path.read_text())["gswa"]["declare"].get("tiles_from", {})
+
+
+def test_rules_see_settings_objects_given_as_values():
+    from gswa_plugin.integrations.transformers.config import LoraSection, ModelSection
+
+    with pytest.raises(ConfigError, match="would train the language model in full and through LoRA"):
+        TrainConfig(
+            model=ModelSection(name_or_path="m"),
+            data={"train_files": ["a.jsonl"]},
+            training_args={"output_dir": "o"},
+            lora=LoraSection(enabled=True),
+            freeze="all",
+        )
