@@ -20,7 +20,7 @@ import yaml
 from pydantic import Field
 
 from gswa_plugin.errors import ConfigError
-from gswa_plugin.schema import DottedPath, Name, PositiveInt, Settings, is_int, unknown_key
+from gswa_plugin.schema import DottedPath, Name, PositiveInt, Settings, closest, is_int
 
 #: Where the settings live in a YAML file or a nested dict.
 BLOCK_KEY = "gswa"
@@ -321,7 +321,7 @@ class GSWAConfig(Settings):
         if not isinstance(data, dict) or BLOCK_KEY not in data:
             problems = [f"no top-level `{BLOCK_KEY}:` block; put the GSWA settings under `{BLOCK_KEY}:`"]
             if isinstance(data, dict):
-                near = [k for k in data if isinstance(k, str) and unknown_key(k, [BLOCK_KEY]).endswith(f"`{BLOCK_KEY}`?")]
+                near = [k for k in data if isinstance(k, str) and closest(k, [BLOCK_KEY])]
                 problems[0] += f" (found `{near[0]}:`; did you mean `{BLOCK_KEY}:`?)" if near else ""
             raise ConfigError(problems, str(path))
         return cls.from_dict(data, source=str(path))

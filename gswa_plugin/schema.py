@@ -219,7 +219,8 @@ def _num(x: Any) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
-def _closest(word: Any, options: list[str]) -> str | None:
+def closest(word: Any, options: list[str]) -> str | None:
+    """The option closest to ``word`` ("did you mean"), or ``None`` when none is close."""
     found = difflib.get_close_matches(str(word), options, n=1, cutoff=0.5)
     return found[0] if found else None
 
@@ -293,7 +294,7 @@ def problems_of(exc: ValidationError, model: type[BaseModel], where: str = "") -
         value, etype, ctx = err.get("input"), err["type"], err.get("ctx") or {}
         if kind == "unknown":
             options = [info.alias or name for name, info in parent.model_fields.items()] if parent else []
-            close = _closest(path[-1], options)
+            close = closest(path[-1], options)
             hint = f"; did you mean `{close}`?" if close else f"; valid keys: {', '.join(options)}"
             problems.append(f"unknown key {label}{hint}")
             continue
@@ -309,7 +310,7 @@ def problems_of(exc: ValidationError, model: type[BaseModel], where: str = "") -
             problems.append(f"{label} is required{help_text}")
         elif etype == "literal_error":
             options = [str(v) for v in typing.get_args(_unwrap_annotated(tp, [])[0])]
-            close = _closest(value, options) if isinstance(value, str) else None
+            close = closest(value, options) if isinstance(value, str) else None
             hint = f"; did you mean `{close}`?" if close else ""
             choices = ", ".join(repr(v) for v in typing.get_args(_unwrap_annotated(tp, [])[0]))
             problems.append(f"{label} must be one of {choices}; got {value!r}{hint}")
@@ -347,7 +348,7 @@ def is_number(value: Any) -> bool:
 
 def unknown_key(key: Any, valid: list[str], where: str = "") -> str:
     """The message for a key that is not one of ``valid``, with the closest valid key."""
-    close = _closest(key, valid)
+    close = closest(key, valid)
     hint = f"; did you mean `{close}`?" if close else f"; valid keys: {', '.join(valid)}"
     return f"unknown key `{where}{key}`{hint}"
 
