@@ -1,16 +1,23 @@
 """mkdocs hooks (``hooks:`` in mkdocs.yml): the generated parts of the docs.
 
 * ``<!-- gswa:config-reference -->`` becomes the configuration reference, rendered from the
-  :class:`gswa_plugin.config.GSWAConfig` schema (names, types, defaults, limits, help), so the
+  ``gswa_plugin.config.GSWAConfig`` schema (names, types, defaults, limits, help), so the
   reference is never copied by hand.
 * ``<!-- gswa:architecture -->`` becomes the picture of the package's layers, drawn from
   ``gswa_plugin._layers.LAYERS`` (the list ``tests/test_architecture.py`` enforces).
 * ``<!-- gswa:declare-reference -->`` becomes the table of every ``declare:`` key, from
-  :class:`gswa_plugin.config.HostDeclaration`.
+  ``gswa_plugin.config.HostDeclaration``.
 * ``<!-- gswa:hooks-reference -->`` becomes one section per hook of
-  :mod:`gswa_plugin.hookspecs` with its exact signature and its docstring.
+  ``gswa_plugin.hookspecs`` with its exact signature and its docstring.
 * ``<!-- gswa:adapters-table -->`` becomes the table of built-in adapters (thumbnail position,
   summary, hosts), read from the registry.
+* ``<!-- gswa:exports -->`` becomes the table of what ``import gswa_plugin`` exports
+  (``gswa_plugin.__all__``) and where each name is defined.
+* ``<!-- gswa:pipeline -->`` becomes the Concepts page's picture of where GSWA sits (inline SVG:
+  it renders offline, unlike a mermaid chart, whose library the theme fetches from a CDN).
+* ``<!-- gswa:ci-steps -->`` and ``<!-- gswa:tested-hosts -->`` become the "What is measured"
+  tables: every CI step with its own description (the comment that opens it), and the contract
+  case (``tests/host_cases/``) of every built-in adapter.
 * Nav entries whose page does not exist are left out (and logged), so that a page planned in the
   nav but not written yet does not break ``mkdocs build --strict``. The tests check that every
   page under ``docs/`` is in the nav.
@@ -20,6 +27,7 @@ The tests import this file to check what it renders.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import logging
 import re
@@ -33,6 +41,10 @@ HOOKS_MARKER = "<!-- gswa:hooks-reference -->"
 ADAPTERS_MARKER = "<!-- gswa:adapters-table -->"
 DECLARE_MARKER = "<!-- gswa:declare-reference -->"
 ARCHITECTURE_MARKER = "<!-- gswa:architecture -->"
+EXPORTS_MARKER = "<!-- gswa:exports -->"
+PIPELINE_MARKER = "<!-- gswa:pipeline -->"
+CI_STEPS_MARKER = "<!-- gswa:ci-steps -->"
+TESTED_HOSTS_MARKER = "<!-- gswa:tested-hosts -->"
 
 
 # --- configuration reference -------------------------------------------------------------------
@@ -110,9 +122,12 @@ def render_declare_reference() -> str:
     """The table of every key of the ``declare:`` block, from ``HostDeclaration``."""
     from gswa_plugin.config import HostDeclaration
 
-    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    # a list, not a table: four columns of dotted keys, types and long help do not fit 1280 px
+    out = []
     for key, type_name, default, help_text in _settings_rows(HostDeclaration, ""):
-        out.append(f"| `{key}` | {type_name.replace('|', 'or')} | {default} | {help_text.replace('|', '/')} |")
+        depth = key.count(".")
+        facts = ", ".join(f for f in (type_name.replace("|", "or"), default) if f)
+        out.append(f"{'    ' * depth}- **`{key}`** ({facts}): {help_text}")
     return "\n".join(out) + "\n"
 
 
@@ -145,7 +160,13 @@ def render_architecture() -> str:
     rows = list(reversed(LAYERS))
     height = len(rows) * (row + gap) + 28
     # the core in green, the facade in grey, what is built on the public API in blue and yellow
-    fills = {"tools": "#e8f0fe", "integrations": "#e8f0fe", "cli": "#e8f0fe", "testing": "#fef7e0", "public facade": "#f1f3f4"}
+    fills = {
+        "tools": "#e8f0fe",
+        "integrations": "#e8f0fe",
+        "cli": "#e8f0fe",
+        "testing": "#fef7e0",
+        "public facade": "#f1f3f4",
+    }
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {width} {height}" width="{width}" '
         f'height="{height}" font-family="sans-serif" style="max-width:100%;height:auto" aria-label="gswa_plugin layers">',
@@ -181,7 +202,7 @@ def _hook_options(fn: Callable[..., Any]) -> str:
 
 
 def _rst_to_markdown(text: str) -> str:
-    """``:class:`~a.b.C``` -> `` `C` ``, ````x```` -> `` `x` ``."""
+    """``:class:`~a.b.C``` -> `` `C` ``, ````x```` -> `` `x` ``; cross-references stay links."""
     text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", text)
     return re.sub(r"``([^`]+)``", r"`\1`", text)
 
@@ -230,8 +251,8 @@ def render_hooks_reference() -> str:
 
 
 # --- adapters table ----------------------------------------------------------------------------
-def render_adapters_table() -> str:
-    """The built-in adapters (third-party plugins left out): thumbnail position, summary, hosts."""
+def builtin_adapters() -> dict[str, Any]:
+    """The registered adapters of the built-in plugins only (installed third-party plugins left out)."""
     import os
 
     from gswa_plugin import plugins
@@ -240,18 +261,224 @@ def render_adapters_table() -> str:
     os.environ[plugins.PLUGINS_ENV] = ""
     plugins.reset_plugin_manager()
     try:
-        registry = plugins.adapters()
+        return plugins.adapters()
     finally:
         if before is None:
             del os.environ[plugins.PLUGINS_ENV]
         else:
             os.environ[plugins.PLUGINS_ENV] = before
         plugins.reset_plugin_manager()
+
+
+def render_adapters_table() -> str:
+    """The built-in adapters (third-party plugins left out): thumbnail position, summary, hosts."""
+    registry = builtin_adapters()
     out = ["| adapter | thumbnail | per-view summary | hosts |", "|---|---|---|---|"]
     for name, adapter in registry.items():
         summary = "CLS token" if adapter.has_cls else "mean of the view's tokens"
         out.append(f"| `{name}` | {adapter.global_position} | {summary} | {adapter.description} |")
     return "\n".join(out) + "\n"
+
+
+# --- what `import gswa_plugin` exports ------------------------------------------------------------
+def _public_module(name: str, obj: Any) -> str:
+    """The public module a name is defined in: ``gswa_plugin.adapters._base`` -> ``gswa_plugin.adapters``
+    (which exports it); a name made by another library (``hookimpl``) -> the gswa module holding it."""
+    import importlib
+
+    from gswa_plugin import hookspecs
+
+    module = getattr(obj, "__module__", None) or "gswa_plugin"
+    if not module.startswith("gswa_plugin"):
+        return hookspecs.__name__ if getattr(hookspecs, name, None) is obj else "gswa_plugin"
+    parts = module.split(".")
+    while any(p.startswith("_") for p in parts[1:]):
+        parts.pop()
+    public = ".".join(parts)
+    return public if getattr(importlib.import_module(public), name, None) is obj else module
+
+
+def render_exports() -> str:
+    """The table of ``gswa_plugin.__all__``: each name, what it is, and the module defining it."""
+    import gswa_plugin
+
+    out = [
+        "## What `import gswa_plugin` exports",
+        "",
+        "Generated from `gswa_plugin.__all__` when the docs are built.",
+        "",
+        "| name | kind | defined in |",
+        "|---|---|---|",
+    ]
+    for name in sorted(gswa_plugin.__all__, key=lambda n: (n.startswith("_"), n.lower())):
+        obj = getattr(gswa_plugin, name)
+        if name == "__version__":
+            out.append(f"| `{name}` | version string (`{obj}`) | `gswa_plugin._version` |")
+            continue
+        if inspect.isclass(obj):
+            kind = "error class" if issubclass(obj, Exception) else "class"
+        elif callable(obj):
+            kind = "function" if inspect.isfunction(obj) else "decorator"
+        else:
+            kind = type(obj).__name__
+        module = _public_module(name, obj)
+        if kind == "error class":
+            link = f"[`{name}`](troubleshooting.md#{name.lower()})"
+        else:
+            link = f"[`{name}`][gswa_plugin.{name}]" if kind != "decorator" else f"`{name}`"
+        out.append(f"| {link} | {kind} | `{module}` |")
+    return "\n".join(out) + "\n"
+
+
+# --- the Concepts page's picture -----------------------------------------------------------------
+def render_pipeline() -> str:
+    """An inline SVG of where GSWA sits between the vision encoder and the language model.
+
+    Drawn as SVG text (no script, no network: a mermaid chart needs its library, fetched from a
+    CDN by the theme) at a size where its labels are as large as the page's own text.
+    """
+    from html import escape
+
+    boxes = {  # name: (x, y, w, h, fill, lines)
+        "image": (10, 30, 110, 54, "#f1f3f4", ["image"]),
+        "proc": (170, 30, 220, 54, "#f1f3f4", ["processor", "T tiles + thumbnail"]),
+        "enc": (440, 30, 250, 54, "#f1f3f4", ["vision encoder", "(every view)"]),
+        "proj": (250, 170, 230, 54, "#f1f3f4", ["pixel shuffle", "+ projector"]),
+        "gswa": (530, 170, 200, 54, "#e6f4ea", ["GSWA", "summaries → weights"]),
+        "lm": (560, 320, 200, 54, "#e8f0fe", ["language model"]),
+    }
+    mul = (430, 347, 24)
+    edges = [  # (x1, y1, x2, y2, label lines, label x, label y, anchor)
+        (120, 57, 168, 57, [], 0, 0, "start"),
+        (390, 57, 438, 57, [], 0, 0, "start"),
+        (500, 84, 400, 168, ["patch tokens"], 430, 120, "end"),
+        (600, 84, 620, 168, ["one summary per view", "(CLS or mean)"], 620, 116, "start"),
+        (365, 224, 414, 330, ["features", "[views, tokens, dim]"], 372, 280, "end"),
+        (600, 224, 452, 336, ["w₁ … w_T", "(thumbnail: 1)"], 585, 262, "start"),
+        (454, 347, 558, 347, [], 0, 0, "start"),
+    ]
+    width, height = 770, 390
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" font-family="sans-serif" style="max-width:100%;height:auto" '
+        'aria-label="where GSWA sits: processor, vision encoder, projector and GSWA, then the language model">',
+        '<defs><marker id="gswa-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" markerHeight="8" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>',
+    ]
+    for x, y, w, h, fill, lines in boxes.values():
+        out.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="8" fill="{fill}" stroke="#888"/>')
+        cy = y + h / 2 - (len(lines) - 1) * 9
+        for i, line in enumerate(lines):
+            weight = ' font-weight="bold"' if i == 0 else ""
+            size = 16 if i == 0 else 14
+            out.append(
+                f'<text x="{x + w / 2}" y="{cy + i * 19 + 5}" font-size="{size}" text-anchor="middle"{weight}>'
+                f"{escape(line)}</text>"
+            )
+    cx, cy, r = mul
+    out.append(f'<circle cx="{cx}" cy="{cy}" r="{r}" fill="#fef7e0" stroke="#888"/>')
+    out.append(f'<text x="{cx}" y="{cy + 7}" font-size="22" text-anchor="middle">×</text>')
+    for x1, y1, x2, y2, label, lx, ly, anchor in edges:
+        out.append(
+            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#555" stroke-width="1.6" '
+            'marker-end="url(#gswa-arrow)"/>'
+        )
+        for i, line in enumerate(label):
+            out.append(
+                f'<text x="{lx}" y="{ly + i * 18}" font-size="14" fill="#333" text-anchor="{anchor}">'
+                f"{escape(line)}</text>"
+            )
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# --- what is measured ------------------------------------------------------------------------------
+def _leading_comment(path: Path) -> str:
+    """The comment block that opens a shell script (after the shebang), as one paragraph."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines).replace("|", "/")
+
+
+def render_ci_steps() -> str:
+    """The CI steps (``.ci/run`` and every ``.ci/steps/*.sh``), each with what it runs."""
+    root = Path(__file__).resolve().parents[1]
+    out = ["| CI step | what it runs |", "|---|---|"]
+    out.append(f"| `.ci/run` | {_leading_comment(root / '.ci' / 'run')} |")
+    for step in sorted((root / ".ci" / "steps").glob("*.sh")):
+        out.append(f"| `.ci/steps/{step.name}` | {_leading_comment(step)} |")
+    return "\n".join(out) + "\n"
+
+
+def render_tested_hosts() -> str:
+    """Per registered adapter, its contract case (``tests/host_cases``) and the tiny hosts it builds."""
+    root = Path(__file__).resolve().parents[1]
+    cases = {p.stem: p for p in (root / "tests" / "host_cases").glob("*.py") if not p.stem.startswith("_")}
+    out = ["| adapter | contract case | tiny host (random weights, built in code) |", "|---|---|---|"]
+    for name in builtin_adapters():
+        case = cases.get(name)
+        if case is None:
+            out.append(f"| `{name}` | — | — |")
+            continue
+        # the tiny model builders it imports (not their processors, configs or tokenizers)
+        builders = sorted(
+            alias.name
+            for node in ast.walk(ast.parse(case.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gswa_plugin.testing")
+            for alias in node.names
+            if alias.name.startswith("tiny_") and not alias.name.endswith(("_processor", "_config", "_tokenizer"))
+        )
+        hosts = ", ".join(f"`{b}`" for b in builders) or "see the case"
+        out.append(f"| `{name}` | `tests/host_cases/{case.name}` | {hosts} |")
+    return "\n".join(out) + "\n"
+
+
+COMPAT_MARKER = "<!-- gswa:compatibility -->"
+
+#: Short column headers of the compatibility table (the legend below it says what each runs).
+_COMPAT_HEADERS = {
+    "gc-reentrant": "ckpt reentrant",
+    "gc-non-reentrant": "ckpt non-reentrant",
+    "greedy": "greedy",
+    "sample": "sampling",
+    "beams": "beams",
+    "deepcopy": "deepcopy",
+    "save-pretrained": "save_pretrained",
+    "compile": "compile",
+    "threads": "threads",
+    "direct-features": "direct call",
+}
+
+
+def render_compatibility() -> str:
+    """The compatibility matrix of gswa_plugin.testing.compat, as tests/test_compat.py runs it:
+    one row per built-in adapter, one column per setting; a cell lists exceptions by mode."""
+    from gswa_plugin.testing.compat import SETTINGS, cell_status, supported_modes
+
+    registry = builtin_adapters()
+    head = "| adapter | modes | " + " | ".join(_COMPAT_HEADERS[s.name] for s in SETTINGS) + " |"
+    lines = [head, "|" + "---|" * (len(SETTINGS) + 2)]
+    notes: list[str] = []
+    for name, adapter in registry.items():
+        modes = supported_modes(adapter)
+        cells = []
+        for setting in SETTINGS:
+            odd = [(m, *cell_status(name, m, setting.name)) for m in modes]
+            odd = [(m, st, why) for m, st, why in odd if st != "yes"]
+            if not odd:
+                cells.append("yes")
+                continue
+            notes.append(f"{name}, {', '.join(m for m, _, _ in odd)}, {_COMPAT_HEADERS[setting.name]}: {odd[0][2]}")
+            cells.append(f"{odd[0][1]} ({len(notes)})")
+        lines.append(f"| `{name}` | {', '.join(modes)} | " + " | ".join(cells) + " |")
+    legend = ["", "What each column runs, and what the test asserts:", ""]
+    legend += [f"- **{_COMPAT_HEADERS[s.name]}**: {s.title}; {s.holds}." for s in SETTINGS]
+    if notes:
+        legend += ["", "Exceptions:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)]
+    return "\n".join(lines + legend)
 
 
 RENDERERS: dict[str, Callable[[], str]] = {
@@ -260,6 +487,11 @@ RENDERERS: dict[str, Callable[[], str]] = {
     ADAPTERS_MARKER: render_adapters_table,
     DECLARE_MARKER: render_declare_reference,
     ARCHITECTURE_MARKER: render_architecture,
+    EXPORTS_MARKER: render_exports,
+    PIPELINE_MARKER: render_pipeline,
+    CI_STEPS_MARKER: render_ci_steps,
+    TESTED_HOSTS_MARKER: render_tested_hosts,
+    COMPAT_MARKER: render_compatibility,
 }
 
 
@@ -309,4 +541,3 @@ def on_config(config: Any) -> Any:
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     return render(markdown)
-

@@ -63,7 +63,7 @@ def _matches(pattern: str, module: str) -> bool:
 
 
 def layer_of(module: str) -> int | None:
-    """Index in :data:`LAYERS` of a dotted module name (``None`` when no pattern covers it); the
+    """Index in [`LAYERS`][gswa_plugin._layers.LAYERS] of a dotted module name (``None`` when no pattern covers it); the
     longest matching pattern decides."""
     found = [(len(p), i) for i, (_, _, patterns) in enumerate(LAYERS) for p in patterns if _matches(p, module)]
     return max(found)[1] if found else None

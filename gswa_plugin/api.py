@@ -3,23 +3,35 @@
 GSWA's parameters live in a submodule named ``gswa`` attached to the model, so they move with
 ``model.to()``, appear in ``model.state_dict()`` under the ``gswa.`` prefix, and are saved by
 ``save_pretrained``. The adapter patches the host's seam on this model instance only. Saving and
-loading GSWA's own weights is in :mod:`gswa_plugin.checkpoint`.
+loading GSWA's own weights is in [`gswa_plugin.checkpoint`][gswa_plugin.checkpoint].
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+import yaml
 from torch import nn
 
 from gswa_plugin import apply
+from gswa_plugin.adapters._base import patch_method
 from gswa_plugin.config import GSWAConfig
-from gswa_plugin.errors import AdapterNotFoundError, AlreadyEnabledError, NotEnabledError
-from gswa_plugin.handle import MODULE_ATTR, GSWAHandle, attach, detach, get_handle, is_enabled
-from gswa_plugin.plugins import adapters, check_config, get_plugin_manager, variants
+from gswa_plugin.errors import AdapterNotFoundError, AlreadyEnabledError, NotEnabledError, PluginError
+from gswa_plugin.handle import HANDLE_ATTR, MODULE_ATTR, GSWAHandle, attach, detach, get_handle, is_enabled
+from gswa_plugin.plugins import (
+    BUILTIN_PLUGINS,
+    CheckedHooks,
+    adapters,
+    check_config,
+    get_plugin_manager,
+    variant_sources,
+    variants,
+)
 from gswa_plugin.weighting import GSWAModule
 
 
@@ -49,11 +61,11 @@ def enable(model: nn.Module, config: GSWAConfig | dict[str, Any] | str | os.Path
 
     Args:
         model: a host model (see ``gswa adapters`` for the supported families).
-        config: a :class:`GSWAConfig`, a dict (the ``gswa:`` block or a dict holding one), a
+        config: a [`GSWAConfig`][gswa_plugin.config.GSWAConfig], a dict (the ``gswa:`` block or a dict holding one), a
             path to a YAML file with a top-level ``gswa:`` block, or ``None`` for the defaults.
 
     Returns:
-        The :class:`GSWAHandle` linking model, adapter and GSWA module.
+        The handle linking model, adapter and GSWA module.
 
     Raises:
         AlreadyEnabledError: GSWA is already enabled on this model.
@@ -75,20 +87,105 @@ def enable(model: nn.Module, config: GSWAConfig | dict[str, Any] | str | os.Path
     # anything created after enable(), is the same with or without GSWA.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        module = GSWAModule(summary_dim, cfg, registry[cfg.variant](summary_dim, cfg))
+        module = GSWAModule(summary_dim, cfg, _build_variant(registry[cfg.variant], summary_dim, cfg))
     ref = adapter.reference_parameter(model)
     module.to(device=ref.device, dtype=ref.dtype)
-    handle = GSWAHandle(model, cfg, adapter, module, hook=get_plugin_manager().hook)
+    handle = GSWAHandle(model, cfg, adapter, module, hook=CheckedHooks(get_plugin_manager()))
     model.add_module(MODULE_ATTR, module)
     handle.add_undo(lambda: delattr(model, MODULE_ATTR))
     try:
-        adapter.install(model, handle)
-        apply.install(model, handle)
+        install(model, handle)
     except BaseException:
         handle.undo_all()
         raise
     attach(model, handle)
     return handle
+
+
+#: GSWA's config beside ``save_pretrained``'s files (the name ``gswa_plugin.checkpoint`` uses).
+PRETRAINED_CONFIG_FILE = "gswa_config.yaml"
+
+
+def install(model: nn.Module, handle: GSWAHandle) -> None:
+    """Patch ``model`` for ``handle`` (the adapter's seam, the mode's hooks, ``deepcopy`` and
+    ``save_pretrained``); every step registers its undo on the handle, after a mark that
+    [`GSWAHandle.uninstall`][gswa_plugin.handle.GSWAHandle.uninstall] returns to."""
+    handle.mark_installed()
+    handle.adapter.install(model, handle)
+    apply.install(model, handle)
+    _install_deepcopy(model, handle)
+    if callable(getattr(model, "save_pretrained", None)):
+        handle.add_undo(patch_method(model, "save_pretrained", _saving_config(handle)))
+
+
+def _install_deepcopy(model: nn.Module, handle: GSWAHandle) -> None:
+    """``copy.deepcopy(model)`` gives a copy with its own GSWA: the seam patches and hooks are
+    closures bound to this model, so they are taken off while the plain model (``model.gswa``
+    included) is copied, then installed again here and, for the copy's own module, on the copy."""
+
+    def deepcopy(memo: dict[int, Any]) -> nn.Module:
+        handle.uninstall()
+        saved = {key: model.__dict__.pop(key) for key in ("__deepcopy__", HANDLE_ATTR) if key in model.__dict__}
+        try:
+            clone = copy.deepcopy(model, memo)
+        finally:
+            model.__dict__.update(saved)
+            install(model, handle)
+        twin = GSWAHandle(clone, handle.config.model_copy(), handle.adapter, getattr(clone, MODULE_ATTR), handle.hook)
+        twin.views_override = handle.views_override
+        twin.add_undo(lambda: delattr(clone, MODULE_ATTR))
+        install(clone, twin)
+        attach(clone, twin)
+        return clone
+
+    object.__setattr__(model, "__deepcopy__", deepcopy)
+    handle.add_undo(lambda: object.__delattr__(model, "__deepcopy__"))
+
+
+def _saving_config(handle: GSWAHandle) -> Any:
+    """A ``save_pretrained`` wrapper that also writes GSWA's config beside the weights (which
+    already hold the ``gswa.*`` tensors), so that ``from_pretrained_with_gswa(path)`` restores
+    every setting, not only the sizes."""
+
+    def make(original: Any) -> Any:
+        def save_pretrained(save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+            result = original(save_directory, *args, **kwargs)
+            if kwargs.get("is_main_process", True):
+                cfg = handle.config.replace(adapter=handle.adapter.name).to_dict()
+                text = yaml.safe_dump({"gswa": cfg}, sort_keys=False)
+                target = Path(save_directory) / PRETRAINED_CONFIG_FILE
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, target)  # written whole or not at all
+            return result
+
+        return save_pretrained
+
+    return make
+
+
+def _build_variant(factory: Any, summary_dim: int, cfg: GSWAConfig) -> nn.Module:
+    """The variant's module; a third-party factory that raises or returns no module is named."""
+    source = variant_sources().get(cfg.variant, "?")
+    if source in BUILTIN_PLUGINS:
+        return factory(summary_dim, cfg)
+    try:
+        scorer = factory(summary_dim, cfg)
+    except Exception as exc:
+        raise PluginError(
+            f"the factory of variant '{cfg.variant}' (plugin '{source}') raised {type(exc).__name__}: {exc}; "
+            "fix the plugin, or pick another `variant`",
+            source,
+            "gswa_register_variants",
+        ) from exc
+    if not isinstance(scorer, nn.Module):
+        raise PluginError(
+            f"the factory of variant '{cfg.variant}' (plugin '{source}') returned a {type(scorer).__name__}, not an "
+            "nn.Module; `factory(summary_dim, config)` must return the module whose forward gives the logits",
+            source,
+            "gswa_register_variants",
+        )
+    return scorer
 
 
 def disable(model: nn.Module) -> None:
@@ -116,7 +213,7 @@ def set_tiles(model: nn.Module, views_per_image: Sequence[int] | None) -> None:
 
 @contextlib.contextmanager
 def tiles(model: nn.Module, views_per_image: Sequence[int]) -> Iterator[None]:
-    """Context manager form of :func:`set_tiles`."""
+    """Context manager form of [`set_tiles`][gswa_plugin.api.set_tiles]."""
     handle = get_handle(model)
     before = handle.views_override
     set_tiles(model, views_per_image)
@@ -124,4 +221,3 @@ def tiles(model: nn.Module, views_per_image: Sequence[int]) -> Iterator[None]:
         yield
     finally:
         handle.views_override = before
-

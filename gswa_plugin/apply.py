@@ -18,13 +18,25 @@ Both are the identity when every weight is 1, and both keep working with a KV ca
 weights of every position seen so far are kept, so during ``generate()`` the cached (already
 scaled) values stay scaled, the cached keys keep their bias, and generated tokens have weight 1.
 
+The weights of a call are per call, not per model: they live in the calling thread's state
+while the language model runs, and each decoder layer finds them again when gradient
+checkpointing recomputes it during the backward pass (after the call has ended, possibly on
+another thread). While training, the layers use a detached copy of the weights, and a bridge
+node on the language model's input embeddings hands the copy's gradient back to GSWA once
+every layer's backward has run, so gradients reach GSWA with and without checkpointing, of
+either kind (reentrant checkpointing computes gradients only for a layer's explicit inputs).
+Beam search and ``num_return_sequences`` repeat each row of ``input_ids`` and its images; the
+weights of each row are repeated the same way ([`fill_image_positions`][gswa_plugin.apply.fill_image_positions]).
+
 The host's adapter says where the language model is
-(:meth:`~gswa_plugin.adapters.Adapter.language_model`) and which positions hold which view's
-tokens (:meth:`~gswa_plugin.adapters.Adapter.position_weights`); the rest lives here.
+([`language_model`][gswa_plugin.adapters._base.Adapter.language_model]) and which positions hold which view's
+tokens ([`position_weights`][gswa_plugin.adapters._base.Adapter.position_weights]); the rest lives here.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -41,22 +53,114 @@ if TYPE_CHECKING:  # pragma: no cover
 BIAS_KERNELS: tuple[str, ...] = ("eager", "sdpa")
 
 _STATE_KEY = "mode_state"
+#: Language-model calls whose weights are kept for recomputation under gradient checkpointing.
+RECOMPUTE_CALLS = 64
+
+
+@dataclass
+class CallWeights:
+    """The weights one language-model call's layers use.
+
+    Attributes:
+        seen: ``[batch, positions]`` weight of every position up to this call's last (cached
+            positions included): the keys' weights for ``attn_bias``.
+        current: ``[batch, q_len]`` weights of this call's positions: the values' for ``value``.
+    """
+
+    seen: torch.Tensor
+    current: torch.Tensor
 
 
 @dataclass
 class ModeState:
-    """Per-model state of a non-embed mode, kept across the calls of one sequence.
+    """Per-thread state of a non-embed mode, kept across the calls of one sequence.
 
     Attributes:
         seen: ``[batch, positions]`` weight of every position of the current sequence seen so
-            far (prefill plus generated tokens); ``None`` while no image position was seen, in
-            which case the hooks change nothing.
-        current: ``[batch, q_len]`` weights of the positions of the language-model call in
-            progress (a slice of ``seen``), ``None`` when they are all text.
+            far (prefill plus generated tokens); ``None`` while no image position was seen.
+        in_call: whether a language-model call is running on this thread.
+        call: the weights of that call (``None``: no image position, nothing to change).
+        layer: the weights of the decoder layer running on this thread (set by each layer's
+            pre-hook, from ``call`` or, when checkpointing recomputes it, from the registry).
     """
 
     seen: torch.Tensor | None = None
-    current: torch.Tensor | None = None
+    in_call: bool = False
+    call: CallWeights | None = None
+    layer: CallWeights | None = None
+    call_id: int | None = None
+
+    @property
+    def current(self) -> torch.Tensor | None:  # kept for diagnostics written against 0.1
+        return None if self.call is None else self.call.current
+
+
+class _Recompute:
+    """The weights each decoder-layer call used, keyed by its input hidden states' storage, so
+    that gradient checkpointing's recomputation (which reruns the layer on the same input, after
+    the language-model call has ended) applies the same weights. Keeps the latest
+    ``RECOMPUTE_CALLS`` training calls; entries hold detached leaves only, no graph."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: OrderedDict[int, dict[tuple, CallWeights | None]] = OrderedDict()
+        self._serial = 0
+
+    def new_call(self) -> int:
+        with self._lock:
+            self._serial += 1
+            self._calls[self._serial] = {}
+            while len(self._calls) > RECOMPUTE_CALLS:
+                self._calls.popitem(last=False)
+            return self._serial
+
+    def put(self, call_id: int, key: tuple, weights: CallWeights | None) -> None:
+        with self._lock:
+            for other in self._calls.values():  # a storage seen again belongs to the newest call
+                other.pop(key, None)
+            entries = self._calls.get(call_id)
+            if entries is not None:
+                entries[key] = weights
+
+    def get(self, key: tuple) -> CallWeights | None | bool:
+        """The weights recorded for ``key`` (``None``: a call without image positions), or
+        ``False`` where no call recorded it."""
+        with self._lock:
+            for entries in reversed(self._calls.values()):
+                if key in entries:
+                    return entries[key]
+        return False
+
+
+def _storage_key(t: Any) -> tuple | None:
+    if not isinstance(t, torch.Tensor):
+        return None
+    return (t.device, t.dtype, tuple(t.shape), t.data_ptr())
+
+
+class _Bridge(torch.autograd.Function):
+    """Identity on the input embeddings whose backward hands GSWA the gradient its weights got
+    in the layers (through the detached leaves), once every layer's backward has run."""
+
+    @staticmethod
+    def forward(ctx: Any, embeds: torch.Tensor, seen: torch.Tensor, leaves: tuple) -> torch.Tensor:  # type: ignore[override]
+        ctx.leaves = leaves
+        ctx.seen_shape = seen.shape
+        return embeds.view_as(embeds)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:  # type: ignore[override]
+        total = None
+        seen_leaf, current_leaf = ctx.leaves
+        for leaf, tail in ((seen_leaf, False), (current_leaf, True)):
+            g = leaf.grad
+            if g is None:
+                continue
+            leaf.grad = None
+            if tail:
+                g = torch.nn.functional.pad(g, (ctx.seen_shape[1] - g.shape[1], 0))
+            total = g if total is None else total + g
+        return grad, total, None
 
 
 def apply_weights(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -66,6 +170,39 @@ def apply_weights(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return features * weights.to(features.dtype).view(shape)
 
 
+def fill_image_positions(
+    input_ids: torch.Tensor, mask: torch.Tensor, per_token: torch.Tensor, what: str
+) -> torch.Tensor:
+    """Per-position weights ``[batch, seq]``: the image positions (``mask``) get ``per_token``
+    in order, text gets 1.
+
+    ``generate(num_beams=k)`` and ``num_return_sequences=k`` encode the images once and repeat
+    every row of ``input_ids`` (and its images) ``k`` times in a row; when the positions are
+    ``k`` times the weighted tokens and the rows come in ``k`` identical copies, each row's
+    weights are repeated the same way.
+
+    Raises:
+        LayoutError: the image positions match neither the weighted tokens nor a repeat of them.
+    """
+    n_positions, n_tokens = int(mask.sum()), int(per_token.shape[0])
+    rows = mask.shape[0]
+    if n_positions != n_tokens and n_tokens and n_positions % n_tokens == 0:
+        k = n_positions // n_tokens
+        if rows % k == 0 and bool((input_ids.view(rows // k, k, -1) == input_ids[::k, None]).all()):
+            counts = mask[::k].sum(dim=1).tolist()
+            chunks = torch.split(per_token, counts)
+            per_token = torch.cat([c for c in chunks for _ in range(k)])
+            n_tokens = per_token.shape[0]
+    if n_positions != n_tokens:
+        raise LayoutError(
+            f"the input holds {n_positions} image placeholder tokens but GSWA weighted {what} "
+            f"({n_tokens} tokens); the image features of this call must come from the same forward as its "
+            "input_ids (precomputed image features bypass GSWA)"
+        )
+    ones = torch.ones(mask.shape, dtype=per_token.dtype, device=per_token.device)
+    return ones.masked_scatter(mask.to(per_token.device), per_token)
+
+
 def placeholder_position_weights(
     input_ids: torch.Tensor, token_id: int, view_weights: torch.Tensor, tokens_per_view: int
 ) -> torch.Tensor:
@@ -73,6 +210,7 @@ def placeholder_position_weights(
 
     The placeholders are filled in order with the flat views' tokens (``tokens_per_view`` each),
     so the ``k``-th placeholder belongs to view ``k // tokens_per_view``. Text positions get 1.
+    Rows repeated by beam search are followed (see [`fill_image_positions`][gswa_plugin.apply.fill_image_positions]).
 
     Args:
         input_ids: ``[batch, seq]`` token ids of the call.
@@ -86,22 +224,13 @@ def placeholder_position_weights(
     Raises:
         LayoutError: the placeholders do not match ``views * tokens_per_view``.
     """
-    mask = input_ids == token_id
-    n_placeholders = int(mask.sum())
-    expected = view_weights.shape[0] * tokens_per_view
-    if n_placeholders != expected:
-        raise LayoutError(
-            f"the input holds {n_placeholders} image placeholder tokens but GSWA weighted "
-            f"{view_weights.shape[0]} views of {tokens_per_view} tokens ({expected}); the image features "
-            "of this call must come from the same forward as its input_ids"
-        )
     per_token = view_weights.float().repeat_interleave(tokens_per_view)
-    ones = torch.ones(mask.shape, dtype=per_token.dtype, device=per_token.device)
-    return ones.masked_scatter(mask.to(per_token.device), per_token)
+    what = f"{view_weights.shape[0]} views of {tokens_per_view} tokens"
+    return fill_image_positions(input_ids, input_ids == token_id, per_token, what)
 
 
-def attention_modules(language_model: nn.Module) -> list[nn.Module]:
-    """The self-attention module of every decoder layer (``layers[i].self_attn``), in order.
+def decoder_layers(language_model: nn.Module) -> list[nn.Module]:
+    """The decoder layers (``layers[i]``, each with a ``self_attn`` holding a ``v_proj``), in order.
 
     Raises:
         UnsupportedModeError: the language model has no ``layers[i].self_attn`` with a
@@ -111,14 +240,24 @@ def attention_modules(language_model: nn.Module) -> list[nn.Module]:
     if layers is None:
         inner = getattr(language_model, "model", None)
         layers = getattr(inner, "layers", None)
-    attns = [getattr(layer, "self_attn", None) for layer in (layers or [])]
+    layers = list(layers or [])
+    attns = [getattr(layer, "self_attn", None) for layer in layers]
     if not attns or any(a is None or not isinstance(getattr(a, "v_proj", None), nn.Module) for a in attns):
         raise UnsupportedModeError(
             f"cannot find the decoder layers' self-attention in {type(language_model).__name__}: the `value` and "
             "`attn_bias` modes need `layers[i].self_attn.v_proj` (the layout of Llama/Qwen2/Mistral-style "
             "transformers models); use `mode: embed` for this model"
         )
-    return attns
+    return layers
+
+
+def attention_modules(language_model: nn.Module) -> list[nn.Module]:
+    """The self-attention module of every decoder layer (``layers[i].self_attn``), in order.
+
+    Raises:
+        UnsupportedModeError: as [`decoder_layers`][gswa_plugin.apply.decoder_layers].
+    """
+    return [layer.self_attn for layer in decoder_layers(language_model)]
 
 
 def _past_length(kwargs: dict[str, Any]) -> int:
@@ -135,6 +274,16 @@ def _seq_len(args: tuple, kwargs: dict[str, Any]) -> int | None:
             return int(t.shape[1])
     if args and isinstance(args[0], torch.Tensor):
         return int(args[0].shape[1])
+    return None
+
+
+def _batch(args: tuple, kwargs: dict[str, Any]) -> int | None:
+    for key in ("inputs_embeds", "input_ids"):
+        t = kwargs.get(key)
+        if isinstance(t, torch.Tensor):
+            return int(t.shape[0])
+    if args and isinstance(args[0], torch.Tensor):
+        return int(args[0].shape[0])
     return None
 
 
@@ -163,6 +312,19 @@ def _with_bias(mask: torch.Tensor | None, log_w: torch.Tensor, q_len: int, dtype
     return mask + log_w[:, None, None, : mask.shape[-1]].to(mask.dtype)
 
 
+def _state(handle: GSWAHandle) -> ModeState:
+    state = handle.state.get(_STATE_KEY)
+    if state is None:
+        state = handle.state[_STATE_KEY] = ModeState()
+    return state
+
+
+def _embeds_key(args: tuple, kwargs: dict[str, Any]) -> str | None:
+    if isinstance(kwargs.get("inputs_embeds"), torch.Tensor):
+        return "inputs_embeds"
+    return None
+
+
 def install(model: nn.Module, handle: GSWAHandle) -> None:
     """Install the hooks of ``handle.config.mode`` on ``model`` (nothing for ``embed``).
 
@@ -181,19 +343,25 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
             "say where it is (it implements no `language_model()`/`position_weights()`); use `mode: embed` with "
             "this host, or extend its adapter"
         )
-    attns = attention_modules(language_model)
+    layers = decoder_layers(language_model)
     k = handle.config.mode_layers
-    attns = attns if k is None else attns[:k]
+    layers = layers if k is None else layers[:k]
+    attns = [layer.self_attn for layer in layers]
     if mode == "attn_bias":
         _check_kernel(attns[0])
-    state = ModeState()
-    handle.state[_STATE_KEY] = state
+    recompute = _Recompute()
     handle.add_undo(lambda: handle.state.pop(_STATE_KEY, None))
 
-    def lm_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def lm_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        state = _state(handle)
         q_len = _seq_len(args, kwargs)
         past = _past_length(kwargs)
         new = adapter.position_weights(model, handle, q_len) if q_len is not None else None
+        rows = _batch(args, kwargs)
+        if new is not None and rows is not None and rows != new.shape[0] and rows % new.shape[0] == 0:
+            # generate(num_beams=k) / num_return_sequences=k on the embeddings (InternVL's remote
+            # code generates from inputs_embeds): each row is repeated k times in a row
+            new = new.repeat_interleave(rows // new.shape[0], dim=0)
         if past == 0:
             state.seen = new
         elif state.seen is not None or new is not None:
@@ -208,28 +376,89 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
             if new is None:
                 new = torch.ones(old.shape[0], q_len or 0, dtype=old.dtype, device=old.device)
             state.seen = torch.cat([old, new], dim=1)
-        state.current = None if state.seen is None or q_len is None else state.seen[:, -q_len:]
+        state.in_call = True
+        state.call = None
+        state.layer = None
+        # A call that can be differentiated records every layer's weights (None for a text-only
+        # call too, so that a stale entry of a freed tensor is never found for its storage).
+        state.call_id = recompute.new_call() if torch.is_grad_enabled() else None
+        if state.seen is None or q_len is None:
+            return None
+        seen = state.seen
+        if not (torch.is_grad_enabled() and seen.requires_grad):
+            state.call = CallWeights(seen=seen, current=seen[:, -q_len:])
+            return None
+        # Training: the layers use detached leaves (so a reentrant checkpoint's recomputation and
+        # a non-reentrant one's both see plain tensors), and the bridge on the input embeddings
+        # sends the leaves' gradients back into GSWA's graph after every layer's backward.
+        seen_leaf = seen.detach().requires_grad_(True)
+        current_leaf = seen[:, -q_len:].detach().requires_grad_(True)
+        state.call = CallWeights(seen=seen_leaf, current=current_leaf)
+        key = _embeds_key(args, kwargs)
+        if key is None:
+            raise UnsupportedModeError(
+                f"`mode: {mode}` trains GSWA through the language model's `inputs_embeds`, and "
+                f"{type(module).__name__} was called without them; call it as the host's forward does"
+            )
+        kwargs = dict(kwargs)
+        kwargs[key] = _Bridge.apply(kwargs[key], seen, (seen_leaf, current_leaf))
+        return args, kwargs
 
     def lm_post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
-        state.current = None  # the values of a finished call must not leak into a later one
+        state = _state(handle)  # the weights of a finished call must not leak into a later one
+        state.in_call = False
+        state.call = None
+        state.layer = None
+        state.call_id = None
+
+    def layer_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        state = _state(handle)
+        key = _storage_key(args[0] if args else kwargs.get("hidden_states"))
+        if state.in_call:  # the layer's forward, inside the language model's call
+            state.layer = state.call
+            if key is not None and state.call_id is not None:
+                recompute.put(state.call_id, key, state.call)
+        else:  # checkpointing recomputes the layer during backward (older transformers) or a direct call
+            found = recompute.get(key) if key is not None else False
+            state.layer = None if found is False else found
+
+    def child_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        # transformers >= 5 checkpoints the layer's `forward`, so the layer's own hooks do not run
+        # when the backward pass recomputes it; its first child (the input norm) receives the
+        # layer's input, whose storage finds the weights of the call that made it.
+        state = _state(handle)
+        if state.in_call:
+            return
+        key = _storage_key(args[0] if args else kwargs.get("hidden_states"))
+        found = recompute.get(key) if key is not None else False
+        if found is not False:
+            state.layer = found
+
+    def layer_post_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        _state(handle).layer = None
 
     hooks = [
         language_model.register_forward_pre_hook(lm_pre_hook, with_kwargs=True),
         language_model.register_forward_hook(lm_post_hook, with_kwargs=True),
     ]
+    for layer in layers:
+        hooks.append(layer.register_forward_pre_hook(layer_pre_hook, with_kwargs=True))
+        hooks.append(layer.register_forward_hook(layer_post_hook))
+        hooks += [child.register_forward_pre_hook(child_pre_hook, with_kwargs=True) for child in layer.children()]
     if mode == "value":
-        hooks += [a.v_proj.register_forward_hook(_value_hook(state)) for a in attns]
+        hooks += [a.v_proj.register_forward_hook(_value_hook(handle)) for a in attns]
     else:
-        hooks += [a.register_forward_pre_hook(_bias_hook(state), with_kwargs=True) for a in attns]
+        hooks += [a.register_forward_pre_hook(_bias_hook(handle), with_kwargs=True) for a in attns]
     for h in hooks:
         handle.add_undo(h.remove)
 
 
-def _value_hook(state: ModeState) -> Callable:
+def _value_hook(handle: GSWAHandle) -> Callable:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        w = state.current
-        if w is None:
+        call = _state(handle).layer
+        if call is None:
             return None
+        w = call.current
         if w.shape != output.shape[:2]:
             raise LayoutError(
                 f"GSWA's position weights cover {tuple(w.shape)} (batch, positions) but the value projection "
@@ -240,14 +469,15 @@ def _value_hook(state: ModeState) -> Callable:
     return hook
 
 
-def _bias_hook(state: ModeState) -> Callable:
+def _bias_hook(handle: GSWAHandle) -> Callable:
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
-        if state.seen is None or state.current is None:
+        call = _state(handle).layer
+        if call is None:
             return None
         _check_kernel(module)
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         q_len = hidden.shape[1]
-        log_w = torch.log(state.seen.clamp_min(torch.finfo(torch.float32).tiny))
+        log_w = torch.log(call.seen.clamp_min(torch.finfo(torch.float32).tiny))
         kwargs["attention_mask"] = _with_bias(kwargs.get("attention_mask"), log_w, q_len, hidden.dtype)
         return args, kwargs
 
@@ -255,7 +485,8 @@ def _bias_hook(state: ModeState) -> Callable:
 
 
 def current_position_weights(handle: GSWAHandle) -> torch.Tensor | None:
-    """The per-position weights of the sequence in progress (``[batch, positions]``), for tests
-    and diagnostics; ``None`` in the ``embed`` mode or before any image position was seen."""
+    """The per-position weights of the sequence in progress on this thread (``[batch,
+    positions]``), for tests and diagnostics; ``None`` in the ``embed`` mode or before any image
+    position was seen."""
     state = handle.state.get(_STATE_KEY)
     return None if state is None else state.seen

@@ -1,6 +1,6 @@
 """The built-in plugin: the paper's weighting variants and the default tile processing.
 
-It is registered like a third-party plugin, through the hooks in :mod:`gswa_plugin.hookspecs`.
+It is registered like a third-party plugin, through the hooks in [`gswa_plugin.hookspecs`][gswa_plugin.hookspecs].
 """
 
 from __future__ import annotations

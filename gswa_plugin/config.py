@@ -2,9 +2,9 @@
 
 A YAML file holds the settings under a top-level ``gswa:`` block, so the block can sit inside a
 host framework's own YAML next to its keys. Every problem in a config is reported at once (see
-:mod:`gswa_plugin.schema`). This module checks the config's own fields only; the names that
+[`gswa_plugin.schema`][gswa_plugin.schema]). This module checks the config's own fields only; the names that
 installed plugins register (``variant``, ``adapter``) are checked by
-:func:`gswa_plugin.plugins.check_config`, which ``enable()``, ``gswa check`` and recipe
+[`gswa_plugin.plugins.check_config`][gswa_plugin.plugins.check_config], which ``enable()``, ``gswa check`` and recipe
 validation call.
 """
 
@@ -25,7 +25,7 @@ from gswa_plugin.schema import DottedPath, Name, PositiveInt, Settings, closest,
 #: Where the settings live in a YAML file or a nested dict.
 BLOCK_KEY = "gswa"
 
-#: Where the weights act; see :mod:`gswa_plugin.apply` and the docs page 'Application modes'.
+#: Where the weights act; see [`gswa_plugin.apply`][gswa_plugin.apply] and the docs page 'Application modes'.
 Mode = Literal["embed", "value", "attn_bias"]
 #: Every application mode, in the order the docs present them.
 MODES: tuple[str, ...] = typing.get_args(Mode)
@@ -205,7 +205,7 @@ class GSWAConfig(Settings):
 
     Every field maps 1:1 to a key of the ``gswa:`` block in YAML. See the configuration
     reference in the docs (generated from this class). Building or changing a config validates
-    it; every problem is reported at once in a :class:`~gswa_plugin.errors.ConfigError`.
+    it; every problem is reported at once in a [`ConfigError`][gswa_plugin.errors.ConfigError].
     """
 
     adapter: str | None = Field(
@@ -343,7 +343,8 @@ class GSWAConfig(Settings):
 
 
 def read_yaml(path: str | os.PathLike[str], what: str = "file") -> Any:
-    """Parse a YAML file; a missing file or bad YAML is a :class:`ConfigError` naming the path."""
+    """Parse a YAML file; a missing file or bad YAML is a [`ConfigError`][gswa_plugin.errors.ConfigError] naming the
+    path."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError([f"{what} not found: {p}"], str(p))
@@ -376,5 +377,6 @@ def resolve_config(config: GSWAConfig | dict[str, Any] | str | os.PathLike[str] 
 
 
 def field_docs() -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) of every field of :class:`GSWAConfig`, for docs and the CLI."""
+    """(name, type, default, help) of every field of [`GSWAConfig`][gswa_plugin.config.GSWAConfig], for docs and the
+    CLI."""
     return GSWAConfig.field_docs()

@@ -1,6 +1,6 @@
 """Every error the package raises.
 
-Each class subclasses :class:`GSWAError` and, where it makes sense, a builtin exception
+Each class subclasses [`GSWAError`][gswa_plugin.errors.GSWAError] and, where it makes sense, a builtin exception
 (``ValueError``, ``LookupError``, ``RuntimeError``, ``ImportError``) so that existing
 ``except ValueError`` code keeps working. The troubleshooting page of the docs lists each one
 with its cause and fix.
@@ -57,6 +57,25 @@ class PluginLoadError(GSWAError, ImportError):
 
 class RegistrationError(GSWAError, ValueError):
     """A plugin registered an adapter or variant wrongly (duplicate name, wrong type)."""
+
+
+class PluginError(GSWAError, RuntimeError):
+    """A plugin's hook raised, or returned a batch GSWA cannot use (weights missing or not finite).
+
+    The message names the plugin and the hook; ``plugin`` and ``hook`` hold them, and the
+    plugin's own exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, plugin: str | None = None, hook: str | None = None):
+        super().__init__(message)
+        self.plugin = plugin
+        self.hook = hook
+
+
+class NonFiniteError(GSWAError, ValueError):
+    """A number that must be finite is NaN or infinite: the tile weights a variant computed, or
+    the vision encoder's summaries they come from. The message names the variant (and the plugin
+    that registered it) or the input."""
 
 
 class UnsupportedModeError(GSWAError, ValueError):

@@ -1,12 +1,13 @@
 """The handle: what links one model, its adapter, its config and its GSWA module.
 
-``enable()`` (in :mod:`gswa_plugin.api`) builds the handle and stores it on the model; adapters
+``enable()`` (in [`gswa_plugin.api`][gswa_plugin.api]) builds the handle and stores it on the model; adapters
 and application modes receive it. The handle runs the ``gswa_process_tiles`` hook through the
 hook caller it was given, so nothing below the plugin manager needs to know about plugins.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,7 +20,7 @@ from gswa_plugin.weighting import GSWAModule
 
 #: Attribute of the model holding GSWA's parameters (hence the ``gswa.`` prefix of their names).
 MODULE_ATTR = "gswa"
-_HANDLE_ATTR = "_gswa_handle"
+HANDLE_ATTR = "_gswa_handle"
 
 
 class GSWAHandle:
@@ -27,10 +28,12 @@ class GSWAHandle:
 
     Attributes:
         model: the host model.
-        config: the :class:`~gswa_plugin.config.GSWAConfig` in force.
-        adapter: the :class:`~gswa_plugin.adapters.Adapter` patching the host.
-        module: the :class:`~gswa_plugin.weighting.GSWAModule` (also ``model.gswa``).
-        last_batch: the processed :class:`~gswa_plugin.layout.TileBatch` of the latest forward.
+        config: the [`GSWAConfig`][gswa_plugin.config.GSWAConfig] in force.
+        adapter: the [`Adapter`][gswa_plugin.adapters._base.Adapter] patching the host.
+        module: the [`GSWAModule`][gswa_plugin.weighting.GSWAModule] (also ``model.gswa``).
+        last_batch: the processed [`TileBatch`][gswa_plugin.layout.TileBatch] of the latest forward
+            on the calling thread (or, if it ran none, of any thread).
+        state: per-thread scratch space of the forward in progress (adapters, modes).
     """
 
     def __init__(self, model: nn.Module, config: GSWAConfig, adapter: Any, module: GSWAModule, hook: Any):
@@ -39,16 +42,50 @@ class GSWAHandle:
         self.config = config
         self.adapter = adapter
         self.module = module
-        self.last_batch: TileBatch | None = None
-        self.state: dict[str, Any] = {}  # per-forward scratch space for the adapter
         self.views_override: tuple[int, ...] | None = None
         self._undo: list[Callable[[], None]] = []
+        # What one forward needs (captured input_ids, the processed batch, the modes' position
+        # weights) is kept per thread: a call runs on one thread from the seam to the language
+        # model, so calls on other threads never see it. ``latest_batch`` is the newest batch of
+        # any thread, for ``last_weights`` read from another thread than the forward's.
+        self._local = threading.local()
+        self._latest_batch: TileBatch | None = None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Scratch space of the forward in progress on this thread (adapters and modes)."""
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = {}
+        return state
+
+    @property
+    def last_batch(self) -> TileBatch | None:
+        """The processed batch of this thread's latest forward (else the latest of any thread)."""
+        batch = getattr(self._local, "batch", None)
+        return batch if batch is not None else self._latest_batch
+
+    @last_batch.setter
+    def last_batch(self, batch: TileBatch | None) -> None:
+        self._local.batch = batch
+        self._latest_batch = batch
 
     def add_undo(self, fn: Callable[[], None]) -> None:
         """Register a step that ``disable()`` runs (in reverse order of registration)."""
         self._undo.append(fn)
 
-    def process(self, features: torch.Tensor, summaries: torch.Tensor, layout: TileLayout, **extra: Any) -> torch.Tensor:
+    def mark_installed(self) -> None:
+        """Mark where the patches of the model start (``uninstall`` goes back to here)."""
+        self._installed_at = len(self._undo)
+
+    def uninstall(self) -> None:
+        """Undo the patches and hooks registered since ``mark_installed`` (the module stays)."""
+        while len(self._undo) > getattr(self, "_installed_at", 0):
+            self._undo.pop()()
+
+    def process(
+        self, features: torch.Tensor, summaries: torch.Tensor, layout: TileLayout, **extra: Any
+    ) -> torch.Tensor:
         """Run the ``gswa_process_tiles`` hook on one forward's tiles; returns the weighted features."""
         batch = TileBatch(features=features, summaries=summaries, layout=layout, extra=dict(extra))
         result = self.hook.gswa_process_tiles(batch=batch, handle=self)
@@ -68,11 +105,17 @@ class GSWAHandle:
         if counts is None:
             if n_views == 1:
                 counts = (1,)
+            elif self.module.is_identity():
+                # e.g. a direct `get_image_features(pixel_values)`: the grouping is unknown, but
+                # an identity GSWA gives every view weight 1 under any grouping, so the answer is
+                # exact; each view is taken as its own image.
+                counts = (1,) * n_views
             else:
                 raise LayoutError(
                     f"{n_views} tiles reached the '{self.adapter.name}' seam but GSWA cannot tell how they "
-                    "split into images: call the model with `input_ids` (so the image tokens can be counted) "
-                    "or say it with `gswa_plugin.set_tiles(model, [tiles of image 1, tiles of image 2, ...])`"
+                    "split into images (this happens when the image-feature method is called directly, without "
+                    "the call's `input_ids`): call the model with `input_ids` (so the image tokens can be counted), "
+                    "or wrap the call in `with gswa_plugin.tiles(model, [views of image 1, views of image 2, ...]):`"
                 )
         if sum(counts) != n_views:
             raise LayoutError(
@@ -90,7 +133,7 @@ class GSWAHandle:
 
 def get_handle(model: nn.Module) -> GSWAHandle:
     """The handle of a model with GSWA enabled."""
-    handle = getattr(model, _HANDLE_ATTR, None)
+    handle = getattr(model, HANDLE_ATTR, None)
     if handle is None:
         raise NotEnabledError(
             f"GSWA is not enabled on this {type(model).__name__}; call `gswa_plugin.enable(model, config)` first"
@@ -100,14 +143,13 @@ def get_handle(model: nn.Module) -> GSWAHandle:
 
 def attach(model: nn.Module, handle: GSWAHandle) -> None:
     """Store ``handle`` on ``model`` (as a plain attribute: the handle is not a submodule)."""
-    object.__setattr__(model, _HANDLE_ATTR, handle)
+    object.__setattr__(model, HANDLE_ATTR, handle)
 
 
 def detach(model: nn.Module) -> None:
     """Remove the handle stored on ``model``."""
-    object.__delattr__(model, _HANDLE_ATTR)
+    object.__delattr__(model, HANDLE_ATTR)
 
 
 def is_enabled(model: nn.Module) -> bool:
-    return getattr(model, _HANDLE_ATTR, None) is not None
-
+    return getattr(model, HANDLE_ATTR, None) is not None

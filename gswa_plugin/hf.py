@@ -2,16 +2,39 @@
 
 transformers 5.x cannot resolve the video-processor base class without torchvision, so it
 refuses to build (or save) any processor that declares one, e.g. ``InternVLProcessor``, even for
-images only. :func:`load_processor` falls back to the processor class built from its image
+images only. [`load_processor`][gswa_plugin.hf.load_processor] falls back to the processor class built from its image
 processor and tokenizer with only that class check relaxed; processing is the real class's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+
+class _TorchvisionFallbackFilter(logging.Filter):
+    """Drops transformers' "`XImageProcessor` requires torchvision (not installed); falling back to
+    `XImageProcessorPil` ... Install torchvision" warning. The PIL image processor is what this
+    package uses on purpose (the registry's torchvision drags in another torch build), so the
+    advice is wrong here and nothing is lost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("requires torchvision (not installed)" in message and "falling back to" in message)
+
+
+def quiet_torchvision_fallback() -> None:
+    """Install the filter on transformers' import-utils logger (idempotent); done when this module loads,
+    which the tiny hosts, the demo, the inspection tools and ``gswa train`` all import first."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, _TorchvisionFallbackFilter) for f in logger.filters):
+        logger.addFilter(_TorchvisionFallbackFilter())
+
+
+quiet_torchvision_fallback()
 
 
 def processor_class(cls: type) -> type:
@@ -64,7 +87,7 @@ def load_processor(
 
     ``AutoProcessor.from_pretrained(path)`` first; where that fails for want of torchvision, the
     processor class named in the saved configs (``processor_config.json`` as written by
-    :func:`save_processor`, then ``config.json``) is built from the saved image processor and
+    [`save_processor`][gswa_plugin.hf.save_processor], then ``config.json``) is built from the saved image processor and
     tokenizer. ``max_patches``/``min_patches`` override the image processor's tile limits.
     """
     import transformers

@@ -34,7 +34,7 @@ hookimpl = pluggy.HookimplMarker("gswa")
 def gswa_register_adapters(register: Callable[[Adapter], None]) -> None:
     """Register host adapters.
 
-    Call ``register(adapter)`` once per :class:`~gswa_plugin.adapters.Adapter` instance. An
+    Call ``register(adapter)`` once per [`Adapter`][gswa_plugin.adapters._base.Adapter] instance. An
     adapter's ``name`` must be unique across all plugins.
 
     :param register: callback taking one adapter instance.
@@ -68,8 +68,8 @@ def gswa_process_tiles(batch: TileBatch, handle: GSWAHandle) -> TileBatch | None
 
     Stops at first non-None result.
 
-    :param batch: the :class:`~gswa_plugin.layout.TileBatch` of this forward.
-    :param handle: the model's :class:`~gswa_plugin.handle.GSWAHandle` (model, config, module).
+    :param batch: the [`TileBatch`][gswa_plugin.layout.TileBatch] of this forward.
+    :param handle: the model's [`GSWAHandle`][gswa_plugin.handle.GSWAHandle] (model, config, module).
     :return: the processed batch, or ``None`` to let the next implementation handle it.
     """
 
@@ -79,9 +79,9 @@ def gswa_weights_computed(weights: list[torch.Tensor], batch: TileBatch, handle:
     """Report the weights of a forward once they are computed (for logging and pictures).
 
     :param weights: per image, the weights of its tiles (thumbnail excluded), detached.
-    :param batch: the processed :class:`~gswa_plugin.layout.TileBatch` (``batch.weights`` holds
+    :param batch: the processed [`TileBatch`][gswa_plugin.layout.TileBatch] (``batch.weights`` holds
         every view's weight, thumbnail included).
-    :param handle: the model's :class:`~gswa_plugin.handle.GSWAHandle`.
+    :param handle: the model's [`GSWAHandle`][gswa_plugin.handle.GSWAHandle].
     :return: ignored.
     """
 

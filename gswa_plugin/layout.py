@@ -1,9 +1,10 @@
 """How the views at the seam split into images, and what flows through the ``gswa_process_tiles`` hook.
 
-A host adapter reads the host's tiling into a :class:`TileLayout` (views per image, where the
+A host adapter reads the host's tiling into a [`TileLayout`][gswa_plugin.layout.TileLayout] (views per image, where the
 global thumbnail sits) and hands every view's features and summaries over as a
-:class:`TileBatch`. :func:`pad_summaries` lays the flat views out per image for the weighting
-math in :mod:`gswa_plugin.weighting`. No host code and no learned parameters live here.
+[`TileBatch`][gswa_plugin.layout.TileBatch]. [`pad_summaries`][gswa_plugin.layout.pad_summaries] lays the flat views
+out per image for the weighting
+math in [`gswa_plugin.weighting`][gswa_plugin.weighting]. No host code and no learned parameters live here.
 """
 
 from __future__ import annotations

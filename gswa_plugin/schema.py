@@ -1,19 +1,20 @@
 """One schema mechanism for every mapping of settings gswa-plugin reads.
 
-The GSWA block (:class:`~gswa_plugin.config.GSWAConfig`), the declaration of a host without a
-built-in adapter (:class:`~gswa_plugin.config.HostDeclaration`) and a training recipe
-(:class:`~gswa_plugin.integrations.transformers.config.TrainConfig`) are all
-:class:`Settings`: pydantic v2 models that
+The GSWA block ([`GSWAConfig`][gswa_plugin.config.GSWAConfig]), the declaration of a host without a
+built-in adapter ([`HostDeclaration`][gswa_plugin.config.HostDeclaration]) and a training recipe
+([`TrainConfig`][gswa_plugin.integrations.transformers.config.TrainConfig]) are all
+[`Settings`][gswa_plugin.schema.Settings]: pydantic v2 models that
 
 * check types strictly (``"2"`` is not an int, ``true`` is not a number), ranges and enumerated
   values, and refuse NaN and infinity;
-* report **every** problem at once, as one :class:`~gswa_plugin.errors.ConfigError` whose lines
+* report **every** problem at once, as one [`ConfigError`][gswa_plugin.errors.ConfigError] whose lines
   name the dotted key (``declare.tiles_from.group``), say what is wanted and what was given, and
   suggest the closest valid key or value ("did you mean ...?");
 * check rules between fields (``num_heads`` divides ``hidden_size``) on the raw mapping, so
   those problems are listed together with the per-field ones;
 * validate assignments too: ``config.num_heads = 0`` raises and leaves the object unchanged;
-* export a JSON Schema (:func:`json_schema`, ``gswa schema``) that editors use to complete and
+* export a JSON Schema ([`json_schema`][gswa_plugin.schema.json_schema], ``gswa schema``) that editors use to complete
+  and
   check YAML files.
 
 pydantic is used rather than hand-written checks because it already does strict typing, nested
@@ -61,7 +62,7 @@ PositiveInt = Annotated[int, pydantic.Field(ge=1), Describe("a positive integer"
 class Settings(BaseModel):
     """Base of every settings model: strict, closed to unknown keys, finite, validated on assignment.
 
-    Subclasses add cross-field rules by overriding :meth:`rules`, which sees the raw mapping (so
+    Subclasses add cross-field rules by overriding ``rules``, which sees the raw mapping (so
     it runs even when some fields are invalid) and must guard the types it reads.
     """
 
@@ -111,7 +112,7 @@ class Settings(BaseModel):
 
     @classmethod
     def rule_problems(cls, data: Any, where: str = "") -> list[str]:
-        """:meth:`rules` of this model and of every nested settings mapping in ``data``."""
+        """``rules`` of this model and of every nested settings mapping in ``data``."""
         if not isinstance(data, dict):
             return []
         problems = list(cls.rules(data, where))

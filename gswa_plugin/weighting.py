@@ -1,9 +1,11 @@
 """The GSWA math, with no host code.
 
-Data flows one way: a host adapter hands over a :class:`TileBatch` (every view of every image
-flattened, per-view summaries, and the :class:`TileLayout` saying how many views each image has
-and where its global thumbnail sits); :class:`GSWAModule` turns the summaries into per-tile
-weights; :func:`gswa_plugin.apply.apply_weights` scales each view's features (the ``embed`` mode).
+Data flows one way: a host adapter hands over a ``TileBatch`` (every view of every image
+flattened, per-view summaries, and the [`TileLayout`][gswa_plugin.layout.TileLayout] saying how many views each image
+has
+and where its global thumbnail sits); [`GSWAModule`][gswa_plugin.weighting.GSWAModule] turns the summaries into per-tile
+weights; [`gswa_plugin.apply.apply_weights`][gswa_plugin.apply.apply_weights] scales each view's features (the
+``embed`` mode).
 
 Definition (see the docs' "Concepts" page), per image with ``T >= 2`` tiles and a thumbnail:
 
@@ -121,6 +123,10 @@ class AttentionScorer(nn.Module):
         k = self.key(h[:, 1:]).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
         return (q @ k.transpose(-1, -2)).squeeze(-2) / math.sqrt(self.head_dim)  # [B, H, T]
 
+    def is_identity(self) -> bool:
+        """Whether every logit is 0 for any input (the query projection is all zeros)."""
+        return not bool(self.query.weight.any()) and not bool(self.query.bias.any())
+
 
 class CosineScorer(nn.Module):
     """The training-free ``cosine`` variant: ``logits_i = cos(g, s_i) / cosine_temperature``."""
@@ -150,7 +156,7 @@ class GSWAModule(nn.Module):
 
     Args:
         summary_dim: width of the per-view summaries the adapter provides.
-        config: a :class:`~gswa_plugin.config.GSWAConfig`.
+        config: a [`GSWAConfig`][gswa_plugin.config.GSWAConfig].
         scorer: the variant's module (built from its factory).
     """
 
@@ -159,6 +165,13 @@ class GSWAModule(nn.Module):
         self.summary_dim = summary_dim
         self.config = config
         self.scorer = scorer
+
+    def is_identity(self) -> bool:
+        """Whether every view's weight is exactly 1 for any input and any grouping of views into
+        images (an untrained ``self_attn``/``cross_attn`` GSWA with ``global_weight: 1``). A
+        variant says so with an ``is_identity()`` method; one without it is never the identity."""
+        check = getattr(self.scorer, "is_identity", None)
+        return self.config.global_weight == 1.0 and callable(check) and bool(check())
 
     def forward(self, summaries: torch.Tensor, layout: TileLayout) -> torch.Tensor:
         """Weight of every flat view ``[views]`` (float32)."""

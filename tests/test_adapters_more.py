@@ -243,8 +243,8 @@ def test_internvl_chat_select_layer_reads_that_layers_cls():
 def test_internvl_chat_without_counts_says_how_to_give_them():
     model = tiny_internvl_chat()
     pixel_values, _ = internvl_chat_tiles([photo("astronaut")])
-    gswa_plugin.enable(model)
-    with pytest.raises(LayoutError, match="set_tiles"), torch.no_grad():
+    gswa_plugin.enable(model, {"variant": "cosine"})  # not the identity: the grouping matters
+    with pytest.raises(LayoutError, match=r"gswa_plugin\.tiles\(model"), torch.no_grad():
         model.extract_feature(pixel_values)
 
 

@@ -72,6 +72,6 @@ def test_cli_influence_on_the_tiny_model():
 
 def test_cli_influence_bad_inputs_are_clear():
     result = CliRunner().invoke(app, ["influence", "--model", "no/such/dir", "--image", "coffee"])
-    assert result.exit_code == 2 and "neither `tiny` nor a local directory" in result.output
+    assert result.exit_code == 2 and "--model 'no/such/dir': no such directory" in result.output
     result = CliRunner().invoke(app, ["influence", "--model", "tiny", "--image", "coffee", "--mode", "bias"])
     assert result.exit_code == 2 and "`mode` must be one of" in result.output

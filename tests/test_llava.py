@@ -204,3 +204,43 @@ def test_llava_train_runs_through_the_launcher(tmp_path):
     assert gswa_keys and len(gswa_keys) == len(fresh.gswa.state_dict())
     for k, v in fresh.gswa.state_dict().items():
         torch.testing.assert_close(saved[f"gswa.{k}"], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_twenty_steps_under_gradient_checkpointing_train_gswa(model, inputs, reentrant):
+    """Issue 12: llava's recipes turn gradient checkpointing on. 20 optimiser steps with either
+    kind move GSWA's parameters, with the same first gradient as without checkpointing."""
+    enable_on_llava(model, GSWA)
+    _scramble(model)
+    model.train()
+    labels = inputs["input_ids"].clone()
+    labels[labels < 0] = -100
+    labels[inputs["attention_mask"] == 0] = -100
+
+    def grads():
+        model.gswa.zero_grad(set_to_none=True)
+        model(**inputs, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.gswa.named_parameters()}
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    checkpointed = grads()
+    for n, g in plain.items():
+        torch.testing.assert_close(checkpointed[n], g, rtol=1e-5, atol=1e-7)
+    start = {k: v.detach().clone() for k, v in model.gswa.state_dict().items()}
+    opt = torch.optim.AdamW(model.gswa.parameters(), lr=1e-2)
+    for _ in range(20):
+        opt.zero_grad()
+        model(**inputs, labels=labels).loss.backward()
+        opt.step()
+    changed = [k for k, v in model.gswa.state_dict().items() if not torch.equal(v, start[k])]
+    assert any("query" in k for k in changed), changed
+
+
+def test_value_mode_is_refused_at_enable_with_the_fix(model):
+    """llava's classes build the language model's input per sample inside
+    ``prepare_inputs_labels_for_multimodal``; the adapter does not locate image positions there,
+    so the modes inside the language model are refused before anything is patched."""
+    with pytest.raises(gswa_plugin.UnsupportedModeError, match="mode: embed"):
+        enable_on_llava(model, {**GSWA, "mode": "value"})
+    assert not gswa_plugin.is_enabled(model)

@@ -47,6 +47,10 @@ RUNS = {
 
 def _run(root: Path, trainer_type: str, ranks: int, family: str) -> dict:
     config = write_config(root, trainer_type=trainer_type, steps=STEPS, family=family)
+    return _launch(root, config, trainer_type, ranks)
+
+
+def _launch(root: Path, config: Path, trainer_type: str, ranks: int) -> dict:
     log = root / "weights.jsonl"
     env = dict(os.environ, GSWA_TEST_WEIGHTS_LOG=str(log), WANDB_MODE="disabled", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", GSWA_PLUGINS="")
@@ -125,3 +129,25 @@ def test_gswa_saved_with_every_checkpoint_and_loads(run):
         ckpt = load_file(str(out / f"checkpoint-{STEPS}" / "gswa" / "gswa.safetensors"))
         for k, v in ckpt.items():
             torch.testing.assert_close(host[f"gswa.{k}"], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_value_mode_trains_under_gradient_checkpointing(tmp_path, reentrant):
+    """Issue 12: 20 steps with ``mode: value`` and lmms-engine's ``gradient_checkpointing`` (the
+    recipes turn it on) move GSWA's parameters, with either kind of checkpointing."""
+    steps = 20
+    config = write_config(tmp_path, steps=steps, gswa={"mode": "value"})
+    data = yaml.safe_load(config.read_text())
+    data["trainer_args"].update(
+        gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": reentrant}, save_steps=steps
+    )
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    run = _launch(tmp_path, config, "hf_trainer", 1)
+    assert len(run["log"]) == steps
+    start = _initial_gswa(run)
+    final = load_file(str(tmp_path / "out" / "gswa" / "gswa.safetensors"))
+    moved = {k: float((final[k].float() - start[k]).abs().max()) for k in start}
+    assert all(torch.isfinite(torch.tensor(list(moved.values()))))
+    assert max(moved.values()) > 1e-4, f"GSWA did not train under checkpointing: {moved}"
+    later = [w for line in run["log"][1:] for image in line["weights"] for w in image]
+    assert any(w != 1.0 for w in later), "the weights never left 1"

@@ -18,5 +18,11 @@ gswa train "$tmp/setup/recipe.yaml" training_args.max_steps=2 training_args.save
 test -f "$tmp/setup/out/gswa/gswa.safetensors"
 gswa train "$tmp/setup/recipe.yaml" training_args.max_steps=3 training_args.save_steps=3 --resume latest
 test -d "$tmp/setup/out/checkpoint-3"
-for f in recipes/internvl2-2b/transformers/*.yaml; do gswa train "$f" --check; done
+# each recipe's preflight with its machine-specific keys pointed at the tiny setup (this machine has no
+# InternVL2-2B, no SleighVL data and no bf16 GPU: unchanged, the preflight lists exactly those)
+for f in recipes/internvl2-2b/transformers/*.yaml; do
+  gswa train "$f" --check model.name_or_path="$tmp/setup/model" "data.train_files=[$tmp/setup/data/train_llava.jsonl]" \
+    data.image_root= training_args.bf16=false training_args.use_cpu=true training_args.report_to=none \
+    training_args.output_dir="$tmp/check-out"
+done
 echo "20-train: ok"

@@ -1,4 +1,4 @@
-"""Host adapters, one module per host family. :class:`Adapter` is the base class."""
+"""Host adapters, one module per host family. [`Adapter`][gswa_plugin.adapters._base.Adapter] is the base class."""
 
 from gswa_plugin.adapters._base import Adapter, patch_method, resolve_path, summarise
 from gswa_plugin.adapters._layout import token_runs

@@ -15,7 +15,8 @@ that is active only while the wrapped ``get_image_features`` runs, so videos (wh
 tower) are not mistaken for images.
 
 For the ``value`` and ``attn_bias`` modes, the weight of every packed token is found by running
-the host's own ``pack_image_features`` on one-channel weight maps (:func:`packed_token_weights`).
+the host's own ``pack_image_features`` on one-channel weight maps
+([`packed_token_weights`][gswa_plugin.adapters._anyres.packed_token_weights]).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from gswa_plugin.adapters._base import Adapter, model_type, patch_method, resolve_path, summarise
 from gswa_plugin.adapters._layout import refuse_cls_summary
+from gswa_plugin.apply import fill_image_positions
 from gswa_plugin.errors import LayoutError
 from gswa_plugin.layout import TileLayout
 
@@ -89,15 +91,9 @@ class AnyresPackAdapter(Adapter):
         if ids is None or ids.shape[-1] != seq_len or not bool((ids == token).any()):
             return None
         per_token = handle.state.get(_TOKEN_WEIGHTS)
-        mask = ids == token
-        if per_token is None or per_token.shape[0] != int(mask.sum()):
-            raise LayoutError(
-                f"the input holds {int(mask.sum())} image tokens but GSWA weighted "
-                f"{'no' if per_token is None else per_token.shape[0]} packed image tokens; pass pixel_values with "
-                "the input_ids of the same call (precomputed image features bypass GSWA)"
-            )
-        ones = torch.ones(mask.shape, dtype=per_token.dtype, device=per_token.device)
-        return ones.masked_scatter(mask.to(per_token.device), per_token)
+        if per_token is None:
+            per_token = torch.ones(0)
+        return fill_image_positions(ids, ids == token, per_token, "the packed image tokens")
 
     def install(self, model: nn.Module, handle: Any) -> None:
         inner = inner_model(model)
@@ -144,7 +140,9 @@ class AnyresPackAdapter(Adapter):
                     )
                 # The tuple is split per image by the host itself: no inference, no set_tiles() needed.
                 layout = TileLayout(tuple(counts), adapter.global_position)
-                weighted = handle.process(torch.cat(list(image_features), dim=0), summaries, layout, pixel_values=pixels)
+                weighted = handle.process(
+                    torch.cat(list(image_features), dim=0), summaries, layout, pixel_values=pixels
+                )
                 if handle.config.mode != "embed":
                     handle.state[_TOKEN_WEIGHTS] = packed_token_weights(
                         original, handle.last_batch.weights, counts, image_features, image_sizes, args, kwargs
@@ -179,8 +177,13 @@ class AnyresPackAdapter(Adapter):
 
 
 def packed_token_weights(
-    pack: Callable, view_weights: torch.Tensor, counts: list[int], image_features: Any, image_sizes: Any,
-    args: tuple, kwargs: dict[str, Any],
+    pack: Callable,
+    view_weights: torch.Tensor,
+    counts: list[int],
+    image_features: Any,
+    image_sizes: Any,
+    args: tuple,
+    kwargs: dict[str, Any],
 ) -> torch.Tensor:
     """The weight of every token ``pack`` puts out, in its order: ``pack`` itself is run on
     one-channel maps holding each view's weight, with a newline of weight 1, so unpadding,

@@ -2,7 +2,7 @@
 
 An adapter knows one host family: how to recognise it, where its seam between vision encoder
 and language model is, how its views are laid out, and where a per-view summary comes from.
-It hands the seam's features to :meth:`GSWAHandle.process <gswa_plugin.handle.GSWAHandle.process>`
+It hands the seam's features to [`GSWAHandle.process`][gswa_plugin.handle.GSWAHandle.process]
 and puts the weighted features back; the GSWA math never sees host code.
 """
 
@@ -48,7 +48,7 @@ class Adapter(abc.ABC):
 
     def required_modules(self, model: nn.Module) -> dict[str, Any]:
         """Modules and methods the adapter needs, by dotted path; missing ones raise
-        :class:`~gswa_plugin.errors.MissingModuleError` before anything is patched."""
+        [`MissingModuleError`][gswa_plugin.errors.MissingModuleError] before anything is patched."""
         return {}
 
     @abc.abstractmethod
@@ -74,8 +74,9 @@ class Adapter(abc.ABC):
         Called by the ``value``/``attn_bias`` modes at the start of each language-model call: a
         position holding view ``v``'s tokens gets ``handle.last_batch.weights[v]``, text gets 1.
         Return ``None`` when the call holds no image position. Adapters that implement
-        :meth:`language_model` implement this too (see
-        :func:`gswa_plugin.apply.placeholder_position_weights` for placeholder-token hosts).
+        ``language_model`` implement this too (see
+        [`gswa_plugin.apply.placeholder_position_weights`][gswa_plugin.apply.placeholder_position_weights] for
+        placeholder-token hosts).
         """
         return None
 
@@ -86,7 +87,8 @@ class Adapter(abc.ABC):
         return config.summary == "cls"
 
     def check(self, model: nn.Module) -> None:
-        """Raise :class:`MissingModuleError` naming every module or method the model lacks."""
+        """Raise [`MissingModuleError`][gswa_plugin.errors.MissingModuleError] naming every module or method the model
+        lacks."""
         missing = [path for path in self.required_modules(model) if resolve_path(model, path) is None]
         if missing:
             raise MissingModuleError(

@@ -91,7 +91,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 
 def refuse_cls_summary(adapter_name: str, config: object) -> None:
-    """Raise :class:`~gswa_plugin.errors.ConfigError` when ``summary: cls`` is asked of a host whose
+    """Raise [`ConfigError`][gswa_plugin.errors.ConfigError] when ``summary: cls`` is asked of a host whose
     vision encoder has no CLS token (SigLIP-style), instead of silently summarising by a patch."""
     if getattr(config, "summary", "auto") == "cls":
         from gswa_plugin.errors import ConfigError

@@ -18,7 +18,7 @@ tiles a page into 2-12 crops plus a thumbnail LAST)::
         tiles_from: {group: run, token: image_token_id}
 
 The keys of ``declare`` and their rules are defined once, by the schema
-:class:`~gswa_plugin.config.HostDeclaration` (its field descriptions are the reference; the
+[`HostDeclaration`][gswa_plugin.config.HostDeclaration] (its field descriptions are the reference; the
 docs page 'Adapters' and ``gswa schema`` are generated from it). Every problem is reported at
 once, naming the ``declare.*`` key.
 """
@@ -41,11 +41,10 @@ from gswa_plugin.hookspecs import hookimpl
 NAME = DECLARATIVE
 
 
-
 @dataclass(frozen=True)
 class Declaration:
     """A validated ``declare:`` block flattened for the adapter (the keys are documented by
-    :class:`~gswa_plugin.config.HostDeclaration`)."""
+    [`HostDeclaration`][gswa_plugin.config.HostDeclaration])."""
 
     model_types: tuple[str, ...]
     class_names: tuple[str, ...]
@@ -83,8 +82,8 @@ def validate_declaration(data: Any) -> list[str]:
 
 
 def parse_declaration(data: HostDeclaration | dict[str, Any]) -> Declaration:
-    """Validate a ``declare:`` mapping (schema: :class:`~gswa_plugin.config.HostDeclaration`) and
-    flatten it into the :class:`Declaration` the adapter runs from.
+    """Validate a ``declare:`` mapping (schema: [`HostDeclaration`][gswa_plugin.config.HostDeclaration]) and
+    flatten it into the [`Declaration`][gswa_plugin.adapters.declarative.Declaration] the adapter runs from.
 
     Raises:
         ConfigError: listing every problem at once, each naming the ``declare.*`` key it concerns.
@@ -177,7 +176,9 @@ class DeclarativeAdapter(Adapter):
 
     def declaration(self, config: Any) -> Declaration:
         if getattr(config, "declare", None) is None:
-            raise ConfigError(["`adapter: declarative` needs a `declare:` mapping describing the seam (see the docs page 'Adapters')"])
+            raise ConfigError(
+                ["`adapter: declarative` needs a `declare:` mapping describing the seam (see the docs page 'Adapters')"]
+            )
         return parse_declaration(config.declare)
 
     def _check_model(self, model: nn.Module, decl: Declaration) -> None:
@@ -200,12 +201,17 @@ class DeclarativeAdapter(Adapter):
         missing = [f"{key} `{path}`" for key, path in paths.items() if resolve_path(model, path) is None]
         if resolve_path(model, decl.seam) is not None and not callable(resolve_path(model, decl.seam)):
             missing.append(f"declare.seam `{decl.seam}` (not a method)")
-        for key, ref in (("declare.tiles_from.token", decl.tiles_token), ("declare.tiles_from.start_token", decl.start_token)):
+        for key, ref in (
+            ("declare.tiles_from.token", decl.tiles_token),
+            ("declare.tiles_from.start_token", decl.start_token),
+        ):
             if isinstance(ref, str) and not _is_int(_config_value(model, ref)):
                 missing.append(f"{key} `{ref}` (no such integer in model.config)")
         if isinstance(decl.marker_token, str) and decl.marker_token != "auto" and decl.tiles_group == "global_marker":
             if not _is_int(_config_value(model, decl.marker_token)):
-                missing.append(f"declare.tiles_from.marker_token `{decl.marker_token}` (no such integer in model.config)")
+                missing.append(
+                    f"declare.tiles_from.marker_token `{decl.marker_token}` (no such integer in model.config)"
+                )
         if missing:
             raise MissingModuleError(
                 f"the declaration does not fit this {cls}: it has no {', '.join(missing)}. "
@@ -216,13 +222,19 @@ class DeclarativeAdapter(Adapter):
         decl = self.declaration(config)
         self._check_model(model, decl)
         if config.summary == "cls" and decl.summary_token != "cls":
-            raise ConfigError(["`summary: cls` but `declare.summary.token` is not `cls`; the declaration decides the summary"])
+            raise ConfigError(
+                ["`summary: cls` but `declare.summary.token` is not `cls`; the declaration decides the summary"]
+            )
         ref = decl.summary_dim
         if ref is None:
             ref = "vision_config.hidden_size" if decl.summary_from == "module" else "text_config.hidden_size"
         dim = _config_value(model, ref)
         if not _is_int(dim):
-            raise ConfigError([f"declare.summary.dim: `{ref}` is not an integer in model.config; give the summary width as an integer"])
+            raise ConfigError(
+                [
+                    f"declare.summary.dim: `{ref}` is not an integer in model.config; give the summary width as an integer"
+                ]
+            )
         return dim
 
     def reference_parameter(self, model: nn.Module) -> torch.Tensor:
@@ -233,7 +245,10 @@ class DeclarativeAdapter(Adapter):
         self._check_model(model, decl)
         owner_path, _, method = decl.seam.rpartition(".")
         owner = resolve_path(model, owner_path) if owner_path else model
-        seen: dict[str, Any] = {}
+
+        def seen() -> dict[str, Any]:  # per thread: concurrent calls never mix
+            return handle.state.setdefault("declarative_seen", {})
+
         per_view = decl.tokens_per_view
         tiles_token = _config_value(model, decl.tiles_token)
         start_token = _config_value(model, decl.start_token)
@@ -248,9 +263,11 @@ class DeclarativeAdapter(Adapter):
         def summaries_of(features: torch.Tensor) -> torch.Tensor:
             if decl.summary_from == "features":
                 return features.mean(dim=1)
-            out = seen.pop("module_output", None)
+            out = seen().pop("module_output", None)
             if out is None:
-                raise LayoutError(f"declare.summary.module `{decl.summary_module}` did not run during the `{decl.seam}` call")
+                raise LayoutError(
+                    f"declare.summary.module `{decl.summary_module}` did not run during the `{decl.seam}` call"
+                )
             if decl.summary_output == "hidden_states" and decl.summary_layer is not None:
                 hidden = out.hidden_states[decl.summary_layer]
             else:
@@ -314,8 +331,8 @@ class DeclarativeAdapter(Adapter):
         if decl.summary_module:
 
             def capture(module: nn.Module, args: tuple, output: Any) -> None:
-                if seen.get("active"):
-                    seen["module_output"] = output
+                if seen().get("active"):
+                    seen()["module_output"] = output
 
             h = resolve_path(model, decl.summary_module).register_forward_hook(capture)
             handle.add_undo(h.remove)
@@ -323,7 +340,7 @@ class DeclarativeAdapter(Adapter):
         if decl.apply == "before_projector":
 
             def scale_input(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
-                if not seen.get("active") or not args:
+                if not seen().get("active") or not args:
                     return None
                 return (weigh(args[0], {}),) + tuple(args[1:]), kwargs
 
@@ -332,12 +349,12 @@ class DeclarativeAdapter(Adapter):
 
         def make_wrapper(original: Callable) -> Callable:
             def seam(*args: Any, **kwargs: Any) -> Any:
-                seen.clear()
-                seen["active"] = True
+                seen().clear()
+                seen()["active"] = True
                 try:
                     out = original(*args, **kwargs)
                 finally:
-                    seen["active"] = False
+                    seen()["active"] = False
                 if decl.apply == "before_projector":
                     return out
                 pixel_values = kwargs.get("pixel_values", args[0] if args else None)

@@ -70,13 +70,15 @@ class Idefics3Adapter(Adapter):
     def install(self, model: nn.Module, handle: Any) -> None:
         inner = self._inner(model)
         image_token_id = model.config.image_token_id
-        seen: dict[str, Any] = {}
+
+        def seen() -> dict[str, Any]:  # per thread: concurrent calls never mix
+            return handle.state.setdefault("idefics3_seen", {})
 
         def vision_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-            seen["patch_mask"] = kwargs.get("patch_attention_mask")
+            seen()["patch_mask"] = kwargs.get("patch_attention_mask")
 
         def connector_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            seen["features"] = output
+            seen()["features"] = output
 
         h1 = inner.vision_model.register_forward_pre_hook(vision_pre_hook, with_kwargs=True)
         h2 = inner.connector.register_forward_hook(connector_hook)
@@ -89,13 +91,13 @@ class Idefics3Adapter(Adapter):
             ) -> Any:
                 want_tuple = kwargs.get("return_dict") is False
                 kwargs["return_dict"] = True
-                seen.clear()
+                seen().clear()
                 try:
                     out = original(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask, **kwargs)
-                    feats = seen["features"]  # [views, tokens, D]: the connector's output, real views only
-                    mask = seen.get("patch_mask")
+                    feats = seen()["features"]  # [views, tokens, D]: the connector's output, real views only
+                    mask = seen().get("patch_mask")
                 finally:
-                    seen.clear()
+                    seen().clear()
                 hidden = out.last_hidden_state
                 summaries = masked_mean(hidden, None if mask is None else mask.flatten(1))
                 ids = handle.state.pop("input_ids", None)
@@ -114,5 +116,7 @@ class Idefics3Adapter(Adapter):
 
 @hookimpl
 def gswa_register_adapters(register: Callable[[Adapter], None]) -> None:
-    register(Idefics3Adapter("idefics3", ("idefics3",), "transformers Idefics3ForConditionalGeneration / Idefics3Model"))
+    register(
+        Idefics3Adapter("idefics3", ("idefics3",), "transformers Idefics3ForConditionalGeneration / Idefics3Model")
+    )
     register(Idefics3Adapter("smolvlm", ("smolvlm",), "transformers SmolVLMForConditionalGeneration / SmolVLMModel"))

@@ -2,7 +2,7 @@
 
 The class SleighVL (InternVL2-2B + GSWA) was built on, loaded with ``trust_remote_code=True``.
 Only attributes and methods the released class has are used, so the adapter works on the real
-class as on the stand-in in :mod:`gswa_plugin.testing.standins.internvl_chat`.
+class as on the stand-in in [`gswa_plugin.testing.standins.internvl_chat`][gswa_plugin.testing.standins.internvl_chat].
 
 Seam: ``extract_feature(pixel_values)``, which returns ``[tiles, num_image_token, D]`` after
 ``mlp1`` (LayerNorm-led, so the weights are applied to its output). Every caller of the seam
@@ -84,12 +84,14 @@ class InternVLChatAdapter(Adapter):
 
     def install(self, model: nn.Module, handle: Any) -> None:
         use_cls = self.use_cls(handle.config)
-        seen: dict[str, torch.Tensor] = {}
+
+        def seen() -> dict[str, Any]:  # per thread: concurrent calls never mix
+            return handle.state.setdefault("internvl_chat_seen", {})
 
         def vision_hook(module: nn.Module, args: tuple, output: Any) -> None:
             layer = getattr(model, "select_layer", -1)
             hidden = output.last_hidden_state if layer == -1 else output.hidden_states[layer]
-            seen["summaries"] = summarise(hidden, use_cls, True)
+            seen()["summaries"] = summarise(hidden, use_cls, True)
 
         h = model.vision_model.register_forward_hook(vision_hook)
         handle.add_undo(h.remove)
@@ -106,9 +108,9 @@ class InternVLChatAdapter(Adapter):
 
         def make_extract(original: Callable) -> Callable:
             def extract_feature(pixel_values: torch.Tensor) -> torch.Tensor:
-                seen.clear()
+                seen().clear()
                 feats = original(pixel_values)
-                summaries = seen.pop("summaries")
+                summaries = seen().pop("summaries")
                 flags = handle.state.get(_FLAGS)
                 real = None
                 if flags is not None:

@@ -24,6 +24,7 @@ LLaVA-NeXT) use the mean of the tower's output tokens.
 from __future__ import annotations
 
 import inspect
+import threading
 from typing import Any, Callable
 
 import torch
@@ -39,9 +40,7 @@ _ARCH_MODULE = "llava.model.llava_arch"
 
 def is_llava_model(model: nn.Module) -> bool:
     """Whether ``model`` is a model class of the ``llava`` package (mixes in ``LlavaMetaForCausalLM``)."""
-    return any(
-        cls.__name__ == "LlavaMetaForCausalLM" and cls.__module__ == _ARCH_MODULE for cls in type(model).__mro__
-    )
+    return any(cls.__name__ == "LlavaMetaForCausalLM" and cls.__module__ == _ARCH_MODULE for cls in type(model).__mro__)
 
 
 def _tower(model: nn.Module) -> nn.Module | None:
@@ -147,11 +146,15 @@ class LlavaTorchAdapter(Adapter):
             def encode_images(images: torch.Tensor) -> torch.Tensor:
                 tower = _tower(model)
                 seen: dict[str, torch.Tensor] = {}
+                me = threading.get_ident()  # another thread's call runs the same tower: not ours
 
                 def keep_tower_output(module: nn.Module, args: Any, output: Any) -> None:
-                    seen["tokens"] = output
+                    if threading.get_ident() == me:
+                        seen["tokens"] = output
 
                 def keep_cls(module: nn.Module, args: Any, output: Any) -> None:
+                    if threading.get_ident() != me:
+                        return
                     hidden = getattr(output, "hidden_states", None)
                     layer = getattr(tower, "select_layer", -1)
                     states = hidden[layer] if hidden is not None else output.last_hidden_state

@@ -10,13 +10,20 @@ from rich.console import Console
 
 from gswa_plugin.errors import GSWAError
 
+#: Help of every ``--model`` option: the host names built in code are ``gswa_plugin.tools.hosts.TINY_HOSTS``.
+MODEL_HELP = (
+    "Checkpoint directory (save_pretrained) or cached hub id, or a host built in code (random weights, no "
+    "download): tiny (InternVL, the default), tiny-llava-next, tiny-llava-onevision, tiny-idefics3, "
+    "tiny-smolvlm, tiny-aya-vision."
+)
+
 console = Console()
 err_console = Console(stderr=True)
 
 
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn a :class:`GSWAError` into a red message on stderr and exit code 2 (no traceback)."""
+    """Turn a ``GSWAError`` into a red message on stderr and exit code 2 (no traceback)."""
     try:
         yield
     except GSWAError as exc:

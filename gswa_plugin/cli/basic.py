@@ -7,46 +7,95 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from gswa_plugin._version import __version__
-from gswa_plugin.cli import app
+from gswa_plugin.cli import _catalog, app
 from gswa_plugin.cli._common import console, err_console, reported_errors
-from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import ConfigError
-from gswa_plugin.plugins import adapter_sources, adapters, check_config, variant_sources
+
+# The plugin registries import torch and every adapter (over a second): these commands read
+# the built-in table (gswa_plugin.cli._catalog) instead where no third-party plugin loads.
 
 
 @app.command("adapters")
 def adapters_cmd() -> None:
     """List the registered host adapters and weighting variants (built-in and third-party)."""
-    with reported_errors():
-        registry, sources = adapters(), adapter_sources()
-        vsources = variant_sources()
-    table = Table(title="Adapters")
-    for col in ("name", "registered by", "thumbnail", "summary", "hosts"):
-        table.add_column(col)
-    for name, adapter in registry.items():
-        table.add_row(
-            name, sources[name], adapter.global_position, "cls" if adapter.has_cls else "mean", adapter.description
-        )
-    console.print(table)
-    vt = Table(title="Weighting variants")
-    vt.add_column("name")
-    vt.add_column("registered by")
-    for name, src in vsources.items():
-        vt.add_row(name, src)
-    console.print(vt)
+    rows: list[tuple[str, str, str, str, str]] = []  # name, registered by, thumbnail, summary, hosts
+    missing: list[_catalog.AdapterInfo] = []
+    if _catalog.builtin_only():
+        for info in _catalog.BUILTIN_ADAPTERS:
+            if not info.available():
+                missing.append(info)
+                continue
+            rows.append(
+                (info.name, info.module, info.global_position, "cls" if info.has_cls else "mean", info.description)
+            )
+        vrows = [(v, _catalog.BUILTIN_VARIANT_SOURCE) for v in _catalog.BUILTIN_VARIANTS]
+    else:
+        from gswa_plugin.plugins import adapter_sources, adapters, variant_sources
+
+        with reported_errors():
+            registry, sources, vsources = adapters(), adapter_sources(), variant_sources()
+        for name, adapter in registry.items():
+            summary = "cls" if adapter.has_cls else "mean"
+            rows.append((name, sources[name], adapter.global_position, summary, adapter.description))
+        missing = [i for i in _catalog.BUILTIN_ADAPTERS if i.name not in registry and not i.available()]
+        vrows = list(vsources.items())
+    _print_rows("Adapters", ("name", "registered by", "thumbnail", "summary", "hosts"), rows)
+    _print_rows("Weighting variants", ("name", "registered by"), vrows)
+    if missing:
+        console.print("Not available here (host package missing):", highlight=False)
+        for info in missing:
+            console.print(f"  {info.name}: needs: {info.install}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _print_rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table where it fits the terminal, else one block per row: names are never cut."""
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    widths = [max([len(col)] + [len(r[i]) for r in rows]) for i, col in enumerate(columns)]
+    fixed = sum(widths[:-1]) + 3 * len(columns) + 1  # borders and padding
+    if len(columns) == 2 or fixed + min(widths[-1], 30) <= console.width:
+        table = Table(title=title)
+        for i, col in enumerate(columns):
+            last = i == len(columns) - 1 and len(columns) > 2
+            table.add_column(col, no_wrap=not last, min_width=None if last else widths[i], overflow="fold")
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+        return
+    console.print(f"[bold]{title}[/]")
+    for r in rows:
+        details = ", ".join(f"{c} {v}" for c, v in zip(columns[1:-1], r[1:-1]))
+        console.print(f"  [bold]{r[0]}[/]  {details}", highlight=False, soft_wrap=True)
+        console.print(Padding(Text(r[-1]), (0, 0, 0, 6)))
 
 
 @app.command("check")
 def check_cmd(config: Path = typer.Argument(..., help="YAML file with a top-level `gswa:` block.")) -> None:
     """Validate a GSWA config file; exits non-zero listing every problem."""
-    try:
-        cfg = check_config(config, source=str(config))
-    except ConfigError as exc:
-        err_console.print(f"[bold red]{exc}[/]", highlight=False)
-        raise typer.Exit(code=1) from exc
+    cfg = None
+    if _catalog.builtin_only():
+        from gswa_plugin.config import resolve_config
+
+        try:  # the common case without torch; any problem takes the full path for the whole list
+            cfg = resolve_config(config)
+        except ConfigError:
+            cfg = None
+        else:
+            names = [i.name for i in _catalog.BUILTIN_ADAPTERS if i.available()]
+            if cfg.variant not in _catalog.BUILTIN_VARIANTS or (cfg.adapter and cfg.adapter not in names):
+                cfg = None
+    if cfg is None:
+        from gswa_plugin.plugins import check_config
+
+        try:
+            cfg = check_config(config, source=str(config))
+        except ConfigError as exc:
+            err_console.print(f"[bold red]{exc}[/]", highlight=False)
+            raise typer.Exit(code=1) from exc
     console.print(f"[green]ok[/] {config}: variant={cfg.variant} mode={cfg.mode} adapter={cfg.adapter or 'auto'}")
 
 
@@ -77,6 +126,8 @@ def schema_cmd(
 
     with reported_errors():
         if kind is SchemaKind.config:
+            from gswa_plugin.config import GSWAConfig
+
             schema = json_schema(GSWAConfig, block="gswa")
         elif kind is SchemaKind.declaration:
             from gswa_plugin.config import HostDeclaration

@@ -49,18 +49,22 @@ def bench_cmd(
     from gswa_plugin.tools import bench
 
     with reported_errors():
-        result = bench.load_json(from_json) if from_json is not None else bench.run(
-            shapes=shapes,
-            tiles=_tile_counts(tiles),
-            repeats=repeats,
-            warmup=warmup,
-            vision_layers=vision_layers,
-            text_layers=text_layers,
-            dtype=dtype,
-            device=device,
-            config=config,
-            memory=memory,
-            threads=threads,
+        result = (
+            bench.load_json(from_json)
+            if from_json is not None
+            else bench.run(
+                shapes=shapes,
+                tiles=_tile_counts(tiles),
+                repeats=repeats,
+                warmup=warmup,
+                vision_layers=vision_layers,
+                text_layers=text_layers,
+                dtype=dtype,
+                device=device,
+                config=config,
+                memory=memory,
+                threads=threads,
+            )
         )
     for line in bench.describe(result):
         console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -13,10 +13,16 @@ from gswa_plugin.cli._common import console, reported_errors
 @app.command("convert-internvl2")
 def convert_internvl2_cmd(
     src: Path = typer.Argument(..., help="InternVL2 checkpoint directory in the released layout (InternVLChatModel)."),
-    dst: Path = typer.Argument(..., help="Output directory for the native InternVLForConditionalGeneration checkpoint."),
+    dst: Path = typer.Argument(
+        ..., help="Output directory for the native InternVLForConditionalGeneration checkpoint."
+    ),
     dtype: str = typer.Option("keep", help="Dtype of the written weights: keep, bfloat16, float16 or float32."),
-    tokenizer: bool = typer.Option(True, help="Also convert the tokenizer (InternLM2's tokenizer.model needs sentencepiece)."),
-    max_patches: int = typer.Option(0, help="Tiles per image of the written image processor (0: the source's max_dynamic_patch)."),
+    tokenizer: bool = typer.Option(
+        True, help="Also convert the tokenizer (InternLM2's tokenizer.model needs sentencepiece)."
+    ),
+    max_patches: int = typer.Option(
+        0, help="Tiles per image of the written image processor (0: the source's max_dynamic_patch)."
+    ),
 ) -> None:
     """Convert an InternVL2 checkpoint (InternLM2 language model, fused wqkv) into transformers' native InternVL
     format with a Llama language model, loadable without remote code. Every key is mapped and the result is

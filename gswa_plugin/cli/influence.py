@@ -9,27 +9,21 @@ import typer
 from rich.table import Table
 
 from gswa_plugin.cli import app
-from gswa_plugin.cli._common import console, reported_errors
-from gswa_plugin.config import GSWAConfig, resolve_config
+from gswa_plugin.cli._common import MODEL_HELP, console, reported_errors
 from gswa_plugin.errors import ConfigError
 
-#: ``--model`` value that builds the offline tiny InternVL (random weights) instead of loading one.
+#: The ``--model`` value of the default host built in code; ``gswa adapters``' families have their own
+#: (``tiny-llava-next``, ...: ``gswa_plugin.tools.hosts.TINY_HOSTS``).
 TINY = "tiny"
 
 
 def load_host(model: str) -> tuple[Any, Any]:
-    """``(model, processor)``: the tiny InternVL for ``tiny``, else ``from_pretrained(model)``."""
-    if model == TINY:
-        from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
+    """``(model, processor)``: a host built in code for ``tiny``/``tiny-<family>``, else ``from_pretrained(model)``."""
+    from gswa_plugin.tools.hosts import is_tiny, load_pretrained, tiny_host
 
-        return tiny_internvl(image_size=56), tiny_internvl_processor(image_size=56, max_patches=6)
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    if not Path(model).exists():
-        raise ConfigError(
-            [f"--model {model!r} is neither `{TINY}` nor a local directory; pass a model saved with save_pretrained"]
-        )
-    return AutoModelForImageTextToText.from_pretrained(model).eval(), AutoProcessor.from_pretrained(model)
+    if is_tiny(model):
+        return tiny_host(model)
+    return load_pretrained(model)
 
 
 def load_image(image: str) -> Any:
@@ -56,9 +50,13 @@ def host_inputs(processor: Any, image: Any, prompt: str) -> Any:
 
 @app.command("influence")
 def influence_cmd(
-    model: str = typer.Option(..., "--model", help=f"Local model directory (save_pretrained), or `{TINY}`."),
-    image: str = typer.Option(..., "--image", help="Image file, or a scikit-image sample name (astronaut, coffee, ...)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with a `gswa:` block (default settings if omitted)."),
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
+    image: str = typer.Option(
+        ..., "--image", help="Image file, or a scikit-image sample name (astronaut, coffee, ...)."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML file with a `gswa:` block (default settings if omitted)."
+    ),
     mode: Optional[str] = typer.Option(None, "--mode", help="Override the config's `mode` (embed, value, attn_bias)."),
     all_modes: bool = typer.Option(False, "--all-modes", help="Measure every application mode side by side."),
     prompt: str = typer.Option("describe the image", "--prompt", help="Text after the image placeholder."),
@@ -70,10 +68,12 @@ def influence_cmd(
     A KL divergence or logit change near zero means this configuration cannot make the weights
     matter, however long it trains.
     """
+    from gswa_plugin.cli.visualize import input_errors
+    from gswa_plugin.config import resolve_config
     from gswa_plugin.tools.influence import compare_modes
 
-    with reported_errors():
-        cfg: GSWAConfig = resolve_config(config)
+    with reported_errors(), input_errors():
+        cfg = resolve_config(config)
         if mode is not None:
             cfg = cfg.replace(mode=mode)
         host, processor = load_host(model)
@@ -84,5 +84,7 @@ def influence_cmd(
     for col in ("mode", "KL (nats)", "max |logit change|", "logit scale", "top-1 changed"):
         table.add_column(col, justify="right" if col != "mode" else "left")
     for r in results:
-        table.add_row(r.mode, f"{r.kl:.3g}", f"{r.max_logit_change:.3g}", f"{r.logit_scale:.3g}", f"{r.top1_changed:.0%}")
+        table.add_row(
+            r.mode, f"{r.kl:.3g}", f"{r.max_logit_change:.3g}", f"{r.logit_scale:.3g}", f"{r.top1_changed:.0%}"
+        )
     console.print(table)

@@ -10,12 +10,12 @@ import typer
 from rich.table import Table
 
 from gswa_plugin.cli import app
-from gswa_plugin.cli._common import console, err_console, reported_errors
+from gswa_plugin.cli._common import MODEL_HELP, console, err_console, reported_errors
 from gswa_plugin.cli.visualize import input_errors
 
-_MODEL_HELP = "Local checkpoint directory (or cached hub id). Default: the small InternVL built in code."
+_MODEL_HELP = MODEL_HELP
 _IMAGE_HELP = "Image file, folder of images, or scikit-image sample name (repeatable)."
-_TASK_HELP = "lmms-eval task(s) instead of images, comma-separated (needs `pip install 'gswa-plugin\\[eval]'`)."
+_TASK_HELP = "lmms-eval task(s) instead of images, comma-separated (needs `pip install 'gswa-plugin[eval]'`)."
 
 
 def _images(image: List[str]) -> list:
@@ -48,7 +48,9 @@ def remove_tiles_cmd(
     image: Optional[List[str]] = typer.Option(None, "--image", "-i", help=_IMAGE_HELP),
     task: Optional[str] = typer.Option(None, help=_TASK_HELP),
     model: Optional[str] = typer.Option(None, help=_MODEL_HELP + " Required with --task."),
-    gswa: Optional[str] = typer.Option(None, help="Saved GSWA directory or YAML. Default: the packaged default (cosine)."),
+    gswa: Optional[str] = typer.Option(
+        None, help="Saved GSWA directory or YAML. Default: the packaged default (cosine)."
+    ),
     k: int = typer.Option(3, help="Tiles removed per image."),
     by: str = typer.Option("weight", help="Rank tiles by `weight` (GSWA) or `similarity` (to the global view)."),
     which: str = typer.Option("highest", help="Remove the `highest` or `lowest` ranked tiles."),
@@ -82,7 +84,9 @@ def remove_tiles_cmd(
             console.print(table)
             return
         from gswa_plugin.tools.hosts import load_host
+        from gswa_plugin.tools.visualize import check_image_sources
 
+        check_image_sources(image or [])
         net, processor, handle = load_host(model, gswa or None, max_tiles=max_tiles)
         if handle is None:
             err_console.print("[bold red]error:[/] tile removal ranks tiles by GSWA: give a GSWA checkpoint or YAML")
@@ -108,7 +112,9 @@ def _parse_checkpoints(checkpoint: List[str]) -> dict[str, str]:
     for item in checkpoint:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            err_console.print(f"[bold red]error:[/] --checkpoint takes NAME=PATH (e.g. cosine=runs/cosine), got {item!r}")
+            err_console.print(
+                f"[bold red]error:[/] --checkpoint takes NAME=PATH (e.g. cosine=runs/cosine), got {item!r}"
+            )
             raise typer.Exit(code=2)
         out[name] = path
     return out
@@ -117,7 +123,10 @@ def _parse_checkpoints(checkpoint: List[str]) -> dict[str, str]:
 @app.command("ablate")
 def ablate_cmd(
     checkpoint: List[str] = typer.Option(
-        ..., "--checkpoint", "-c", help="NAME=PATH of a saved GSWA directory or YAML (repeatable), e.g. cosine=out/cosine."
+        ...,
+        "--checkpoint",
+        "-c",
+        help="NAME=PATH of a saved GSWA directory or YAML (repeatable), e.g. cosine=out/cosine.",
     ),
     image: Optional[List[str]] = typer.Option(None, "--image", "-i", help=_IMAGE_HELP),
     task: Optional[str] = typer.Option(None, help=_TASK_HELP),
@@ -137,7 +146,9 @@ def ablate_cmd(
             if model is None:
                 err_console.print("[bold red]error:[/] --task needs --model (a checkpoint lmms-eval can load)")
                 raise typer.Exit(code=2)
-            scores = it.ablate_on_task(model, ckpts, task.split(","), lmms_model, limit, include_path, {"max_tiles": max_tiles})
+            scores = it.ablate_on_task(
+                model, ckpts, task.split(","), lmms_model, limit, include_path, {"max_tiles": max_tiles}
+            )
             metrics = sorted({(t, m) for per in scores.values() for t, row in per.items() for m in row})
             table = Table(title=f"Variant ablation on {task}")
             table.add_column("gswa")
@@ -148,7 +159,9 @@ def ablate_cmd(
             console.print(table)
             return
         from gswa_plugin.tools.hosts import load_host
+        from gswa_plugin.tools.visualize import check_image_sources
 
+        check_image_sources(image or [])
         net, processor, _ = load_host(model, "none", max_tiles=max_tiles)
         rows = it.ablate_on_images(net, processor, ckpts, _images(image or []))
     table = Table(title="Variant ablation over images (change against the host without GSWA)")
@@ -173,21 +186,35 @@ def ablate_cmd(
 def diagnose_cmd(
     image: List[str] = typer.Option(..., "--image", "-i", help=_IMAGE_HELP),
     model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
-    gswa: Optional[str] = typer.Option(None, help="Saved GSWA directory or YAML. Default: the packaged default (cosine)."),
+    gswa: Optional[str] = typer.Option(
+        None, help="Saved GSWA directory or YAML. Default: the packaged default (cosine)."
+    ),
     max_tiles: Optional[int] = typer.Option(None, help="Tile cap per image."),
     fail: bool = typer.Option(False, "--fail", help="Exit with status 1 when a failure signature is found."),
-    uniform_entropy: Optional[float] = typer.Option(None, help="Relative entropy at or above which weights count as uniform."),
-    tile_dominance_share: Optional[float] = typer.Option(None, help="Excess top share at or above which one tile dominates."),
-    thumbnail_ratio: Optional[float] = typer.Option(None, help="Thumbnail / mean tile weight at or above which the thumbnail dominates."),
+    uniform_entropy: Optional[float] = typer.Option(
+        None, help="Relative entropy at or above which weights count as uniform."
+    ),
+    tile_dominance_share: Optional[float] = typer.Option(
+        None, help="Excess top share at or above which one tile dominates."
+    ),
+    thumbnail_ratio: Optional[float] = typer.Option(
+        None, help="Thumbnail / mean tile weight at or above which the thumbnail dominates."
+    ),
 ) -> None:
     """Report the failure signatures (uniform, one-tile or thumbnail dominance) of a GSWA checkpoint over images."""
     from gswa_plugin.tools.diagnostics import Thresholds
     from gswa_plugin.tools.hosts import load_host
     from gswa_plugin.tools.inspect import diagnose_images
+    from gswa_plugin.tools.visualize import check_image_sources
 
-    given = {"uniform_entropy": uniform_entropy, "tile_dominance_share": tile_dominance_share, "thumbnail_ratio": thumbnail_ratio}
+    given = {
+        "uniform_entropy": uniform_entropy,
+        "tile_dominance_share": tile_dominance_share,
+        "thumbnail_ratio": thumbnail_ratio,
+    }
     thresholds = Thresholds(**{k: v for k, v in given.items() if v is not None})
     with reported_errors(), input_errors():
+        check_image_sources(image)
         net, processor, handle = load_host(model, gswa, max_tiles=max_tiles)
         if handle is None:
             err_console.print("[bold red]error:[/] diagnostics judge GSWA's weights: give a GSWA checkpoint or YAML")
@@ -200,7 +227,9 @@ def diagnose_cmd(
     table.add_column("max", justify="right")
     table.add_column("thumbnail", justify="right")
     for name, w, thumb in diagnosis.per_image:
-        table.add_row(Path(name).name, str(len(w)), f"{min(w):.3f}", f"{max(w):.3f}", "-" if thumb is None else f"{thumb:.3f}")
+        table.add_row(
+            Path(name).name, str(len(w)), f"{min(w):.3f}", f"{max(w):.3f}", "-" if thumb is None else f"{thumb:.3f}"
+        )
     console.print(table)
     stats = ", ".join(f"{k}={v:.4g}" for k, v in diagnosis.stats.items())
     console.print(f"statistics: {stats}")

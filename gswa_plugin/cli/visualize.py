@@ -9,7 +9,7 @@ from typing import Iterator, List, Optional
 import typer
 
 from gswa_plugin.cli import app
-from gswa_plugin.cli._common import console, err_console, reported_errors
+from gswa_plugin.cli._common import MODEL_HELP, console, err_console, reported_errors
 
 
 @contextlib.contextmanager
@@ -27,10 +27,10 @@ def visualize_cmd(
     image: List[str] = typer.Option(
         ..., "--image", "-i", help="Image file, folder of images, or scikit-image sample name (repeatable)."
     ),
-    out: Path = typer.Option(Path("gswa_weight_maps"), "--out", "-o", help="Folder for the pictures (one PNG per image)."),
-    model: Optional[str] = typer.Option(
-        None, help="Local checkpoint directory (or cached hub id). Default: the small InternVL built in code."
+    out: Path = typer.Option(
+        Path("gswa_weight_maps"), "--out", "-o", help="Folder for the pictures (one PNG per image)."
     ),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     gswa: Optional[str] = typer.Option(
         None, help="Saved GSWA directory or YAML with a `gswa:` block. Default: the packaged default (cosine)."
     ),
@@ -41,16 +41,18 @@ def visualize_cmd(
     device: str = typer.Option("cpu", help="Device of a loaded checkpoint."),
 ) -> None:
     """Draw each image with its tiles shaded by GSWA weight and the weights written on them."""
-    from gswa_plugin.tools.hosts import load_host
-    from gswa_plugin.tools.visualize import visualize_paths
+    from gswa_plugin.tools.hosts import is_tiny, load_host
+    from gswa_plugin.tools.visualize import RANDOM_WEIGHTS_NOTE, check_image_sources, visualize_paths
 
     with reported_errors(), input_errors():
+        check_image_sources(image)
         with console.status("loading the model..."):
             net, processor, handle = load_host(model, gswa, max_tiles=max_tiles, dtype=dtype, device=device)
         if handle is None:
             err_console.print("[bold red]error:[/] gswa=none leaves GSWA off: there are no weights to draw")
             raise typer.Exit(code=2)
-        results = visualize_paths(net, processor, image, out, width=width, cmap=cmap)
+        note = f"model: {model}" if not is_tiny(model) else RANDOM_WEIGHTS_NOTE.format(name=model or "tiny")
+        results = visualize_paths(net, processor, image, out, width=width, cmap=cmap, note=note)
     for path, w in results:
         thumb = f", thumbnail {w.thumbnail_weight:.2f}" if w.thumbnail_weight is not None else ""
         console.print(

@@ -3,18 +3,20 @@
 Each integration plugs into its framework's own extension points and ships a launcher, so a
 team adds GSWA with a few lines in the YAML or launch arguments it already uses:
 
-* :mod:`gswa_plugin.integrations.transformers`: transformers' ``Trainer`` with accelerate,
+* [`gswa_plugin.integrations.transformers`][gswa_plugin.integrations.transformers]: transformers' ``Trainer`` with
+  accelerate,
   DeepSpeed, FSDP and PEFT (``pip install gswa-plugin[train]``); ``gswa train <recipe>``.
-* :mod:`gswa_plugin.integrations.lmms_eval`: the ``gswa_*`` models of lmms-eval
+* ``gswa_plugin.integrations.lmms_eval``: the ``gswa_*`` models of lmms-eval
   (``pip install gswa-plugin[eval]``), found through the ``lmms_eval.models`` entry point.
-* :mod:`gswa_plugin.integrations.lmms_engine`: lmms-engine (``pip install gswa-plugin[lmms-engine]``);
+* [`gswa_plugin.integrations.lmms_engine`][gswa_plugin.integrations.lmms_engine]: lmms-engine (``pip install
+  gswa-plugin[lmms-engine]``);
   ``python -m gswa_plugin.integrations.lmms_engine.launch config_yaml=<yaml>``.
-* :mod:`gswa_plugin.integrations.llava`: the llava training code (LLaVA / LLaVA-NeXT);
+* [`gswa_plugin.integrations.llava`][gswa_plugin.integrations.llava]: the llava training code (LLaVA / LLaVA-NeXT);
   ``python -m gswa_plugin.integrations.llava.train --gswa_config <yaml> <llava arguments>``.
 
 The integrations import their framework lazily; a missing framework raises
-:class:`~gswa_plugin.errors.HostNotInstalledError` naming what to install. This module holds
-what they share: :func:`unwrap` (the one way to find the GSWA model under any wrapper) and
+[`HostNotInstalledError`][gswa_plugin.errors.HostNotInstalledError] naming what to install. This module holds
+what they share: [`unwrap`][gswa_plugin.integrations.unwrap] (the one way to find the GSWA model under any wrapper) and
 writing GSWA's weights into a host checkpoint.
 """
 
@@ -35,7 +37,8 @@ CHECKPOINT_SUBDIR = "gswa"
 
 
 def require(module: str, install: str, what: str) -> Any:
-    """Import ``module`` or raise :class:`HostNotInstalledError` saying how to install ``what``."""
+    """Import ``module`` or raise [`HostNotInstalledError`][gswa_plugin.errors.HostNotInstalledError] saying how to
+    install ``what``."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -1,7 +1,7 @@
 """lmms-eval models with GSWA: ``lmms-eval --model gswa_<family> --model_args pretrained=...,gswa=...``.
 
 lmms-eval finds these models through its entry-point group ``lmms_eval.models``; this package
-publishes :func:`manifests` there (see ``pyproject.toml``), so installing gswa-plugin next to
+publishes ``manifests`` there (see ``pyproject.toml``), so installing gswa-plugin next to
 lmms-eval is enough::
 
     lmms-eval --model gswa_internvl \\
@@ -18,7 +18,7 @@ Model arguments (``--model_args``, comma-separated ``key=value``):
   grids of LLaVA-NeXT/OneVision); the checkpoint's own setting when unset.
 * ``dtype`` (``float32``, ``bfloat16``, ...), ``max_new_tokens`` (caps the task's value).
 * ``remove_k``, ``remove_by``, ``remove_which``, ``remove_threshold``, ``remove_mode``: the tile
-  removal experiment (:class:`gswa_plugin.tools.inspect.RemovalSpec`).
+  removal experiment ([`gswa_plugin.tools.inspect.RemovalSpec`][gswa_plugin.tools.inspect.RemovalSpec]).
 
 The families differ only in which hosts they accept; ``gswa_hf`` takes any model with a
 registered GSWA adapter. Requests are answered one at a time (``batch_size`` is accepted and

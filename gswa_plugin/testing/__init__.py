@@ -1,10 +1,10 @@
 """Testing helpers for GSWA and for adapter authors.
 
-This package holds the tiny test hosts (:mod:`~gswa_plugin.testing.tiny`,
-:mod:`~gswa_plugin.testing.tiny_more`, :mod:`~gswa_plugin.testing.tiny_hosts`: real
+This package holds the tiny test hosts ([`tiny`][gswa_plugin.testing.tiny],
+[`tiny_more`][gswa_plugin.testing.tiny_more], [`tiny_hosts`][gswa_plugin.testing.tiny_hosts]: real
 transformers classes with small random configs, built offline), the stand-ins for host classes
-that exist only as remote code (:mod:`~gswa_plugin.testing.standins`), and the adapter contract
-check (:mod:`~gswa_plugin.testing.contract`)::
+that exist only as remote code ([`standins`][gswa_plugin.testing.standins]), and the adapter contract
+check ([`contract`][gswa_plugin.testing.contract])::
 
     from gswa_plugin.testing import check_adapter
 
@@ -12,7 +12,7 @@ check (:mod:`~gswa_plugin.testing.contract`)::
                            language_model="model.language_model", adapter="my_adapter")
     report.assert_passed()
 
-The names below are imported from :mod:`~gswa_plugin.testing.contract` on first use: importing
+The names below are imported from [`contract`][gswa_plugin.testing.contract] on first use: importing
 this package (or one of the tiny-host modules) does not load the contract check.
 """
 

@@ -112,7 +112,7 @@ class AdapterCase:
         self.id = self.id or self.adapter or ""
 
     def check(self, checks: Sequence[str] | None = None, *, raise_on_failure: bool = False) -> ContractReport:
-        """Run the contract on this case; see :func:`check_adapter`."""
+        """Run the contract on this case; see [`check_adapter`][gswa_plugin.testing.contract.check_adapter]."""
         return _run_case(self, checks, raise_on_failure)
 
 
@@ -122,7 +122,7 @@ class CheckResult:
     """The outcome of one contract check.
 
     Attributes:
-        name: the check's name (one of :data:`CHECKS`).
+        name: the check's name (one of [`CHECKS`][gswa_plugin.testing.contract.CHECKS]).
         title: what the check verifies, in one line.
         passed: whether it passed.
         reason: one line: what was verified, or why it failed.
@@ -144,12 +144,12 @@ class CheckResult:
 
 @dataclass
 class ContractReport:
-    """Every check of one :func:`check_adapter` run.
+    """Every check of one [`check_adapter`][gswa_plugin.testing.contract.check_adapter] run.
 
     Attributes:
         case: the case's id (empty when it has none).
         adapter: the name of the adapter that ``enable()`` used (``None`` if it never ran).
-        results: one :class:`CheckResult` per check, in the order they ran.
+        results: one [`CheckResult`][gswa_plugin.testing.contract.CheckResult] per check, in the order they ran.
     """
 
     case: str
@@ -185,7 +185,7 @@ class ContractReport:
         return f", {case}adapter {self.adapter!r}"
 
     def assert_passed(self) -> None:
-        """Raise an :class:`AssertionError` listing every failed check at once.
+        """Raise an ``AssertionError`` listing every failed check at once.
 
         Raises:
             AssertionError: one or more checks failed; the message names each with its reason,
@@ -237,12 +237,14 @@ def check_adapter(
             lets ``enable()`` pick one by matching the model.
         global_position: where the processor puts the thumbnail (``"first"``, ``"last"``,
             ``"none"``), compared with the adapter's layout when given.
-        checks: names of the checks to run (see :data:`CHECKS`); all of them by default.
-        raise_on_failure: raise an :class:`AssertionError` listing every failure instead of
+        checks: names of the checks to run (see [`CHECKS`][gswa_plugin.testing.contract.CHECKS]); all of them by
+            default.
+        raise_on_failure: raise an ``AssertionError`` listing every failure instead of
             returning a report with failures.
 
     Returns:
-        A :class:`ContractReport` with one :class:`CheckResult` per check.
+        A [`ContractReport`][gswa_plugin.testing.contract.ContractReport] with one
+        [`CheckResult`][gswa_plugin.testing.contract.CheckResult] per check.
 
     Raises:
         ValueError: an unknown check name, an invalid ``global_position`` or
@@ -713,5 +715,5 @@ _CHECKS: dict[str, tuple[str, Callable[[_Run], str]]] = {
     "disable": ("disable() removes every patch and restores the logits bit-exactly", _check_disable),
     "save_load": ("save() then load() on a fresh model reproduces the logits", _check_save_load),
 }
-#: Names of the contract checks, in the order :func:`check_adapter` runs them.
+#: Names of the contract checks, in the order [`check_adapter`][gswa_plugin.testing.contract.check_adapter] runs them.
 CHECKS: tuple[str, ...] = tuple(_CHECKS)

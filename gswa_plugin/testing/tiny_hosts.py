@@ -1,6 +1,7 @@
 """Tiny LLaVA-family hosts built in code, offline: real transformers classes with small configs.
 
-The counterpart of :mod:`gswa_plugin.testing.tiny` for the LLaVA-NeXT and LLaVA-OneVision families:
+The counterpart of [`gswa_plugin.testing.tiny`][gswa_plugin.testing.tiny] for the LLaVA-NeXT and LLaVA-OneVision
+families:
 ``LlavaNextForConditionalGeneration`` (CLIP vision tower, CLS first) and
 ``LlavaOnevisionForConditionalGeneration`` (SigLIP vision tower, no CLS), each with its real
 processor (the real anyres image processor and the tiny word-level tokenizer). Tiles are small

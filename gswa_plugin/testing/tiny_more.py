@@ -166,7 +166,7 @@ def internvl_chat_tokenizer() -> Any:
 
 
 def tiny_internvl_chat(seed: int = 0, tile: int = INTERNVL_CHAT_TILE, select_layer: int = -1) -> Any:
-    """A tiny :class:`~gswa_plugin.testing.standins.internvl_chat.InternVLChatModel` (the InternVL2 remote-code
+    """A tiny ``InternVLChatModel`` (the InternVL2 remote-code
     stand-in): InternViT with CLS (``tile`` px, patch 14), pixel shuffle 0.5, ``mlp1``, and a Qwen2
     language model (as in InternVL2-1B). ``img_context_token_id`` is set from the tiny tokenizer,
     as InternVL's training script does."""

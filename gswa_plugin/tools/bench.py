@@ -28,7 +28,7 @@ with module hooks, and the missing layers are added as that many times the mean 
 
 Peak memory added: the peak of live tensor bytes allocated during the image encoding and during
 the training step, with GSWA enabled minus without, at the largest tile count, tracked op by op
-with a :class:`~torch.utils._python_dispatch.TorchDispatchMode` (works on any device).
+with a ``TorchDispatchMode`` (works on any device).
 """
 
 from __future__ import annotations
@@ -621,7 +621,8 @@ def run(
     """Measure GSWA's cost next to the host at each tile count (see the module docstring).
 
     Args:
-        shapes: a :class:`HostShapes` or a name in :data:`SHAPES`.
+        shapes: a [`HostShapes`][gswa_plugin.tools.bench.HostShapes] or a name in
+            [`SHAPES`][gswa_plugin.tools.bench.SHAPES].
         tiles: tile counts; an image with more than one tile also gets a thumbnail, as InternVL's
             processor does.
         repeats: measured repeats per tile count (each gives one ratio).
@@ -630,7 +631,7 @@ def run(
         text_layers: language-model layers actually run.
         dtype: ``bfloat16`` (InternVL2's), ``float16`` or ``float32``.
         device: torch device.
-        config: GSWA settings (default: :class:`~gswa_plugin.config.GSWAConfig` defaults).
+        config: GSWA settings (default: [`GSWAConfig`][gswa_plugin.config.GSWAConfig] defaults).
         inner_reps: GSWA calls averaged within one repeat (GSWA is short; this steadies the clock).
         memory: also measure the peak memory added, at the largest tile count (the worst case;
             one extra pass, slowed down by the op-by-op tracking).
@@ -851,7 +852,8 @@ def save_json(result: BenchResult, path: str | Path) -> Path:
 
 
 def load_json(path: str | Path) -> BenchResult:
-    """A result saved by :func:`save_json`, to render its tables and plot again without measuring."""
+    """A result saved by [`save_json`][gswa_plugin.tools.bench.save_json], to render its tables and plot again without
+    measuring."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     names = {f.name for f in BenchResult.__dataclass_fields__.values()}
     row_names = set(TileResult.__dataclass_fields__)

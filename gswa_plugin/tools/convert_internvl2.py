@@ -406,7 +406,8 @@ def convert(
         src: directory with ``config.json`` (``InternVLChatModel``) and the weights.
         dst: output directory; ``InternVLForConditionalGeneration.from_pretrained(dst)`` loads it.
         dtype: dtype of the written weights (default: as stored).
-        tokenizer: also write the tokenizer (see :func:`convert_tokenizer`).
+        tokenizer: also write the tokenizer (see
+            [`convert_tokenizer`][gswa_plugin.tools.convert_internvl2.convert_tokenizer]).
         max_patches: tiles per image of the written image processor (default: the source's
             ``max_dynamic_patch``, 12 for InternVL2).
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from gswa_plugin import api
 from gswa_plugin.config import default_config_path
-from gswa_plugin.tools.visualize import grid_for, load_image, weight_map
+from gswa_plugin.tools.visualize import RANDOM_WEIGHTS_NOTE, grid_for, load_image, weight_map
 
 DEFAULT_PROMPT = "describe the image"
 
@@ -42,7 +42,9 @@ def load_model(model: str | os.PathLike[str]) -> tuple[Any, Any]:
     from transformers import AutoModelForImageTextToText
 
     from gswa_plugin.hf import load_processor
+    from gswa_plugin.tools.hosts import check_model_source
 
+    check_model_source(model)
     try:
         processor = load_processor(model)
         net = AutoModelForImageTextToText.from_pretrained(model).eval()
@@ -71,13 +73,14 @@ def run_demo(
     max_new_tokens: int = 8,
 ) -> DemoResult:
     """Enable GSWA, generate once on one image, and write the weight picture. See the module docstring."""
-    from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.tools.hosts import is_tiny, tiny_host
 
-    if model is None:
-        processor = tiny_internvl_processor(image_size=448, max_patches=12)
-        net = tiny_internvl(image_size=448)
+    if is_tiny(model):
+        net, processor = tiny_host(None if model is None else str(model))
+        note = RANDOM_WEIGHTS_NOTE.format(name=model or "tiny")
     else:
         net, processor = load_model(model)
+        note = f"model: {model}"
     img, img_name = load_image(image)
     handle = api.enable(net, config if config is not None else default_config_path())
     inputs = processor(text=[build_prompt(processor, prompt)], images=[img], return_tensors="pt")
@@ -94,5 +97,5 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     picture = out_dir / "gswa_weights.png"
     title = f"GSWA ({handle.config.variant}, adapter {handle.adapter.name}) on {img_name}"
-    weight_map(img, tile_w, grid, thumbnail_weight=thumb, title=title).save(picture)
+    weight_map(img, tile_w, grid, thumbnail_weight=thumb, title=title, note=note).save(picture)
     return DemoResult(tile_w, thumb, grid, text, picture, handle.adapter.name, handle.config.variant)

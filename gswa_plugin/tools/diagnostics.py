@@ -1,8 +1,9 @@
 """Statistics of GSWA tile weights and the paper's failure signatures, with no host code.
 
-Used by the training callback (:class:`gswa_plugin.integrations.transformers.GSWADiagnosticsCallback`) and by
+Used by the training callback
+([`gswa_plugin.integrations.transformers.GSWADiagnosticsCallback`][gswa_plugin.integrations.transformers.callback.GSWADiagnosticsCallback]) and by
 ``gswa diagnose``. Everything here takes plain tensors: the per-image tile weights that
-:func:`gswa_plugin.last_weights` returns (thumbnail excluded, mean 1 per image) and, where
+[`gswa_plugin.last_weights`][gswa_plugin.api.last_weights] returns (thumbnail excluded, mean 1 per image) and, where
 available, the GSWA parameters' gradients.
 
 Statistics (each a float averaged over the images that have at least two tiles; an image with a
@@ -19,7 +20,7 @@ single view carries no weighting and is left out):
   weight of the same image.
 * ``grad_norm`` (when gradients are given): L2 norm of all GSWA gradients.
 
-Failure signatures named by the paper (see :func:`failure_signatures`):
+Failure signatures named by the paper (see [`failure_signatures`][gswa_plugin.tools.diagnostics.failure_signatures]):
 ``uniform`` (weights stuck at 1/N: GSWA is not learning), ``thumbnail_dominance`` (the global
 view outweighs the tiles), ``tile_dominance`` (one tile takes nearly all the weight, the others
 are switched off) and ``vanishing_gradients`` (GSWA's gradients collapse to about zero).
@@ -33,7 +34,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-#: Names of the failure signatures :func:`failure_signatures` can report.
+#: Names of the failure signatures [`failure_signatures`][gswa_plugin.tools.diagnostics.failure_signatures] can report.
 SIGNATURES: tuple[str, ...] = ("uniform", "thumbnail_dominance", "tile_dominance", "vanishing_gradients")
 
 
@@ -75,7 +76,7 @@ def weight_stats(
 
     Args:
         tile_weights: per image, the weights of its tiles (thumbnail excluded), as returned by
-            :func:`gswa_plugin.last_weights`.
+            [`gswa_plugin.last_weights`][gswa_plugin.api.last_weights].
         thumbnail_weights: optional, per image, the thumbnail's weight (same order); adds
             ``thumbnail_ratio``.
 
@@ -133,7 +134,8 @@ def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float | None:
 
 
 def failure_signatures(stats: dict[str, float], thresholds: Thresholds | None = None) -> list[str]:
-    """The failure signatures present in ``stats`` (from :func:`weight_stats`, optionally with
+    """The failure signatures present in ``stats`` (from [`weight_stats`][gswa_plugin.tools.diagnostics.weight_stats],
+    optionally with
     ``grad_norm`` added), each as a line ``"<signature>: <what was seen and what to do>"``.
 
     Statistics that are absent are not judged. The caller decides when to look: an untrained
@@ -173,5 +175,6 @@ def failure_signatures(stats: dict[str, float], thresholds: Thresholds | None = 
 
 
 def signature_names(lines: Sequence[str]) -> list[str]:
-    """The signature names (``"uniform"``, ...) of lines returned by :func:`failure_signatures`."""
+    """The signature names (``"uniform"``, ...) of lines returned by
+    [`failure_signatures`][gswa_plugin.tools.diagnostics.failure_signatures]."""
     return [line.split(":", 1)[0] for line in lines]

@@ -1,10 +1,11 @@
 """Loading a host model with GSWA for evaluation and inspection, and the tile cap.
 
-Shared by the lmms-eval models (:mod:`gswa_plugin.integrations.lmms_eval`), ``gswa visualize`` and the
+Shared by the lmms-eval models (``gswa_plugin.integrations.lmms_eval``), ``gswa visualize`` and the
 inspection tools: a model is a local checkpoint directory (or a hub id already in the cache) or,
-by default, the tiny InternVL built in code (:mod:`gswa_plugin.testing.tiny`); GSWA comes from a saved
-directory (:func:`gswa_plugin.load`), a YAML file with a ``gswa:`` block
-(:func:`gswa_plugin.enable`) or, with ``"none"``, stays off (the baseline).
+by default, the tiny InternVL built in code ([`gswa_plugin.testing.tiny`][gswa_plugin.testing.tiny]); GSWA comes from a
+saved
+directory ([`gswa_plugin.load`][gswa_plugin.checkpoint.load]), a YAML file with a ``gswa:`` block
+([`gswa_plugin.enable`][gswa_plugin.api.enable]) or, with ``"none"``, stays off (the baseline).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def gswa_source_kind(gswa: str | os.PathLike[str] | None) -> str:
 
 
 def enable_gswa(model: torch.nn.Module, gswa: str | os.PathLike[str] | None) -> GSWAHandle | None:
-    """Enable GSWA on ``model`` from ``gswa`` (see :func:`gswa_source_kind`); ``None`` when disabled."""
+    """Enable GSWA on ``model`` from ``gswa`` (see [`gswa_source_kind`][gswa_plugin.tools.hosts.gswa_source_kind]);
+    ``None`` when disabled."""
     kind = gswa_source_kind(gswa)
     if kind == "disabled":
         return None
@@ -67,11 +69,16 @@ def load_pretrained(
     pretrained: str | os.PathLike[str], dtype: str | torch.dtype = "float32", device: str = "cpu"
 ) -> tuple[Any, Any]:
     """A local checkpoint directory (or a cached hub id) and its processor, in eval mode."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
-    torch_dtype = dtype if isinstance(dtype, torch.dtype) else (dtype if dtype == "auto" else getattr(torch, str(dtype)))
+    from gswa_plugin.hf import load_processor
+
+    check_model_source(pretrained)
+    torch_dtype = (
+        dtype if isinstance(dtype, torch.dtype) else (dtype if dtype == "auto" else getattr(torch, str(dtype)))
+    )
     try:
-        processor = AutoProcessor.from_pretrained(str(pretrained))
+        processor = load_processor(str(pretrained))
         model = AutoModelForImageTextToText.from_pretrained(str(pretrained), dtype=torch_dtype)
     except OSError as exc:
         raise FileNotFoundError(
@@ -92,6 +99,115 @@ def tiny_default(max_tiles: int | None = None) -> tuple[Any, Any]:
     from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
 
     return tiny_internvl(image_size=448), tiny_internvl_processor(image_size=448, max_patches=max_tiles or 12)
+
+
+def _tiny_llava_next(max_tiles: int | None) -> tuple[Any, Any]:
+    from gswa_plugin.testing.tiny_hosts import tiny_llava_next, tiny_llava_next_processor
+
+    n = max_tiles or 4
+    return tiny_llava_next(max_tiles=n), tiny_llava_next_processor(max_tiles=n)
+
+
+def _tiny_llava_onevision(max_tiles: int | None) -> tuple[Any, Any]:
+    from gswa_plugin.testing.tiny_hosts import tiny_llava_onevision, tiny_llava_onevision_processor
+
+    n = max_tiles or 4
+    return tiny_llava_onevision(max_tiles=n), tiny_llava_onevision_processor(max_tiles=n)
+
+
+def _tiny_idefics3(family: str) -> Any:
+    def build(max_tiles: int | None) -> tuple[Any, Any]:
+        from gswa_plugin.testing.tiny_more import tiny_idefics3, tiny_idefics3_processor
+
+        return tiny_idefics3(family), tiny_idefics3_processor(family)
+
+    return build
+
+
+def _tiny_aya_vision(max_tiles: int | None) -> tuple[Any, Any]:
+    from gswa_plugin.testing.tiny_more import tiny_aya_vision, tiny_aya_vision_processor
+
+    return tiny_aya_vision(), tiny_aya_vision_processor(max_patches=max_tiles or 12)
+
+
+#: ``--model`` names of the hosts built in code (random weights, real transformers classes and
+#: processors, no download): every command that takes ``--model`` accepts them.
+TINY_HOSTS: dict[str, tuple[str, Any]] = {
+    "tiny": ("the small InternVL (the default where --model is left out)", tiny_default),
+    "tiny-internvl": ("the same as `tiny`", tiny_default),
+    "tiny-llava-next": ("LlavaNextForConditionalGeneration, CLIP tower, anyres", _tiny_llava_next),
+    "tiny-llava-onevision": ("LlavaOnevisionForConditionalGeneration, SigLIP tower", _tiny_llava_onevision),
+    "tiny-idefics3": ("Idefics3ForConditionalGeneration", _tiny_idefics3("idefics3")),
+    "tiny-smolvlm": ("SmolVLMForConditionalGeneration", _tiny_idefics3("smolvlm")),
+    "tiny-aya-vision": ("AyaVisionForConditionalGeneration", _tiny_aya_vision),
+}
+
+
+def is_tiny(model: str | os.PathLike[str] | None) -> bool:
+    """Whether ``model`` names a host built in code (``None`` is the default tiny InternVL)."""
+    return model is None or str(model) in TINY_HOSTS
+
+
+def tiny_host(model: str | None = None, max_tiles: int | None = None) -> tuple[Any, Any]:
+    """The tiny host named ``model`` (see [`TINY_HOSTS`][gswa_plugin.tools.hosts.TINY_HOSTS]) and its processor.
+
+    Raises:
+        ConfigError: ``model`` is not one of the names.
+    """
+    name = "tiny" if model is None else str(model)
+    if name not in TINY_HOSTS:
+        raise ConfigError([_unknown_tiny(name)])
+    net, processor = TINY_HOSTS[name][1](max_tiles)
+    if name not in ("tiny", "tiny-internvl"):
+        set_tile_cap(net, processor, max_tiles)
+    return net, processor
+
+
+def _unknown_tiny(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(TINY_HOSTS), n=1, cutoff=0.6)
+    hint = f"; did you mean `{close[0]}`?" if close else ""
+    return f"--model {name!r} is not a host built in code (those are: {', '.join(TINY_HOSTS)}){hint}"
+
+
+def offline() -> bool:
+    """Whether the Hugging Face offline variables are set (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in _OFFLINE_VARS)
+
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def check_model_source(model: str | os.PathLike[str]) -> None:
+    """Fail before any download for a ``--model`` that cannot load: a missing local path, a
+    misspelt tiny-host name, or (offline) a hub id that is not in the local cache.
+
+    Raises:
+        FileNotFoundError: with the fix in the message.
+        ConfigError: a name that looks like a tiny host but is none.
+    """
+    text = str(model)
+    if Path(text).exists():
+        return
+    if text.lower().startswith("tiny"):
+        raise ConfigError([_unknown_tiny(text)])
+    looks_like_path = text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_like_path:
+        raise FileNotFoundError(
+            f"--model {text!r}: no such directory. Give a checkpoint directory (config.json, weights, processor "
+            f"files), a hub id, or a host built in code ({', '.join(TINY_HOSTS)})"
+        )
+    if offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(text, "config.json"), str):
+            set_vars = ", ".join(v for v in _OFFLINE_VARS if os.environ.get(v))
+            raise FileNotFoundError(
+                f"--model {text!r} is a hub id that is not in the local cache, and {set_vars} is set (offline). "
+                "Download it on a machine with network (`hf download ID`), pass a local directory, or use a host "
+                f"built in code ({', '.join(TINY_HOSTS)})"
+            )
 
 
 def set_tile_cap(model: Any, processor: Any, max_tiles: int | None) -> None:
@@ -150,16 +266,17 @@ def load_host(
     """Model, processor and GSWA handle (``None`` when GSWA is off) ready for inference.
 
     Args:
-        model: local checkpoint directory or cached hub id; ``None`` for the tiny built-in InternVL.
+        model: local checkpoint directory, cached hub id, or the name of a host built in code
+            ([`TINY_HOSTS`][gswa_plugin.tools.hosts.TINY_HOSTS]); ``None`` for the tiny built-in InternVL.
         gswa: saved GSWA directory, YAML with a ``gswa:`` block, ``"none"`` for no GSWA, or
             ``None`` for the packaged default (training-free ``cosine``).
-        max_tiles: tile cap per image (see :func:`set_tile_cap`).
+        max_tiles: tile cap per image (see [`set_tile_cap`][gswa_plugin.tools.hosts.set_tile_cap]).
         dtype: dtype of a loaded checkpoint.
         device: device of a loaded checkpoint.
     """
     gswa_source_kind(gswa)  # fail on a bad path before a large model is loaded
-    if model is None:
-        net, processor = tiny_default(max_tiles)
+    if is_tiny(model):
+        net, processor = tiny_host(None if model is None else str(model), max_tiles)
     else:
         net, processor = load_pretrained(model, dtype=dtype, device=device)
         set_tile_cap(net, processor, max_tiles)

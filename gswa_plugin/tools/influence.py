@@ -1,13 +1,15 @@
 """How far can GSWA's weights move the language model? A check before spending GPU hours.
 
-:func:`measure_influence` runs the model twice on the same inputs, once with every tile weight
+[`measure_influence`][gswa_plugin.tools.influence.measure_influence] runs the model twice on the same inputs, once with
+every tile weight
 forced to 1 (uniform) and once with a fixed peaked pattern (one tile ``ratio`` times heavier than
 the others, mean weight still 1), through the application mode in force, and reports how far the
 next-token distribution moved: the KL divergence, the largest logit change, the logit scale for
 context, and whether the top token changed. A configuration whose influence is near zero cannot
 learn much, whatever the training budget (see the docs page "Application modes").
 
-:func:`compare_modes` repeats the measurement for every mode on the same model and inputs.
+[`compare_modes`][gswa_plugin.tools.influence.compare_modes] repeats the measurement for every mode on the same model
+and inputs.
 """
 
 from __future__ import annotations
@@ -147,7 +149,8 @@ def compare_modes(
     peak_tile: int = 0,
     ratio: float = 10.0,
 ) -> list[Influence]:
-    """:func:`measure_influence` in every mode of ``modes`` on the same model and inputs.
+    """[`measure_influence`][gswa_plugin.tools.influence.measure_influence] in every mode of ``modes`` on the same
+    model and inputs.
 
     If GSWA is enabled on ``model``, its config is used (with each mode in turn) and the model
     is left enabled as before, with its GSWA parameters restored; otherwise ``config`` is used

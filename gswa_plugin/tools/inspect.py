@@ -1,6 +1,8 @@
 """The paper's inspection experiments as tools: tile removal, variant ablation, diagnostics.
 
-* **Tile removal** (:class:`RemovalSpec`, :class:`TileRemoval`, :func:`run_with_removal`): take
+* **Tile removal** ([`RemovalSpec`][gswa_plugin.tools.inspect.RemovalSpec],
+  [`TileRemoval`][gswa_plugin.tools.inspect.TileRemoval],
+  [`run_with_removal`][gswa_plugin.tools.inspect.run_with_removal]): take
   away the ``k`` tiles with the highest or lowest GSWA weight (or cosine similarity of their
   summary to the thumbnail's, the paper's "most similar to the global image"), or every tile
   whose weight is under a threshold. ``mode="zero"`` zeroes the chosen tiles' features at the
@@ -8,10 +10,11 @@
   ``mode="drop"`` removes the chosen tiles' views from ``pixel_values`` together with their image
   tokens in ``input_ids``, so the language model sees a shorter sequence and GSWA weighs the
   tiles that remain (hosts whose views are fixed-size blocks of image tokens: InternVL).
-* **Variant ablation** (:func:`ablate_on_images`, and over an lmms-eval task with
-  :func:`ablate_on_task`): the same inputs under several GSWA checkpoints and without GSWA.
-* **Diagnostics** (:func:`diagnose_images`): the failure signatures of
-  :mod:`gswa_plugin.tools.diagnostics` over a set of images.
+* **Variant ablation** ([`ablate_on_images`][gswa_plugin.tools.inspect.ablate_on_images], and over an
+  lmms-eval task with [`ablate_on_task`][gswa_plugin.tools.inspect.ablate_on_task]): the same inputs
+  under several GSWA checkpoints and without GSWA.
+* **Diagnostics** ([`diagnose_images`][gswa_plugin.tools.inspect.diagnose_images]): the failure signatures of
+  [`gswa_plugin.tools.diagnostics`][gswa_plugin.tools.diagnostics] over a set of images.
 
 Over a folder of images there are no labels, so a change is measured on the model's next-token
 distribution after the prompt (the first answer token): its largest logit change, the KL
@@ -153,7 +156,8 @@ class TileRemoval:
 
     It wraps ``gswa_process_tiles`` (new-style pluggy wrapper), so it works on any adapter. With
     ``mode="drop"`` it does nothing at the seam (the inputs were already reduced by
-    :func:`drop_tiles`). ``removed`` holds the positions removed in the latest forward.
+    [`drop_tiles`][gswa_plugin.tools.inspect.drop_tiles]). ``removed`` holds the positions removed in the latest
+    forward.
     """
 
     def __init__(self, spec: RemovalSpec):
@@ -177,7 +181,7 @@ class TileRemoval:
 
 @contextlib.contextmanager
 def removing_tiles(spec: RemovalSpec) -> Iterator[TileRemoval]:
-    """Register a :class:`TileRemoval` plugin for the duration of the block."""
+    """Register a [`TileRemoval`][gswa_plugin.tools.inspect.TileRemoval] plugin for the duration of the block."""
     plugin = TileRemoval(spec)
     name = f"gswa-tile-removal-{id(plugin)}"
     register_plugin(plugin, name=name)
@@ -203,7 +207,7 @@ class _StopAtSeam:
 
 
 def seam_batch(model: torch.nn.Module, inputs: Mapping[str, Any]) -> TileBatch:
-    """The weighted :class:`TileBatch` of ``inputs``, from a forward stopped at the seam (the
+    """The weighted [`TileBatch`][gswa_plugin.layout.TileBatch] of ``inputs``, from a forward stopped at the seam (the
     vision encoder and GSWA run, the language model does not)."""
     handle = get_handle(model)
     name = f"gswa-stop-at-seam-{id(handle)}"
@@ -368,7 +372,8 @@ def remove_tiles_on_images(
     """Tile removal on each image: the reference is the same model (GSWA on) with nothing removed.
 
     Args:
-        images: (name, PIL image) pairs, e.g. from :func:`gswa_plugin.tools.visualize.load_images`.
+        images: (name, PIL image) pairs, e.g. from
+            [`gswa_plugin.tools.visualize.load_images`][gswa_plugin.tools.visualize.load_images].
     """
     from tqdm.auto import tqdm
 
@@ -417,7 +422,8 @@ def ablate_on_images(
 
     Returns:
         A row for the baseline (``"none"``) and one per checkpoint: weight statistics
-        (:func:`gswa_plugin.tools.diagnostics.weight_stats`) and the change of the next-token
+        ([`gswa_plugin.tools.diagnostics.weight_stats`][gswa_plugin.tools.diagnostics.weight_stats]) and the change of
+        the next-token
         distribution against the baseline.
     """
     from tqdm.auto import tqdm
@@ -474,8 +480,11 @@ class Diagnosis:
     """Failure signatures of a GSWA checkpoint over a set of images.
 
     Attributes:
-        stats: :func:`gswa_plugin.tools.diagnostics.weight_stats` over all images.
-        signatures: lines from :func:`gswa_plugin.tools.diagnostics.failure_signatures` (empty: healthy).
+        stats: [`gswa_plugin.tools.diagnostics.weight_stats`][gswa_plugin.tools.diagnostics.weight_stats] over all
+            images.
+        signatures: lines from
+            [`gswa_plugin.tools.diagnostics.failure_signatures`][gswa_plugin.tools.diagnostics.failure_signatures]
+            (empty: healthy).
         per_image: (name, tile weights, thumbnail weight) per image.
     """
 
@@ -573,7 +582,8 @@ def evaluate_task(
     include_path: str | None = None,
     device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
-    """``{task: {metric: value}}`` of :func:`run_lmms_eval` (numeric metrics only)."""
+    """``{task: {metric: value}}`` of [`run_lmms_eval`][gswa_plugin.tools.inspect.run_lmms_eval] (numeric metrics
+    only)."""
     return metric_table(run_lmms_eval(model_args, tasks, model, limit, include_path, device))
 
 

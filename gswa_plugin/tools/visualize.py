@@ -4,9 +4,12 @@ Drawn with Pillow (compositing, text) and a matplotlib colormap, so the picture 
 plotting backend. The shading is a semi-transparent colour overlay whose brightness rises with
 the weight (colormap ``magma`` by default), so the brighter a tile, the more GSWA weighs it.
 
-:func:`weight_map` draws given weights; :func:`image_weights` runs a model with GSWA enabled on
-one image and reads its weights back; :func:`visualize` does both and returns the picture;
-:func:`visualize_paths` writes one PNG per image of a file or folder (``gswa visualize``).
+[`weight_map`][gswa_plugin.tools.visualize.weight_map] draws given weights;
+[`image_weights`][gswa_plugin.tools.visualize.image_weights] runs a model with GSWA enabled on
+one image and reads its weights back; [`visualize`][gswa_plugin.tools.visualize.visualize] does both and returns the
+picture;
+[`visualize_paths`][gswa_plugin.tools.visualize.visualize_paths] writes one PNG per image of a file or folder (``gswa
+visualize``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from gswa_plugin.handle import get_handle
 
 #: The photograph used when no image is given (a scikit-image sample).
 DEFAULT_IMAGE = "coffee"
+#: The caption line of pictures of a host built in code: its weights say nothing about the image.
+RANDOM_WEIGHTS_NOTE = "model: {name} (built in code, RANDOM weights): the weights show the method, not a judgement"
+
 #: Opacity of the weight overlay.
 OVERLAY_ALPHA = 0.55
 
@@ -68,6 +74,8 @@ def weight_map(
     width: int = 768,
     cmap: str = "magma",
     marked: Sequence[int] | None = None,
+    note: str | None = None,
+    legend: bool = True,
 ) -> Image.Image:
     """The image with its tiles shaded by GSWA weight and the weights written on them.
 
@@ -80,6 +88,8 @@ def weight_map(
         width: width of the drawn image in pixels.
         cmap: matplotlib colormap for the shading.
         marked: positions of tiles to cross out (e.g. the tiles a removal experiment took away).
+        note: a last caption line, e.g. which model's weights these are or that they are random.
+        legend: draw the colour bar (weight 0 to the largest tile weight) in the caption band.
 
     Returns:
         An RGB PIL image.
@@ -99,7 +109,12 @@ def weight_map(
     boxes = []
     for i, colour in enumerate(colours):
         r, c = divmod(i, cols)
-        box = (round(c * width / cols), round(r * height / rows), round((c + 1) * width / cols), round((r + 1) * height / rows))
+        box = (
+            round(c * width / cols),
+            round(r * height / rows),
+            round((c + 1) * width / cols),
+            round((r + 1) * height / rows),
+        )
         boxes.append(box)
         draw_o.rectangle(box, fill=tuple(int(v) for v in colour))
     shaded = Image.blend(base, overlay, OVERLAY_ALPHA)
@@ -108,7 +123,9 @@ def weight_map(
     for box, w in zip(boxes, weights):
         draw.rectangle(box, outline=(255, 255, 255), width=1)
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        draw.text((cx, cy), f"{w:.2f}", fill=(255, 255, 255), font=font, anchor="mm", stroke_width=2, stroke_fill=(0, 0, 0))
+        draw.text(
+            (cx, cy), f"{w:.2f}", fill=(255, 255, 255), font=font, anchor="mm", stroke_width=2, stroke_fill=(0, 0, 0)
+        )
     for i in marked or ():
         x0, y0, x1, y1 = boxes[i]
         draw.line((x0, y0, x1, y1), fill=(0, 200, 255), width=4)
@@ -116,18 +133,45 @@ def weight_map(
     lines = [title] if title else []
     if thumbnail_weight is not None:
         share = thumbnail_weight / (thumbnail_weight + sum(weights))
-        lines.append(f"thumbnail weight {thumbnail_weight:.2f} ({share:.0%} of all weight); tiles: mean {np.mean(weights):.2f}")
-    if not lines:
+        lines.append(
+            f"thumbnail weight {thumbnail_weight:.2f} ({share:.0%} of all weight); tiles: mean {np.mean(weights):.2f}"
+        )
+    if note:
+        lines.append(note)
+    if not lines and not legend:
         return shaded
     cap_font = _font(16)
     pad = 8
-    cap_h = pad + 22 * len(lines)
+    bar_h = 36 if legend else 0
+    cap_h = pad + 22 * len(lines) + bar_h
     canvas = Image.new("RGB", (width, height + cap_h), (255, 255, 255))
     canvas.paste(shaded, (0, cap_h))
     cd = ImageDraw.Draw(canvas)
     for k, line in enumerate(lines):
         cd.text((pad, pad + 22 * k), line, fill=(0, 0, 0), font=cap_font)
+    if legend:
+        _colour_bar(
+            cd, (pad + 14, pad + 22 * len(lines)), min(320, width - 2 * pad - 180), max(weights), cmap, cap_font
+        )
     return canvas
+
+
+def _colour_bar(
+    draw: ImageDraw.ImageDraw, origin: tuple[int, int], length: int, top: float, cmap: str, font: Any
+) -> None:
+    """The shading's scale: weight 0 to ``top`` (the largest tile weight) as the overlay colours them."""
+    x0, y0 = origin
+    length = max(length, 60)
+    steps = np.linspace(0.0, top, length)
+    for i, colour in enumerate(weight_colours(steps, cmap, vmax=top)):
+        draw.line((x0 + i, y0, x0 + i, y0 + 12), fill=tuple(int(v) for v in colour))
+    draw.rectangle((x0, y0, x0 + length - 1, y0 + 12), outline=(0, 0, 0))
+    small = _font(12)
+    for frac in (0.0, 0.5, 1.0):
+        x = x0 + round(frac * (length - 1))
+        draw.line((x, y0 + 12, x, y0 + 16), fill=(0, 0, 0))
+        draw.text((x, y0 + 17), f"{frac * top:.2f}", fill=(0, 0, 0), font=small, anchor="ma")
+    draw.text((x0 + length + 10, y0 - 2), "tile weight (mean 1)", fill=(0, 0, 0), font=font)
 
 
 # --- from a model ------------------------------------------------------------------------------
@@ -192,8 +236,10 @@ def draw(
     width: int = 768,
     cmap: str = "magma",
     marked: Sequence[int] | None = None,
+    note: str | None = None,
 ) -> Image.Image:
-    """The :func:`weight_map` picture of an :class:`ImageWeights` (``marked`` tiles crossed out)."""
+    """The [`weight_map`][gswa_plugin.tools.visualize.weight_map] picture of an
+    [`ImageWeights`][gswa_plugin.tools.visualize.ImageWeights] (``marked`` tiles crossed out)."""
     return weight_map(
         weights.image,
         weights.tile_weights,
@@ -203,6 +249,7 @@ def draw(
         width=width,
         cmap=cmap,
         marked=marked,
+        note=note,
     )
 
 
@@ -239,6 +286,25 @@ def find_images(path: str | os.PathLike[str]) -> list[Path]:
     raise FileNotFoundError(f"image not found: {p} (give an image file or a folder of images)")
 
 
+def check_image_sources(source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> None:
+    """Fail fast, before a model loads, on a missing file or folder or a folder without images
+    (a bare name is a scikit-image sample and is checked when it loads).
+
+    Raises:
+        FileNotFoundError: naming the input.
+    """
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    for src in sources:
+        text = str(src)
+        if Path(text).exists():
+            find_images(text)
+        elif "/" in text or os.sep in text or Path(text).suffix.lower() in IMAGE_SUFFIXES:
+            raise FileNotFoundError(
+                f"image not found: {text} (--image takes an image file, a folder of images, or a scikit-image "
+                "sample name such as coffee)"
+            )
+
+
 def load_images(source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[tuple[str, Image.Image]]:
     """(name, RGB image) for a file, a folder, a scikit-image sample name, or a list of those."""
 
@@ -261,8 +327,12 @@ def visualize_paths(
     width: int = 768,
     cmap: str = "magma",
     progress: bool = True,
+    note: str | None = None,
 ) -> list[tuple[Path, ImageWeights]]:
     """Write one weight picture (PNG) per image of ``source`` into ``out``, with a progress bar.
+
+    ``note`` is written under each picture's title (``gswa visualize``: the model, or that its
+    weights are random).
 
     Returns:
         (picture path, weights) per image, in order.
@@ -287,7 +357,7 @@ def visualize_paths(
         used.add(target)
         path = out_dir / f"{target}.png"
         title = f"GSWA ({handle.config.variant}, adapter {handle.adapter.name}) on {Path(name).name}"
-        draw(w, title=title, width=width, cmap=cmap).save(path)
+        draw(w, title=title, width=width, cmap=cmap, note=note).save(path)
         results.append((path, w))
     return results
 

@@ -1,16 +1,20 @@
 """GSWA inside the llava training code (LLaVA / LLaVA-NeXT: ``llava.train.train``).
 
 The llava package's models mix in ``LlavaMetaForCausalLM``; the ``llava_torch`` adapter
-(:mod:`gswa_plugin.adapters.llava_torch`) weights the views at its ``encode_images`` seam, where
+([`gswa_plugin.adapters.llava_torch`][gswa_plugin.adapters.llava_torch]) weights the views at its ``encode_images``
+seam, where
 anyres images arrive as the base image first, then the tiles. This module turns it on inside
 llava's own training loop:
 
-* :func:`gswa_trainer_class` subclasses llava's ``LLaVATrainer``: GSWA is enabled on the model
+* [`gswa_trainer_class`][gswa_plugin.integrations.llava.gswa_trainer_class] subclasses llava's ``LLaVATrainer``: GSWA
+  is enabled on the model
   when the trainer is built (after llava has loaded the vision tower, frozen what its arguments
   say, and before the optimizer is made, so GSWA's parameters train), and GSWA's weights and config
-  are written with :func:`gswa_plugin.save` to ``<checkpoint>/gswa`` whenever the trainer saves a
+  are written with [`gswa_plugin.save`][gswa_plugin.checkpoint.save] to ``<checkpoint>/gswa`` whenever the trainer
+  saves a
   model, and to ``<output_dir>/gswa`` at the end;
-* the launcher :mod:`gswa_plugin.integrations.llava.train` puts that class in place of
+* the launcher [`gswa_plugin.integrations.llava.train`][gswa_plugin.integrations.llava.train] puts that class in place
+  of
   ``llava.train.train.LLaVATrainer`` and runs llava's ``train()`` unchanged::
 
       python -m gswa_plugin.integrations.llava.train --gswa_config gswa.yaml <llava's arguments>

@@ -9,7 +9,8 @@ block) and optionally ``--attn_implementation`` (what llava's ``train_mem.py`` p
     deepspeed -m gswa_plugin.integrations.llava.train --gswa_config gswa.yaml --deepspeed zero2.json ...
 
 The GSWA config is validated before llava starts; ``llava.train.train.LLaVATrainer`` is replaced
-by its GSWA subclass (:func:`gswa_plugin.integrations.llava.gswa_trainer_class`) and llava's
+by its GSWA subclass
+([`gswa_plugin.integrations.llava.gswa_trainer_class`][gswa_plugin.integrations.llava.gswa_trainer_class]) and llava's
 ``train()`` runs unchanged.
 """
 

@@ -1,7 +1,7 @@
 """GSWA inside lmms-engine, through lmms-engine's own extension points.
 
 lmms-engine is extended by import-time registries; this module registers, when
-:func:`register` runs (the launcher calls it before lmms-engine's CLI):
+[`register`][gswa_plugin.integrations.lmms_engine.register] runs (the launcher calls it before lmms-engine's CLI):
 
 * a monkey patch of type ``gswa`` (``MONKEY_PATCHER.register(model_type, "gswa")``) for every
   model type GSWA has an adapter for. lmms-engine applies it to the model instance from the YAML
@@ -15,9 +15,10 @@ lmms-engine is extended by import-time registries; this module registers, when
 
 * GSWA-aware versions of the ``hf_trainer`` and ``fsdp2_trainer`` entries of
   ``TRAINER_REGISTER``: identical to lmms-engine's classes, plus GSWA's weights and config
-  written with :func:`gswa_plugin.save` to ``<checkpoint>/gswa`` next to every checkpoint and the
+  written with [`gswa_plugin.save`][gswa_plugin.checkpoint.save] to ``<checkpoint>/gswa`` next to every checkpoint and
+  the
   final model (the model's own checkpoint holds them too, under ``gswa.``), so
-  :func:`gswa_plugin.load` works on the result;
+  [`gswa_plugin.load`][gswa_plugin.checkpoint.load] works on the result;
 * a data processor ``internvl`` (``@register_processor``) for transformers' native InternVL
   classes, which lmms-engine lacks: chat messages in lmms-engine's OpenAI-style format ->
   ``input_ids``, ``labels`` (assistant turns only) and ``pixel_values`` (every tile of every image,
@@ -25,7 +26,8 @@ lmms-engine is extended by import-time registries; this module registers, when
 
 lmms-engine logs and skips a monkey patch that raises; a GSWA that silently failed to turn on
 would train a model without it, so a failure escapes that handler (as
-:class:`GSWAPatchFailed`, a ``BaseException``) and the launcher re-raises the original error.
+[`GSWAPatchFailed`][gswa_plugin.integrations.lmms_engine.GSWAPatchFailed], a ``BaseException``) and the launcher
+re-raises the original error.
 """
 
 from __future__ import annotations

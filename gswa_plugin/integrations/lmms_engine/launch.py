@@ -6,7 +6,8 @@ Usage (same arguments as ``python -m lmms_engine.launch.cli``)::
     torchrun --nproc_per_node 8 -m gswa_plugin.integrations.lmms_engine.launch config_yaml=train.yaml
 
 The YAML's GSWA settings are validated before anything is built (every problem reported at
-once); then GSWA is registered with lmms-engine (:func:`gswa_plugin.integrations.lmms_engine.register`)
+once); then GSWA is registered with lmms-engine
+([`gswa_plugin.integrations.lmms_engine.register`][gswa_plugin.integrations.lmms_engine.register])
 and lmms-engine's own Hydra entry point runs unchanged.
 """
 

@@ -1,17 +1,19 @@
 """A ``TrainerCallback`` that watches GSWA's weights and gradients while training.
 
-Every optimizer step it computes :func:`gswa_plugin.tools.diagnostics.weight_stats` on the latest
+Every optimizer step it computes
+[`gswa_plugin.tools.diagnostics.weight_stats`][gswa_plugin.tools.diagnostics.weight_stats] on the latest
 forward's tile weights, plus the GSWA gradient norm just before the optimizer steps, and keeps
-them as ``gswa/<statistic>`` in :attr:`GSWADiagnosticsCallback.latest`. :class:`GSWATrainer`
+them as ``gswa/<statistic>`` in ``GSWADiagnosticsCallback.latest``. ``GSWATrainer``
 merges them into every log line, so every logger (console, TensorBoard, W&B, ...) and
-``trainer.state.log_history`` get them. With a stock ``Trainer``, use :func:`add_diagnostics`,
+``trainer.state.log_history`` get them. With a stock ``Trainer``, use
+[`add_diagnostics`][gswa_plugin.integrations.transformers.callback.add_diagnostics],
 which puts the callback first so that the loggers see the statistics it adds in ``on_log``.
 
 It warns (Python ``logging``, logger ``gswa_plugin.integrations.transformers``) on the paper's failure signatures:
 weights stuck at uniform (only after ``uniform_after_steps``, since GSWA starts uniform by
 design), one tile or the thumbnail dominating, and vanishing GSWA gradients. Each signature is
 repeated at most every ``warn_every_steps`` steps; every warning is also kept in
-:attr:`GSWADiagnosticsCallback.warnings` as ``(step, line)``.
+``GSWADiagnosticsCallback.warnings`` as ``(step, line)``.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class GSWADiagnosticsCallback(TrainerCallback):
 
 
 def add_diagnostics(trainer: Any, callback: GSWADiagnosticsCallback | None = None) -> GSWADiagnosticsCallback:
-    """Attach a :class:`GSWADiagnosticsCallback` to any ``Trainer``, ahead of its loggers."""
+    """Attach a [`GSWADiagnosticsCallback`][gswa_plugin.integrations.transformers.callback.GSWADiagnosticsCallback] to
+    any ``Trainer``, ahead of its loggers."""
     cb = callback or GSWADiagnosticsCallback()
     trainer.callback_handler.callbacks.insert(0, cb)
     return cb

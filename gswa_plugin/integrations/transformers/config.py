@@ -12,10 +12,10 @@ A recipe is one YAML file with these top-level keys (see ``recipes/internvl2-2b/
     training_args: {...}        # any field of transformers.TrainingArguments
     gswa: {...}                 # the GSWA block (gswa_plugin.GSWAConfig)
 
-The sections are :class:`~gswa_plugin.schema.Settings`, the same mechanism as the GSWA block:
+The sections are [`Settings`][gswa_plugin.schema.Settings], the same mechanism as the GSWA block:
 every problem in a recipe (unknown keys with a suggestion, wrong types, out-of-range values,
 ``training_args`` keys that TrainingArguments does not have, and the ``gswa:`` block's own and
-registry problems) is reported at once in one :class:`~gswa_plugin.errors.ConfigError`, and
+registry problems) is reported at once in one [`ConfigError`][gswa_plugin.errors.ConfigError], and
 ``gswa schema recipe`` exports the JSON Schema. Validation needs no GPU and does not build the
 TrainingArguments (that would touch devices).
 """
@@ -150,7 +150,8 @@ class DiagnosticsSection(Settings):
 
 
 class TrainConfig(Settings):
-    """A whole recipe. Build it with :func:`load_recipe` (YAML + overrides) or :meth:`from_dict`."""
+    """A whole recipe. Build it with [`load_recipe`][gswa_plugin.integrations.transformers.config.load_recipe] (YAML +
+    overrides) or ``from_dict``."""
 
     host: Literal["transformers"] = Field(HOST, description="Which trainer the recipe is for; this one reads `transformers`.")
     model: ModelSection = Field(description="The model section.")

@@ -14,7 +14,7 @@ tile layouts it will see. Only the assistant's answers carry labels; the prompt 
 user turns, the assistant prefix, the image tokens) is masked with ``-100``.
 
 Every file is read and every record checked when the dataset is built: a malformed line is a
-:class:`~gswa_plugin.errors.DataError` naming file and line; a missing image is an error naming
+[`DataError`][gswa_plugin.errors.DataError] naming file and line; a missing image is an error naming
 the record, or with ``on_missing_image="skip"`` a counted skip (``dataset.skipped``).
 """
 
@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -70,7 +71,15 @@ def iter_raw_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}; check `data.train_files` / `data.eval_files`")
-    text = p.read_text(encoding="utf-8")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (written by some editors) is not an error
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{p}:{line}: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start}); data files must be "
+            "UTF-8: re-encode the file (e.g. `iconv -f latin1 -t utf-8`) or fix the line"
+        ) from exc
     if p.suffix.lower() == ".json" or text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -106,12 +115,13 @@ def _image_ref(part: dict[str, Any], where: str) -> str:
                 raise DataError(
                     f"{where}: image {value[:60]!r} is a URL; download it and give a file path (training reads local files)"
                 )
-            return value[len("file://"):] if value.startswith("file://") else value
+            return value.removeprefix("file://")
     raise DataError(f"{where}: an image part needs a file path under `image` (or `path`/`url`), got {part!r}")
 
 
 def parse_record(obj: Any, where: str, root: Path) -> Record:
-    """Turn one raw record (LLaVA or OpenAI ``messages``) into a :class:`Record`.
+    """Turn one raw record (LLaVA or OpenAI ``messages``) into a
+    [`Record`][gswa_plugin.integrations.transformers.data.Record].
 
     Raises:
         DataError: naming ``where`` and what is wrong.
@@ -119,6 +129,8 @@ def parse_record(obj: Any, where: str, root: Path) -> Record:
     if not isinstance(obj, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(obj).__name__}")
     rid = obj.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
+        raise DataError(f"{where}: `id` must be a string or a number, got {type(rid).__name__}")
     rid = None if rid is None else str(rid)
     turns: list[Turn] = []
     images: list[str] = []
@@ -131,9 +143,13 @@ def parse_record(obj: Any, where: str, root: Path) -> Record:
                 raise DataError(
                     f"{where}: turn {i} of `conversations` needs `from` (one of {', '.join(_ROLES)}) and `value`"
                 )
-            turns.append(Turn(_ROLES[t["from"]], str(t["value"])))
-        img = obj.get("image", obj.get("images"))
-        images = [img] if isinstance(img, str) else list(img or [])
+            if not isinstance(t["value"], str):
+                raise DataError(
+                    f"{where}: turn {i} of `conversations` has a `value` of type {type(t['value']).__name__}; "
+                    "it must be the turn's text (a string, with `<image>` where images go)"
+                )
+            turns.append(Turn(_ROLES[t["from"]], t["value"]))
+        images = _image_list(obj.get("image", obj.get("images")), "image", where)
     elif "messages" in obj:
         msgs = obj["messages"]
         if not isinstance(msgs, list):
@@ -142,6 +158,8 @@ def parse_record(obj: Any, where: str, root: Path) -> Record:
             if not isinstance(m, dict) or m.get("role") not in _ROLES:
                 raise DataError(f"{where}: message {i} needs `role` (one of system, user, assistant)")
             content = m.get("content")
+            if content is None and "content" not in m:
+                raise DataError(f"{where}: message {i} needs `content` (a string or a list of parts)")
             if isinstance(content, str):
                 turns.append(Turn(_ROLES[m["role"]], content))
                 continue
@@ -151,16 +169,19 @@ def parse_record(obj: Any, where: str, root: Path) -> Record:
             for part in content:
                 kind = part.get("type") if isinstance(part, dict) else None
                 if kind == "text":
-                    pieces.append(str(part.get("text", "")))
+                    if not isinstance(part.get("text"), str):
+                        raise DataError(
+                            f"{where}: message {i} has a text part whose `text` is "
+                            f"{type(part.get('text')).__name__}, not a string"
+                        )
+                    pieces.append(part["text"])
                 elif kind in ("image", "image_url"):
                     images.append(_image_ref(part, f"{where}: message {i}"))
                     pieces.append(IMAGE_PLACEHOLDER + "\n")
                 else:
                     raise DataError(f"{where}: message {i} has a part of unknown type {kind!r} (use `text` or `image`)")
             turns.append(Turn(_ROLES[m["role"]], "".join(pieces)))
-        extra = obj.get("images")
-        if extra:
-            images.extend([extra] if isinstance(extra, str) else list(extra))
+        images.extend(_image_list(obj.get("images"), "images", where))
     else:
         raise DataError(
             f"{where}: unknown record format; expected `conversations` (LLaVA) or `messages` (OpenAI style)"
@@ -180,6 +201,48 @@ def parse_record(obj: Any, where: str, root: Path) -> Record:
         )
     paths = [Path(i) if Path(i).is_absolute() else root / i for i in images]
     return Record(where, rid, turns, paths)
+
+
+def _image_list(value: Any, key: str, where: str) -> list[str]:
+    """A record's top-level image field (``image``/``images``): a path or a list of paths."""
+    if value is None or value == []:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+        raise DataError(f"{where}: `{key}` must be an image path or a list of image paths (strings), got {value!r:.80}")
+    return list(items)
+
+
+# --- images -------------------------------------------------------------------------------------
+#: How each format's file ends when it is complete (a file that ends otherwise is decoded in full).
+_ENDINGS = {"JPEG": (b"\xff\xd9",), "PNG": (b"IEND\xaeB`\x82",)}
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used as an image (``None`` when it can).
+
+    Cheap for good files: the header is read (not an image, an empty file, an unknown format),
+    and a JPEG or PNG must end with its end marker; only a file that does not is decoded in
+    full, to tell a truncated image from one with harmless trailing bytes.
+    """
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            width, height = im.size
+            if width < 1 or height < 1:
+                return f"it has no pixels ({width}x{height})"
+            endings = _ENDINGS.get(fmt or "")
+            if endings is not None:
+                with open(path, "rb") as f:
+                    f.seek(max(0, os.path.getsize(path) - 64))
+                    tail = f.read().rstrip(b"\x00\r\n\t ")
+                if not tail.endswith(endings):
+                    im.load()  # raises on a truncated file
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if path.stat().st_size == 0:
+            return "it is an empty file"
+        return f"it cannot be read as an image ({type(exc).__name__}: {exc})"
+    return None
 
 
 # --- chat formats -----------------------------------------------------------------------------
@@ -231,7 +294,7 @@ def _segments_from_chat_template(turns: list[Turn], tokenizer: Any) -> list[tupl
                 "the tokenizer's chat template does not render a conversation prefix as a prefix, so answers "
                 "cannot be cut out for the labels; use `data.template: internlm2` or `plain`"
             )
-        segs += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        segs += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
         done = full
     return segs
 
@@ -243,7 +306,7 @@ class ConversationDataset(torch.utils.data.Dataset):
     Args:
         files: data files (JSON list or JSONL).
         processor: the host's processor (tokenizer + image processor).
-        template: chat format (see :func:`render_segments`).
+        template: chat format (see [`render_segments`][gswa_plugin.integrations.transformers.data.render_segments]).
         system_prompt: system message put first where a record has none.
         max_length: longest sequence; longer ones are cut at the end (never inside images).
         image_root: where relative image paths resolve; ``None``: each data file's directory.
@@ -278,29 +341,71 @@ class ConversationDataset(torch.utils.data.Dataset):
             root = Path(image_root) if image_root is not None else Path(f).parent
             for where, obj in tqdm(iter_raw_records(f), desc=f"reading {Path(f).name}", unit=" records", disable=None):
                 rec = parse_record(obj, where, root)
-                missing = [p for p in rec.images if not p.is_file()]
-                if missing:
+                problem = self._image_problem(rec)
+                if problem:
                     if on_missing_image == "skip":
-                        self.skipped.append(rec.name())
+                        self.skipped.append(f"{rec.name()}: {problem}")
                         continue
                     raise DataError(
-                        f"{rec.name()}: image not found: {missing[0]}; fix the path, set `data.image_root`, "
-                        "or set `data.on_missing_image: skip` to leave such records out (they are counted)"
+                        f"{rec.name()}: {problem}; or set `data.on_missing_image: skip` to leave records with "
+                        "missing or unreadable images out (they are counted)"
                     )
                 self.records.append(rec)
         if self.skipped:
-            logger.warning("skipped %d record(s) with missing images, e.g. %s", len(self.skipped), self.skipped[0])
+            logger.warning(
+                "skipped %d record(s) with missing or unreadable images, e.g. %s", len(self.skipped), self.skipped[0]
+            )
         if not self.records:
             raise DataError(f"no usable records in {', '.join(map(str, files))}")
         probe = self.tokenizer("a", add_special_tokens=True)["input_ids"]
         bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
         # the special tokens the tokenizer puts before a text (e.g. BOS), added once per sequence
-        self._prefix = probe[: len(probe) - len(bare)] if probe[len(probe) - len(bare):] == bare else []
+        self._prefix = probe[: len(probe) - len(bare)] if probe[len(probe) - len(bare) :] == bare else []
         self._image_token = getattr(processor, "image_token", IMAGE_PLACEHOLDER)
         self._image_ids = {
-            i for i in (getattr(processor, name, None) for name in ("image_token_id", "start_image_token_id", "end_image_token_id"))
+            i
+            for i in (
+                getattr(processor, name, None)
+                for name in ("image_token_id", "start_image_token_id", "end_image_token_id")
+            )
             if i is not None
         }
+
+        self._check_answers_fit()
+
+    @staticmethod
+    def _image_problem(rec: Record) -> str | None:
+        for p in rec.images:
+            if not p.is_file():
+                return f"image not found: {p}; fix the path or set `data.image_root`"
+            why = image_problem(p)
+            if why:
+                return f"image {p} is unusable: {why}; replace or remove the file"
+        return None
+
+    #: Records encoded when the dataset is built to check that ``max_length`` leaves answers to train on.
+    PROBE_RECORDS = 8
+
+    def _check_answers_fit(self) -> None:
+        """Encode the first records; if ``max_length`` cuts off every answer of all of them, training
+        would learn nothing (loss 0), so say it now.
+
+        Raises:
+            DataError: naming ``data.max_length`` and the length the first record needs.
+        """
+        probe = self.records[: self.PROBE_RECORDS]
+        needed = []
+        for rec in probe:
+            item = self.encode(rec, _probe=True)
+            if bool((item["labels"] != IGNORE_INDEX).any()):
+                return
+            needed.append((rec, item["_full_length"]))
+        rec, length = needed[0]
+        raise DataError(
+            f"`data.max_length` ({self.max_length}) cuts off every answer of the first {len(probe)} record(s), so "
+            f"there is nothing to train on (the loss would be 0); {rec.name()} needs {length} tokens. Raise "
+            "`data.max_length`, or lower `model.max_patches` (fewer image tokens)"
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -308,9 +413,23 @@ class ConversationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.encode(self.records[index])
 
-    def encode(self, rec: Record) -> dict[str, torch.Tensor]:
-        """Input ids, labels (prompt masked), attention mask and pixel values of one record."""
-        images = [Image.open(p).convert("RGB") for p in rec.images]
+    def encode(self, rec: Record, _probe: bool = False) -> dict[str, torch.Tensor]:
+        """Input ids, labels (prompt masked), attention mask and pixel values of one record.
+
+        Raises:
+            DataError: an image cannot be read (naming the record and the file), or the image
+                tokens alone exceed ``max_length``.
+        """
+        images = []
+        for p in rec.images:
+            try:
+                with Image.open(p) as im:
+                    images.append(im.convert("RGB"))
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise DataError(
+                    f"{rec.name()}: image {p} cannot be read ({type(exc).__name__}: {exc}); replace or remove the "
+                    "file (it changed after the dataset was built, or is damaged past its header)"
+                ) from exc
         ids: list[int] = list(self._prefix)
         labels: list[int] = [IGNORE_INDEX] * len(ids)
         pixels: list[torch.Tensor] = []
@@ -329,6 +448,7 @@ class ConversationDataset(torch.utils.data.Dataset):
                 seg = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             ids += seg
             labels += seg if is_target else [IGNORE_INDEX] * len(seg)
+        full_length = len(ids)
         if len(ids) > self.max_length:
             last_image = max((i for i, t in enumerate(ids) if t in self._image_ids), default=-1)
             if last_image >= self.max_length:
@@ -344,6 +464,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         }
         if pixels:
             item["pixel_values"] = torch.cat(pixels, dim=0)
+        if _probe:
+            item["_full_length"] = full_length  # type: ignore[assignment]
         return item
 
 

@@ -3,7 +3,7 @@
 A model is split into four parts, found by module name so that the native InternVL classes, a
 PEFT-wrapped model and other hosts with the usual names all work:
 
-* ``gswa``: the ``gswa`` submodule that :func:`gswa_plugin.enable` attaches;
+* ``gswa``: the ``gswa`` submodule that [`gswa_plugin.enable`][gswa_plugin.api.enable] attaches;
 * ``projector``: ``multi_modal_projector`` (native transformers), ``mlp1`` (InternVL2 remote
   code), ``mm_projector`` (LLaVA), ``connector`` (Idefics3/SmolVLM);
 * ``language_model``: ``language_model`` and ``lm_head``;
@@ -50,7 +50,7 @@ def apply_freezing(model: nn.Module, policy: str, lora: bool = False) -> list[st
 
     Args:
         model: a model with GSWA enabled (possibly wrapped by PEFT).
-        policy: a key of :data:`~gswa_plugin.integrations.transformers.config.FREEZE_POLICIES`.
+        policy: a key of [`FREEZE_POLICIES`][gswa_plugin.integrations.transformers.config.FREEZE_POLICIES].
         lora: whether LoRA adapters were added; their ``lora_`` parameters then train too.
 
     Raises:

@@ -121,12 +121,22 @@ def _training_argument_names() -> set[str]:
     return set(training_argument_names())
 
 
-def train(cfg: TrainConfig, resume_from_checkpoint: str | bool | None = None) -> GSWATrainer:
+def train(cfg: TrainConfig, resume_from_checkpoint: str | bool | None = None, source: str | None = None) -> GSWATrainer:
     """Run a recipe end to end; returns the trainer (its model holds the trained GSWA).
 
     The final model goes to ``training_args.output_dir`` with GSWA's weights alone in its
     ``gswa/`` sub-folder (``gswa_plugin.load(model, output_dir + "/gswa")`` reads them).
+
+    Raises:
+        ConfigError: the preflight (``gswa train --check`` without decoding every image) found
+            problems; nothing was loaded.
     """
+    from gswa_plugin.integrations.transformers.preflight import preflight
+
+    report = preflight(cfg, resume_from_checkpoint, decode_images=False)
+    for note in report.notes:
+        logger.warning(note)
+    report.raise_if_failed(source)
     trainer = build_trainer(cfg)
     resume = resume_from_checkpoint
     if resume is None:

@@ -5,7 +5,8 @@ Used by the tests, the CI step and the docs to run a recipe end to end on CPU in
     python -m gswa_plugin.integrations.transformers.smoke /tmp/gswa-smoke      # writes model/, data/, recipe.yaml
     accelerate launch --cpu --num_processes 2 -m gswa_plugin.cli train /tmp/gswa-smoke/recipe.yaml
 
-The model is :func:`gswa_plugin.testing.tiny.tiny_internvl` (real ``InternVLForConditionalGeneration``,
+The model is [`gswa_plugin.testing.tiny.tiny_internvl`][gswa_plugin.testing.tiny.tiny_internvl] (real
+``InternVLForConditionalGeneration``,
 random weights, 56 px tiles) saved with its real processor; the data are scikit-image's
 photographs in different aspect ratios, so images get different tile counts, with short
 answers from the tiny vocabulary.

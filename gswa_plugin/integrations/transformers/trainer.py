@@ -4,9 +4,11 @@ GSWA's parameters live in ``model.gswa`` (prefix ``gswa.``), so a plain ``save_p
 already writes them next to the host's weights, and the Trainer checkpoints and resumes them.
 What this module adds:
 
-* :func:`from_pretrained_with_gswa`: load a checkpoint that has ``gswa.*`` keys (or a base
+* [`from_pretrained_with_gswa`][gswa_plugin.integrations.transformers.trainer.from_pretrained_with_gswa]: load a
+  checkpoint that has ``gswa.*`` keys (or a base
   model without them), enable GSWA first, then load its weights strictly;
-* :class:`GSWATrainer`: a separate learning rate for GSWA's parameters, a ``gswa/`` folder
+* [`GSWATrainer`][gswa_plugin.integrations.transformers.trainer.GSWATrainer]: a separate learning rate for GSWA's
+  parameters, a ``gswa/`` folder
   (``gswa_plugin.save`` format) in every checkpoint, PEFT checkpoints that keep GSWA and the
   other non-LoRA trainable weights, and the diagnostics statistics in the trainer's logs.
 """
@@ -17,11 +19,13 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -32,6 +36,11 @@ from gswa_plugin.errors import CheckpointError
 from gswa_plugin.handle import MODULE_ATTR, get_handle, is_enabled
 from gswa_plugin.integrations import unwrap
 from gswa_plugin.integrations.transformers.callback import GSWADiagnosticsCallback
+from gswa_plugin.integrations.transformers.checkpoints import (
+    STAGING_DIR,
+    checkpoint_problem,
+    find_resume_checkpoint,
+)
 from gswa_plugin.integrations.transformers.freezing import is_gswa_parameter
 
 logger = logging.getLogger(__name__)
@@ -57,19 +66,32 @@ def read_gswa_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The ``gswa.*`` tensors of a checkpoint directory (prefix removed); empty when it has none.
 
     Looks in the model's safetensors files (one file or an index with shards), then in a
-    ``gswa/`` sub-folder written by :class:`GSWATrainer` or ``gswa_plugin.save``.
+    ``gswa/`` sub-folder written by [`GSWATrainer`][gswa_plugin.integrations.transformers.trainer.GSWATrainer] or
+    ``gswa_plugin.save``.
     """
     p = Path(path)
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(p):
         if f.name in (ckpt.WEIGHTS_FILE, EXTRA_TRAINABLE_FILE):
             continue
-        with safe_open(str(f), "pt") as sf:
-            for key in sf.keys():
-                if key.startswith(_PREFIX):
-                    state[key[len(_PREFIX):]] = sf.get_tensor(key)
+        try:
+            with safe_open(str(f), "pt") as sf:
+                for key in sf.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    if key.startswith(_PREFIX):
+                        state[key[len(_PREFIX) :]] = sf.get_tensor(key)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(
+                f"{f} is not a readable safetensors file ({exc}); it is truncated or damaged: use another "
+                "checkpoint, or restore the file"
+            ) from exc
     if not state and (p / GSWA_SUBDIR / ckpt.WEIGHTS_FILE).is_file():
-        state = load_file(str(p / GSWA_SUBDIR / ckpt.WEIGHTS_FILE))
+        return ckpt.read_weights(p / GSWA_SUBDIR / ckpt.WEIGHTS_FILE)
+    bad = ckpt.non_finite(state)
+    if bad:
+        raise CheckpointError(
+            f"{p}: the GSWA weights hold NaN or inf ({', '.join(bad[:5])}): the training that wrote them diverged or "
+            "the file is damaged; use an earlier checkpoint"
+        )
     return state
 
 
@@ -153,19 +175,22 @@ def from_pretrained_with_gswa(
     if gswa_dtype is not None:
         handle.module.to(gswa_dtype)
     if state:
-        try:
-            handle.module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
+        problems = ckpt.fit_problems(state, handle.module.state_dict())
+        if problems:
             api.disable(model)
-            raise CheckpointError(f"the GSWA weights in {path} do not fit the config: {exc}") from exc
+            raise CheckpointError(f"the GSWA weights in {path} do not fit the config: {'; '.join(problems)}")
+        handle.module.load_state_dict(state, strict=True)
     return model
 
 
-def extract_gswa(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], model: nn.Module | None = None) -> Path:
+def extract_gswa(
+    checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], model: nn.Module | None = None
+) -> Path:
     """Write the GSWA weights of a Trainer checkpoint in ``gswa_plugin.save`` format.
 
     With a model (GSWA enabled) this is ``gswa_plugin.save(model, out)``; without one, the
-    checkpoint's ``gswa/`` folder (written by :class:`GSWATrainer`) is copied.
+    checkpoint's ``gswa/`` folder (written by
+    [`GSWATrainer`][gswa_plugin.integrations.transformers.trainer.GSWATrainer]) is copied.
     """
     if model is not None:
         return ckpt.save(unwrap(model), out)
@@ -175,10 +200,13 @@ def extract_gswa(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]
             f"{checkpoint} has no {GSWA_SUBDIR}/{ckpt.WEIGHTS_FILE}; load it with `from_pretrained_with_gswa` "
             "and call `gswa_plugin.save(model, out)`"
         )
+    ckpt.read_saved(src)  # check before copying: a damaged source must not replace a good copy
+    ckpt.read_weights(src / ckpt.WEIGHTS_FILE)
     dst = Path(out)
     dst.mkdir(parents=True, exist_ok=True)
     for name in (ckpt.WEIGHTS_FILE, ckpt.CONFIG_FILE):
-        (dst / name).write_bytes((src / name).read_bytes())
+        data = (src / name).read_bytes()
+        ckpt.atomic_write(dst / name, lambda p, data=data: p.write_bytes(data))
     return dst
 
 
@@ -186,19 +214,17 @@ def save_gswa_with_state(model: nn.Module, out: str | os.PathLike[str], state_di
     """``gswa_plugin.save``, but taking the tensors from a gathered ``state_dict`` where one is
     given (under DeepSpeed ZeRO-3 or FSDP the module's own parameters are shards)."""
     base = unwrap(model)
-    path = ckpt.save(base, out)
+    gathered: dict[str, torch.Tensor] | None = None
     if state_dict:
         gathered = {}
         for key, value in state_dict.items():
             i = key.find(_PREFIX)
             if i >= 0 and (i == 0 or key[i - 1] == "."):
-                gathered[key[i + len(_PREFIX):]] = value.detach().contiguous().cpu()
+                gathered[key[i + len(_PREFIX) :]] = value.detach().contiguous().cpu()
         own = get_handle(base).module.state_dict()
-        if gathered and set(gathered) == set(own) and all(gathered[k].shape == own[k].shape for k in own):
-            with safe_open(str(path / ckpt.WEIGHTS_FILE), "pt") as f:
-                meta = f.metadata()
-            save_file(gathered, str(path / ckpt.WEIGHTS_FILE), metadata=meta)
-    return path
+        if not (gathered and set(gathered) == set(own) and all(gathered[k].shape == own[k].shape for k in own)):
+            gathered = None  # not the gathered GSWA tensors: the module's own are complete
+    return ckpt.save(base, out, state_dict=gathered)
 
 
 # --- the trainer ------------------------------------------------------------------------------
@@ -232,6 +258,95 @@ class GSWATrainer(_trainer_base()):  # type: ignore[misc]
         self.gswa_learning_rate = gswa_learning_rate
         self.gswa_weight_decay = gswa_weight_decay
         self.gswa_processor = processor
+        #: Checkpoints ``train(resume_from_checkpoint=True)`` skipped, with the reason.
+        self.gswa_skipped_checkpoints: list[tuple[Path, str]] = []
+        self._gswa_staging: str | None = None
+
+    # resuming: the newest complete checkpoint --------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; ``resume_from_checkpoint=True`` (``gswa train --resume latest``) resumes
+        from the newest *complete* checkpoint of ``output_dir`` and logs each newer one it skipped
+        and why; an explicit checkpoint is checked the same way.
+
+        Raises:
+            CheckpointError: no complete checkpoint to resume from, or the one named is incomplete.
+        """
+        if resume_from_checkpoint is True:
+            found, skipped = find_resume_checkpoint(self.args.output_dir)
+            self.gswa_skipped_checkpoints = skipped
+            for path, why in skipped:
+                logger.warning("--resume latest: skipping %s: %s", path, why)
+            if found is None:
+                seen = "; ".join(f"{p.name}: {why}" for p, why in skipped) or "there is no checkpoint-N folder"
+                raise CheckpointError(
+                    f"--resume latest: no complete checkpoint in {self.args.output_dir} ({seen}); start without "
+                    "--resume, or name a checkpoint with --resume PATH"
+                )
+            logger.warning("--resume latest: resuming from %s", found)
+            resume_from_checkpoint = str(found)
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            why = checkpoint_problem(resume_from_checkpoint)
+            if why is not None:
+                raise CheckpointError(
+                    f"cannot resume from {resume_from_checkpoint}: {why}; use an earlier checkpoint, or "
+                    "`--resume latest` for the newest complete one"
+                )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # atomic checkpoints: written under .gswa-incomplete/, checked, then renamed ----------------
+    def _get_output_dir(self, trial: Any) -> str:
+        if self._gswa_staging is not None:
+            return self._gswa_staging
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Write ``checkpoint-N`` under ``output_dir/.gswa-incomplete/``, check it is complete, then
+        rename it into ``output_dir``: a run killed while saving never leaves a half-written
+        ``checkpoint-N`` (nor damages an earlier one)."""
+        run_dir = Path(self._get_output_dir(trial))
+        staging = run_dir / STAGING_DIR
+        name = f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # interrupted writes of earlier runs
+        self.accelerator.wait_for_everyone()
+        self._gswa_staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._gswa_staging = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            src, final = staging / name, run_dir / name
+            best = self.state.best_model_checkpoint
+            if best is not None and Path(best).parent == staging:
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+                self.state.save_to_json(str(src / "trainer_state.json"))
+            why = checkpoint_problem(src)
+            if why is not None:
+                raise CheckpointError(f"the checkpoint just written to {src} is incomplete: {why}")
+            if final.exists():  # the same step saved again (e.g. after a resume): replace it
+                old = staging / f"{name}.replaced"
+                os.replace(final, old)
+                os.replace(src, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(src, final)
+            with contextlib.suppress(OSError):
+                fd = os.open(run_dir, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            shutil.rmtree(staging, ignore_errors=True)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
 
     # optimizer: GSWA's parameters in their own groups ------------------------------------------
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -274,7 +389,7 @@ class GSWATrainer(_trainer_base()):  # type: ignore[misc]
                 if p.requires_grad and "lora_" not in n
             }
             if extra:
-                save_file(extra, str(out / EXTRA_TRAINABLE_FILE))
+                ckpt.atomic_write(out / EXTRA_TRAINABLE_FILE, lambda p: save_file(extra, str(p)))
         if self.gswa_processor is not None:
             from gswa_plugin.hf import save_processor
 
@@ -289,7 +404,7 @@ class GSWATrainer(_trainer_base()):  # type: ignore[misc]
         extra = Path(resume_from_checkpoint) / EXTRA_TRAINABLE_FILE
         if hasattr(target, "get_base_model") and extra.is_file():
             base = unwrap(target)
-            missing, unexpected = base.load_state_dict(load_file(str(extra)), strict=False)
+            _missing, unexpected = base.load_state_dict(load_file(str(extra)), strict=False)
             if unexpected:
                 raise CheckpointError(
                     f"{extra} holds weights this model lacks: {', '.join(unexpected[:5])}; resume with the same recipe"
