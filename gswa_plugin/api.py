@@ -198,7 +198,10 @@ def disable(model: nn.Module) -> None:
 
 def last_weights(model: nn.Module) -> list[torch.Tensor]:
     """Per image of the most recent forward, the weights of its tiles (thumbnail excluded),
-    in the host's tile order. An image with a single view has one weight, 1."""
+    in the host's tile order. An image with a single view has one weight, 1.
+
+    The most recent forward is the calling thread's (when several threads call one model, each
+    reads its own), else the latest of any thread."""
     handle = get_handle(model)
     if handle.last_batch is None:
         raise NotEnabledError("GSWA has not seen a forward with images yet on this model")

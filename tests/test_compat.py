@@ -34,9 +34,14 @@ def _cells() -> list[Any]:
     for name in plugins.adapter_names():
         if name not in CASES:
             continue  # test_contract fails for an adapter without a case
-        for mode in supported_modes(registry[name]):
+        modes = supported_modes(registry[name])
+        for mode in modes:
             for setting in SETTINGS:
-                cells.append(pytest.param(name, mode, setting.name, id=f"{name}-{mode}-{setting.name}"))
+                # tracing a whole host takes 8-25 s: the default run compiles one mode per adapter
+                # (value, the mode with hooks inside the language model), CI's compile step the rest
+                heavy = setting.name == "compile" and mode != ("value" if "value" in modes else modes[0])
+                marks = [pytest.mark.compile_matrix] if heavy else []
+                cells.append(pytest.param(name, mode, setting.name, id=f"{name}-{mode}-{setting.name}", marks=marks))
     return cells
 
 

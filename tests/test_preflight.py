@@ -142,13 +142,15 @@ def test_output_dir_and_resume(setup, tmp_path):
     out = tmp_path / "run"
     cfg = cfg_with(setup, **{"training_args.output_dir": str(out)})
     (problem,) = preflight(cfg, resume=True).problems
-    assert problem.startswith("`--resume` asks for the latest checkpoint") and "holds no checkpoint-N" in problem
+    assert problem.startswith("`--resume` asks for the latest checkpoint") and "holds no complete checkpoint-N" in problem
     (out / "checkpoint-2").mkdir(parents=True)
     (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (problem,) = preflight(cfg, resume=True).problems
-    assert "checkpoint-2 is incomplete (missing: optimizer.pt, scheduler.pt, model weights" in problem
+    report = preflight(cfg, resume=True)  # the only checkpoint is incomplete: skipped, and said why
+    (problem,) = report.problems
+    assert "no complete checkpoint-N directory (1 incomplete" in problem
+    assert any(n.startswith("`--resume`: skipping checkpoint-2:") for n in report.notes), report.notes
     (problem,) = preflight(cfg, resume=str(out / "checkpoint-9")).problems
-    assert problem.startswith("`--resume`: no such checkpoint directory")
+    assert problem.startswith(f"`--resume`: {out / 'checkpoint-9'} cannot be resumed from: it is not a directory")
 
 
 def test_a_real_run_stops_before_loading_anything(setup, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import typer
 from gswa_plugin._version import __version__
 from gswa_plugin.cli import _catalog, app
 from gswa_plugin.cli._common import console, err_console, reported_errors
-from gswa_plugin.errors import ConfigError
+from gswa_plugin.errors import ConfigError, GSWAError
 
 # The plugin registries import torch and every adapter (over a second): these commands read
 # the built-in table (gswa_plugin.cli._catalog) instead where no third-party plugin loads.
@@ -93,7 +93,7 @@ def check_cmd(config: Path = typer.Argument(..., help="YAML file with a top-leve
 
         try:
             cfg = check_config(config, source=str(config))
-        except ConfigError as exc:
+        except GSWAError as exc:  # a config problem, or a plugin that fails to load: named, no traceback
             err_console.print(f"[bold red]{exc}[/]", highlight=False)
             raise typer.Exit(code=1) from exc
     console.print(f"[green]ok[/] {config}: variant={cfg.variant} mode={cfg.mode} adapter={cfg.adapter or 'auto'}")

@@ -22,7 +22,7 @@ Settings (environment variables):
 - ``GSWA_HF_SUITE_MODE``: ``embed``, ``value`` (default) or ``attn_bias``.
 - ``GSWA_HF_SUITE_CONFIG``: a JSON object merged into the GSWA config (e.g. ``{"variant": "cosine"}``).
 - ``GSWA_HF_SUITE_FAMILIES``: comma-separated transformers model folders to wrap (default: the
-  families of the built-in adapters, :data:`FAMILIES`).
+  families of the built-in adapters, [`FAMILIES`][gswa_plugin.testing.hf_suite.FAMILIES]).
 - ``GSWA_HF_SUITE_DISABLE=1``: load the plugin but wrap nothing (a baseline run with the same
   command line).
 
@@ -38,7 +38,8 @@ import json
 import os
 import threading
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gswa_plugin.api import enable, find_adapter
 from gswa_plugin.config import MODES

@@ -191,8 +191,11 @@ def removing_tiles(spec: RemovalSpec) -> Iterator[TileRemoval]:
         unregister_plugin(name=name)
 
 
-class _SeamReached(Exception):
-    """Stops a forward at the seam once GSWA has weighted the tiles (the language model is not run)."""
+class _SeamReached(BaseException):
+    """Stops a forward at the seam once GSWA has weighted the tiles (the language model is not run).
+
+    A ``BaseException``, like ``GeneratorExit``: it is control flow, not a plugin failure, so the
+    plugin guard (which names the plugin of any ``Exception`` a hook raises) lets it through."""
 
     def __init__(self, batch: TileBatch):
         super().__init__("seam reached")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gswa_plugin.errors import ConfigError, DataError
+from gswa_plugin.integrations.transformers.checkpoints import checkpoint_problem, find_resume_checkpoint
 from gswa_plugin.integrations.transformers.config import TrainConfig
 
 #: Environment variables that keep transformers and huggingface_hub off the network.
@@ -42,16 +43,6 @@ REPORTERS = {
     "neptune": ("neptune",),
     "trackio": ("trackio",),
 }
-#: Files a Trainer checkpoint holds besides the model weights; without them a resume fails or restarts.
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-#: Model weight files of a checkpoint (one of them).
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-    "adapter_model.safetensors",
-)
 #: Problems listed per key before the rest are counted.
 MAX_PER_KEY = 10
 
@@ -340,24 +331,9 @@ def _check_output_dir(cfg: TrainConfig, report: PreflightReport) -> None:
         )
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """What a Trainer checkpoint directory lacks for a resume, or ``None`` when it is complete."""
-    if not path.is_dir():
-        return f"no such checkpoint directory {path}"
-    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
-    if not any((path / f).is_file() for f in WEIGHT_FILES):
-        missing.append("model weights (" + " or ".join(WEIGHT_FILES[:2]) + ")")
-    if missing:
-        return f"checkpoint {path} is incomplete (missing: {', '.join(missing)}); it was cut off while saving"
-    return None
-
-
 def _check_resume(cfg: TrainConfig, resume: str | bool | None, report: PreflightReport) -> None:
+    """The checkpoint to resume exists and is complete; ``latest`` is the newest complete one
+    (newer incomplete ones are skipped with a note, as the real run does)."""
     key = "--resume"
     if resume is None:
         resume = cfg.training_args.get("resume_from_checkpoint")
@@ -366,23 +342,21 @@ def _check_resume(cfg: TrainConfig, resume: str | bool | None, report: Preflight
         return
     out = Path(str(cfg.training_args.get("output_dir", "")))
     if resume is True or str(resume).lower() in ("true", "latest"):
-        found = _checkpoints(out)
-        if not found:
+        found, skipped = find_resume_checkpoint(out)
+        for path, why in skipped:
+            report.notes.append(f"`{key}`: skipping {path.name}: {why}")
+        if found is None:
             report.problems.append(
-                f"`{key}` asks for the latest checkpoint but {out} holds no checkpoint-N directory; leave `{key}` "
-                "out to start from the beginning, or set `training_args.output_dir` to the run's folder"
-            )
-            return
-        problem = checkpoint_problem(found[-1])
-        if problem:
-            report.problems.append(
-                f"`{key}`: the newest {problem}; delete it to resume from the one before, or give that one "
-                f"with `--resume {found[-2] if len(found) > 1 else 'DIR'}`"
+                f"`{key}` asks for the latest checkpoint but {out} holds no complete checkpoint-N directory"
+                + (f" ({len(skipped)} incomplete, listed in the notes)" if skipped else "")
+                + f"; leave `{key}` out to start from the beginning, or set `training_args.output_dir` to the run's folder"
             )
         return
     problem = checkpoint_problem(Path(str(resume)))
     if problem:
-        report.problems.append(f"`{key}`: {problem}; give a complete checkpoint-N directory or `latest`")
+        report.problems.append(
+            f"`{key}`: {resume} cannot be resumed from: {problem}; give a complete checkpoint-N directory or `latest`"
+        )
 
 
 def describe(report: PreflightReport) -> str:
@@ -390,4 +364,4 @@ def describe(report: PreflightReport) -> str:
     return f"{report.records} record(s), {report.images} image(s) checked"
 
 
-__all__ = ["PreflightError", "PreflightReport", "checkpoint_problem", "describe", "model_source_problem", "preflight"]
+__all__ = ["PreflightError", "PreflightReport", "describe", "model_source_problem", "preflight"]
