@@ -47,13 +47,21 @@ from gswa_plugin.errors import CheckpointError
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 #: InternVL2-2B's id of ``<IMG_CONTEXT>``, used when the tokenizer files do not say.
 DEFAULT_IMAGE_TOKEN_ID = 92546
-#: Chat template of the converted processor (InternLM2 chat format, images as ``<image>``).
+#: InternVL2's default system message (``internlm2-chat`` in InternVL's ``conversation.py``), sent
+#: by its ``chat()`` and used in its fine-tuning data.
+SYSTEM_PROMPT = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+#: Chat template of the converted processor: InternVL2's ``internlm2-chat`` format (no newline after
+#: ``<|im_end|>``; the default system message first when the conversation has none; text stripped of
+#: surrounding whitespace as InternVL's training data is; each image as ``<IMG_CONTEXT>\n`` before
+#: the text, as InternVL2's ``chat()`` puts ``<image>\n``).
 CHAT_TEMPLATE = (
+    "{% if messages and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n' + '" + SYSTEM_PROMPT + "' + '<|im_end|>' }}{% endif %}"
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
     "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}"
 )
 
 _VISION_RULES: list[tuple[str, str]] = [

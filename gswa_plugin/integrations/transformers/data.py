@@ -251,9 +251,14 @@ def render_segments(
 ) -> list[tuple[str, bool]]:
     """The conversation as text segments ``(text, is_target)``; targets are the assistant answers.
 
-    ``internlm2`` is InternVL2's chat format; ``plain`` a minimal one for word-level tokenizers;
-    ``tokenizer`` the tokenizer's own chat template, cut into segments by rendering growing
-    prefixes of the conversation (so the template must render a prefix as a prefix).
+    ``internlm2`` is InternVL2's ``internlm2-chat`` format exactly as InternVL's fine-tuning
+    renders it (``conversation.py``, separator style MPT; ``dataset.py``, ``preprocess_internlm``):
+    ``<|im_start|>system\n{system}<|im_end|><|im_start|>user\n{question}<|im_end|>``
+    ``<|im_start|>assistant\n{answer}<|im_end|>`` with no newline after ``<|im_end|>``, every
+    message stripped of surrounding whitespace, and the targets each answer with its ``<|im_end|>``
+    (the assistant header is not a target). ``plain`` is a minimal format for word-level
+    tokenizers; ``tokenizer`` the tokenizer's own chat template, cut into segments by rendering
+    growing prefixes of the conversation (so the template must render a prefix as a prefix).
     """
     turns = list(turns)
     if system_prompt and not any(t.role == "system" for t in turns):
@@ -264,10 +269,11 @@ def render_segments(
     segs: list[tuple[str, bool]] = []
     for t in turns:
         if template == "internlm2":
+            text = t.text.strip()  # as InternVL's preprocess_internlm
             if t.role == "assistant":
-                segs += [("<|im_start|>assistant\n", False), (t.text + "<|im_end|>", True), ("\n", False)]
+                segs += [("<|im_start|>assistant\n", False), (text + "<|im_end|>", True)]
             else:
-                segs.append((f"<|im_start|>{t.role}\n{t.text}<|im_end|>\n", False))
+                segs.append((f"<|im_start|>{t.role}\n{text}<|im_end|>", False))
         elif template == "plain":
             if t.role == "assistant":
                 segs += [("assistant : ", False), (f"{t.text} {eos}".rstrip(), True), ("\n", False)]
