@@ -100,7 +100,7 @@ class GSWAHandle:
     def host_ids(self, ids: torch.Tensor) -> np.ndarray:
         """``ids`` on the host as a numpy array, copied once per tensor: the seam's layout and the
         modes' image positions of one forward share a single device-to-host read (see
-        [`gswa_plugin._host`][gswa_plugin._host])."""
+        ``gswa_plugin._host``)."""
         cached = self.state.get("host_ids")
         if cached is None or cached[0].source is not ids or cached[1] != ids._version:
             cached = self.state["host_ids"] = (HostArray(ids), ids._version)

@@ -41,7 +41,7 @@ def token_runs(input_ids: torch.Tensor, token_id: int) -> tuple[torch.Tensor, to
     """The contiguous runs of ``token_id`` in ``input_ids`` ``[batch, seq]``, in row-major order.
 
     Computed on the host (one device-to-host read of ``input_ids``); see
-    [`host_token_runs`][gswa_plugin.adapters._layout.host_token_runs].
+    ``host_token_runs`` in ``gswa_plugin.adapters._layout``.
 
     Returns:
         ``(rows, starts, lengths)``: the row of each run, the position of its first token in that
