@@ -179,7 +179,7 @@ def _image_slots(ids: np.ndarray, mask: np.ndarray, n_tokens: int, what: str) ->
     [`fill_image_positions`][gswa_plugin.apply.fill_image_positions])."""
     n_positions = int(mask.sum())
     rows = mask.shape[0]
-    if n_positions != n_tokens and n_tokens and n_positions % n_tokens == 0:
+    if n_positions != n_tokens and n_tokens and n_positions and n_positions % n_tokens == 0:
         k = n_positions // n_tokens
         if rows % k == 0 and ids.shape == mask.shape and (ids.reshape(rows // k, k, -1) == ids[::k, None]).all():
             first = mask[::k]
@@ -265,8 +265,10 @@ def fill_image_positions(input_ids: Any, mask: Any, per_token: torch.Tensor, wha
         LayoutError: the image positions match neither the weighted tokens nor a repeat of them.
     """
     slots = image_slots(input_ids, None, int(per_token.shape[0]), per_token.device, mask=mask, what=what)
-    if slots is None:
-        return torch.ones(tuple(host_array(mask).shape), dtype=per_token.dtype, device=per_token.device)
+    if slots is None:  # no image position: right only when nothing was weighted either
+        m = host_array(mask).astype(bool)
+        _image_slots(host_array(input_ids), m, int(per_token.shape[0]), what)
+        return torch.ones(m.shape, dtype=per_token.dtype, device=per_token.device)
     return gather_weights(per_token, slots)
 
 
@@ -294,8 +296,10 @@ def placeholder_position_weights(
     w = view_weights.float()
     what = f"{view_weights.shape[0]} views of {tokens_per_view} tokens"
     slots = image_slots(input_ids, token_id, w.shape[0], w.device, tokens_per_view, what=what)
-    if slots is None:
-        return torch.ones(tuple(host_array(input_ids).shape), dtype=w.dtype, device=w.device)
+    if slots is None:  # no placeholder: right only when no view was weighted either
+        ids = host_array(input_ids)
+        _image_slots(ids, ids == token_id, w.shape[0] * tokens_per_view, what)
+        return torch.ones(ids.shape, dtype=w.dtype, device=w.device)
     return gather_weights(w, slots)
 
 
