@@ -64,9 +64,9 @@ def _build(shapes: HostShapes, vision_layers: int, text_layers: int, dtype: torc
     cfg._attn_implementation = attn
     cfg.text_config._attn_implementation = attn
     cfg.vision_config._attn_implementation = attn
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device(device):  # built on the device: no slow host init
         torch.manual_seed(0)
-        model = InternVLForConditionalGeneration(cfg).to(device=device, dtype=dtype).eval()
+        model = InternVLForConditionalGeneration(cfg).to(dtype=dtype).eval()
     model.model.vision_tower.requires_grad_(False)  # InternVL2's fine-tuning freezes the encoder
     return model
 
