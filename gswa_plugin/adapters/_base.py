@@ -165,6 +165,7 @@ def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -
         ids = _input_ids_from_call(args, kwargs)
         if ids is not None:
             handle.state["input_ids"] = ids
+            handle.prefetch_ids(ids)  # the forward's one device-to-host read, started early
         # Kept for the whole call (application modes), only when the call brings images (pixel
         # values, or features generate() encoded before its first step): a generated token that
         # happens to be the image token is text.
@@ -177,6 +178,8 @@ def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -
     def post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         handle.state.pop("input_ids", None)
         handle.state.pop("call_input_ids", None)
+        handle.state.pop("host_ids", None)
+        handle.state.pop("image_slots", None)
 
     h1 = inner.register_forward_pre_hook(pre_hook, with_kwargs=True)
     h2 = inner.register_forward_hook(post_hook, with_kwargs=True)
@@ -191,6 +194,8 @@ def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -
                 if ids is None:
                     ids = kwargs.get("inputs")
                 handle.state["input_ids"] = ids
+                if isinstance(ids, torch.Tensor):
+                    handle.prefetch_ids(ids)
                 try:
                     return original(*args, **kwargs)
                 finally:

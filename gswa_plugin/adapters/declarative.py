@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, patch_method, resolve_path
-from gswa_plugin.adapters._layout import token_runs, views_closed_by_marker, views_opened_by_marker
+from gswa_plugin.adapters._layout import views_closed_by_marker, views_opened_by_marker, views_per_run
 from gswa_plugin.config import DECLARATIVE, HostDeclaration
 from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
 from gswa_plugin.hookspecs import hookimpl
@@ -278,6 +278,7 @@ class DeclarativeAdapter(Adapter):
                 return hidden.mean(dim=1)
             return hidden[:, 0 if decl.summary_token == "cls" else decl.summary_token]
 
+        @torch.compiler.disable  # host-side numpy on the ids' host copy
         def counts(n_views: int, tokens: int) -> list[int] | None:
             ids = handle.state.pop("input_ids", None)
             if decl.tiles_group == "fixed":
@@ -289,8 +290,9 @@ class DeclarativeAdapter(Adapter):
             if decl.tiles_group is None or ids is None:
                 return None
             n = per_view or tokens
+            ids = handle.host_ids(ids)
             if decl.tiles_group == "run":
-                return (token_runs(ids, tiles_token)[2] // n).tolist()
+                return views_per_run(ids, tiles_token, n)
             if decl.tiles_group == "start_token":
                 return views_opened_by_marker(ids, tiles_token, n, start_token)
             return views_closed_by_marker(ids, tiles_token, n, marker)

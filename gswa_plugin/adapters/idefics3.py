@@ -101,8 +101,10 @@ class Idefics3Adapter(Adapter):
                 hidden = out.last_hidden_state
                 summaries = masked_mean(hidden, None if mask is None else mask.flatten(1))
                 ids = handle.state.pop("input_ids", None)
-                counts = None if ids is None else views_closed_by_marker(ids, image_token_id, feats.shape[1])
-                layout = handle.layout_for(feats.shape[0], counts)
+                tokens = feats.shape[1]
+                layout = handle.layout_from_ids(
+                    feats.shape[0], ids, lambda a: views_closed_by_marker(a, image_token_id, tokens), feats.device
+                )
                 weighted = handle.process(feats, summaries, layout, pixel_values=pixel_values)
                 per_sample = [f.shape[0] // feats.shape[1] for f in out.pooler_output]
                 out.pooler_output = [w.reshape(-1, w.shape[-1]) for w in weighted.split(per_sample)]
