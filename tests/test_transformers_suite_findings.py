@@ -65,3 +65,43 @@ def test_get_image_features_keeps_the_return_type(adapter: str, how: str) -> Non
     assert len(got_t) == len(want_t)
     for g, w in zip(got_t, want_t):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_enable_refuses_a_model_on_the_meta_device() -> None:
+    """transformers' ``test_can_init_all_missing_weights`` builds the model inside
+    ``from_pretrained`` on the meta device: GSWA enabled there got its parameters from the
+    host's ``_init_weights`` when the weights were materialised, so it silently stopped being
+    the identity. ``enable()`` now refuses such a model, naming the fix."""
+    from transformers import InternVLForConditionalGeneration
+
+    from gswa_plugin.errors import MissingModuleError
+    from gswa_plugin.testing.tiny import tiny_internvl_config
+
+    with torch.device("meta"):
+        model = InternVLForConditionalGeneration(tiny_internvl_config())
+    with pytest.raises(MissingModuleError, match="meta device.*from_pretrained_with_gswa"):
+        gswa_plugin.enable(model, {"mode": "value"})
+    assert not gswa_plugin.is_enabled(model)
+
+
+def test_hf_suite_enables_after_from_pretrained_at_identity() -> None:
+    """The pytest plugin that runs transformers' tests with GSWA enables a model that
+    ``from_pretrained`` builds once its weights are loaded, at GSWA's identity; a model built by
+    its ``__init__`` right away; and restores both methods when it is uninstalled."""
+    from transformers import InternVLForConditionalGeneration, PreTrainedModel
+
+    from gswa_plugin.testing import hf_suite
+    from gswa_plugin.testing.tiny import tiny_internvl_config
+
+    init, from_pretrained = InternVLForConditionalGeneration.__init__, PreTrainedModel.__dict__["from_pretrained"]
+    hf_suite.install()
+    try:
+        built = InternVLForConditionalGeneration(tiny_internvl_config())
+        loaded = InternVLForConditionalGeneration.from_pretrained(None, config=tiny_internvl_config(), state_dict={})
+    finally:
+        hf_suite.uninstall()
+    for model in (built, loaded):
+        handle = gswa_plugin.get_handle(model)
+        assert handle.config.mode == "value" and handle.module.is_identity()
+    assert InternVLForConditionalGeneration.__init__ is init
+    assert PreTrainedModel.__dict__["from_pretrained"] is from_pretrained
