@@ -151,6 +151,17 @@ def summarise(hidden: torch.Tensor, use_cls: bool, has_cls: bool) -> torch.Tenso
     return tokens.mean(dim=1)
 
 
+def wants_tuple(owner: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a host method decorated with transformers' ``can_return_tuple`` (e.g.
+    ``get_image_features``) would return a tuple for this call: ``return_dict=False`` passed, or
+    not passed (or ``None``) while the owner's ``config.return_dict`` is false. A seam wrapper
+    that calls the original with ``return_dict=True`` converts back in that case."""
+    passed = kwargs.get("return_dict")
+    if passed is not None:
+        return not passed
+    return not getattr(getattr(owner, "config", None), "return_dict", True)
+
+
 def _input_ids_from_call(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
     ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
     return ids if isinstance(ids, torch.Tensor) and not ids.is_floating_point() else None

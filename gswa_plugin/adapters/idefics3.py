@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, model_type, patch_method
+from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, model_type, patch_method, wants_tuple
 from gswa_plugin.adapters._layout import masked_mean, refuse_cls_summary, views_closed_by_marker
 from gswa_plugin.adapters.internvl import InternVLAdapter
 from gswa_plugin.hookspecs import hookimpl
@@ -89,7 +89,7 @@ class Idefics3Adapter(Adapter):
             def get_image_features(
                 pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None, **kwargs: Any
             ) -> Any:
-                want_tuple = kwargs.get("return_dict") is False
+                want_tuple = wants_tuple(inner, kwargs)
                 kwargs["return_dict"] = True
                 seen().clear()
                 try:

@@ -27,6 +27,7 @@ from gswa_plugin.adapters._base import (
     patch_method,
     resolve_path,
     summarise,
+    wants_tuple,
 )
 from gswa_plugin.adapters._layout import views_per_run
 from gswa_plugin.apply import gather_weights, image_slots
@@ -106,7 +107,7 @@ class InternVLAdapter(Adapter):
 
         def make_wrapper(original: Callable) -> Callable:
             def get_image_features(pixel_values: torch.Tensor, **kwargs: Any) -> Any:
-                want_tuple = kwargs.get("return_dict") is False
+                want_tuple = wants_tuple(inner, kwargs)
                 kwargs["return_dict"] = True
                 out = original(pixel_values=pixel_values, **kwargs)
                 vision_feature_layer = kwargs.get("vision_feature_layer")
