@@ -102,3 +102,42 @@ def refuse_cls_summary(adapter_name: str, config: object) -> None:
                 "use `summary: mean` (or `auto`, which picks the mean here)"
             ]
         )
+
+
+def views_joined_by_text(
+    input_ids: torch.Tensor, token_id: int, tokens_per_view: int, joiners: list[int] | tuple[int, ...]
+) -> list[int]:
+    """Views per image where every view is its own run of placeholders (Gemma 3 pan-and-scan:
+    each view opens with its own ``<start_of_image>``) and the views of one image are separated
+    only by the processor's fixed text: two consecutive runs of one row belong to one image when
+    every token between them is one of ``joiners``; any other token (the user's text, another
+    image's "Here is the original image") starts a new image, and so does a new row.
+
+    Args:
+        input_ids: ``[batch, seq]`` token ids of the forward.
+        token_id: the image placeholder token.
+        tokens_per_view: placeholder tokens of one view.
+        joiners: the token ids the processor writes between the views of one image (end and
+            start tokens of a view, newlines, the words of its fixed sentence).
+
+    Returns:
+        The number of views of each image, in the order images appear in the batch.
+    """
+    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
+    rows, starts, lengths = token_runs(ids, token_id)
+    if rows.numel() == 0:
+        return []
+    is_joiner = torch.isin(ids, torch.as_tensor(list(joiners), dtype=ids.dtype, device=ids.device))
+    # Tokens that break a join, counted cumulatively along each row: a gap [a, b) holds only
+    # joiners when the count does not change over it.
+    breaks = torch.cumsum((~is_joiner & (ids != token_id)).long(), dim=1)
+    ends = starts + lengths  # first position after each run
+    new_image = torch.ones(rows.numel(), dtype=torch.bool, device=ids.device)
+    if rows.numel() > 1:
+        same_row = rows[1:] == rows[:-1]
+        before_next = breaks[rows[1:], (starts[1:] - 1).clamp_min(0)]
+        at_end = breaks[rows[:-1], (ends[:-1] - 1).clamp_min(0)]
+        new_image[1:] = ~same_row | (before_next != at_end)
+    image_of_run = torch.cumsum(new_image.long(), 0) - 1
+    views = torch.bincount(image_of_run, weights=(lengths // tokens_per_view).double())
+    return [int(v) for v in views.tolist()]
