@@ -164,9 +164,15 @@ def _install_seam_watch(model: nn.Module, handle: GSWAHandle) -> None:
                 handle.state["seam_watch_start"] = calls()
             handle.state["seam_watch_generate"] = True
             try:
-                return original(*args, **kwargs)
+                out = original(*args, **kwargs)
             finally:
                 handle.state["seam_watch_generate"] = outer
+            # generate() may hand its forward steps the encoded images instead of pixel values.
+            if not outer and not handle.seam_verified and _carries_images(kwargs):
+                if calls() == handle.state.get("seam_watch_start", calls()):
+                    raise SeamNotRunError(handle.adapter.seam_not_run(handle))
+                handle.seam_verified = True
+            return out
 
         return generate
 

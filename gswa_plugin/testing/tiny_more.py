@@ -299,3 +299,81 @@ def got_ocr2_inputs(images: list[Any], max_patches: int = 6) -> dict[str, Any]:
             padding=True,
         )
     )
+
+
+# --- Gemma 3 (no built-in adapter: pan-and-scan retrofitted with the declarative adapter) ----
+GEMMA3_SPECIALS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+GEMMA3_TILE = 32
+#: Words of the sentence Gemma 3's processor writes around pan-and-scan crops.
+GEMMA3_CROP_WORDS = "Here is the original image and here are some crops to help you see better".split()
+
+
+def gemma3_tokenizer() -> Any:
+    return word_tokenizer(
+        GEMMA3_SPECIALS,
+        {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+        WORDS + GEMMA3_CROP_WORDS,
+    )
+
+
+def tiny_gemma3(seed: int = 0, tile: int = GEMMA3_TILE) -> Any:
+    """A tiny ``Gemma3ForConditionalGeneration``: SigLIP tower (``tile`` px, 8 px patches, 16
+    patches), average-pooled to 4 tokens per view, Gemma 3 text model. The projection weight,
+    which Gemma 3 initialises to zero, is drawn at random so that views differ."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    tok = gemma3_tokenizer()
+    cfg = Gemma3Config(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=tile,
+            patch_size=8,
+            vision_use_head=False,
+        ),
+        text_config=_text_config(
+            "gemma3_text", len(tok), head_dim=16, sliding_window=64, layer_types=["full_attention"] * 2
+        ),
+        mm_tokens_per_image=4,
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(cfg)
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
+    return _finish(model)
+
+
+def tiny_gemma3_processor(tile: int = GEMMA3_TILE) -> Any:
+    """The real ``Gemma3Processor`` with the real Gemma 3 image processor (PIL), pan-and-scan on:
+    an image wider or taller than 1.2:1 gets up to 4 crops after its original (global) view."""
+    from transformers import Gemma3ImageProcessor, Gemma3Processor
+
+    image_processor = image_processor_class(Gemma3ImageProcessor)(
+        size={"height": tile, "width": tile},
+        do_pan_and_scan=True,
+        pan_and_scan_min_crop_size=tile // 2,
+        pan_and_scan_max_num_crops=4,
+        pan_and_scan_min_ratio_to_activate=1.2,
+    )
+    return processor_class(Gemma3Processor)(image_processor=image_processor, tokenizer=gemma3_tokenizer(), image_seq_length=4)
+
+
+def gemma3_inputs(images: list[Any], texts: list[str]) -> dict[str, Any]:
+    """Gemma 3 pan-and-scan inputs: one prompt per image (``texts`` hold ``<start_of_image>``)."""
+    proc = tiny_gemma3_processor()
+    out = proc(
+        text=texts,
+        images=[[im] for im in images],
+        do_pan_and_scan=True,  # the processor's own default (False) overrides the image processor's
+        pan_and_scan_min_crop_size=GEMMA3_TILE // 2,
+        return_tensors="pt",
+        padding=True,
+    )
+    return dict(out)
