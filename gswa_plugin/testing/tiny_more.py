@@ -377,3 +377,70 @@ def gemma3_inputs(images: list[Any], texts: list[str]) -> dict[str, Any]:
         padding=True,
     )
     return dict(out)
+
+
+# --- Llama 3.2 Vision (mllama): a cross-attention host --------------------------------------
+MLLAMA_SPECIALS = ["<|image|>", "<|python_tag|>"]
+MLLAMA_TILE = 32
+
+
+def mllama_tokenizer() -> Any:
+    return word_tokenizer(MLLAMA_SPECIALS, {"image_token": "<|image|>"})
+
+
+def tiny_mllama(seed: int = 0, tile: int = MLLAMA_TILE) -> Any:
+    """A tiny ``MllamaForConditionalGeneration``: vision model with 32 px tiles (8 px patches,
+    up to 4 tiles per image), a Llama-style text model whose layer 1 is a cross-attention layer
+    (its gates, which Mllama initialises to 0, set to 1 so that the images reach the logits)."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    tok = mllama_tokenizer()
+    cfg = MllamaConfig(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_global_layers=1,
+            attention_heads=2,
+            intermediate_layers_indices=[0],
+            vision_output_dim=64,
+            image_size=tile,
+            patch_size=8,
+            max_num_tiles=4,
+            supported_aspect_ratios=[[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]],
+        ),
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tok) + 8,
+            cross_attention_layers=[1],
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            max_position_embeddings=4096,
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<|image|>"),
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = MllamaForConditionalGeneration(cfg)
+    with torch.no_grad():  # Mllama initialises its cross-attention gates to 0 (images ignored)
+        for name, p in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                p.fill_(1.0)
+    return _finish(model)
+
+
+def mllama_inputs(images: list[Any], texts: list[str]) -> dict[str, Any]:
+    """Inputs of the real ``MllamaProcessor`` (PIL image processor, ``tile`` px tiles, at most 4
+    per image, no thumbnail) for one image per prompt."""
+    from transformers import MllamaImageProcessor, MllamaProcessor
+
+    image_processor = image_processor_class(MllamaImageProcessor)(
+        size={"height": MLLAMA_TILE, "width": MLLAMA_TILE}, max_image_tiles=4
+    )
+    proc = processor_class(MllamaProcessor)(image_processor=image_processor, tokenizer=mllama_tokenizer())
+    return dict(proc(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True))
