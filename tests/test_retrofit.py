@@ -1,5 +1,6 @@
 """Retrofitting from YAML without silent no-ops (issue 14): Gemma 3 pan-and-scan read off
-``input_ids`` alone, and every wrong declaration failing loudly, naming the key to fix."""
+``input_ids`` alone, and every wrong declaration failing loudly, naming the key to fix (Gemma 3,
+Cohere2 Vision; GOT-OCR2 for the summary width)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import gswa_plugin
 from gswa_plugin.adapters._layout import views_joined_by_text
 from gswa_plugin.errors import ConfigError, LayoutError, MissingModuleError, SeamNotRunError
 from gswa_plugin.testing.contract import PEAKED
-from gswa_plugin.testing.tiny_more import tiny_gemma3, tiny_got_ocr2
+from gswa_plugin.testing.tiny_more import tiny_cohere2_vision, tiny_gemma3, tiny_got_ocr2
 
 from .host_cases import declarative as got_case
+from .host_cases import declarative_cohere2_vision as cohere_case
 from .host_cases import declarative_gemma3 as gemma_case
 
 
@@ -115,3 +117,40 @@ def test_a_summary_width_that_differs_from_the_config_is_refused_at_enable():
     with pytest.raises(ConfigError, match=r"declare\.summary\.dim resolves to 32 .* gives width 16"):
         gswa_plugin.enable(model, block)
     assert not gswa_plugin.is_enabled(model)
+
+
+# --- Cohere2 Vision (start token per image, thumbnail last) -------------------------------------
+def _cohere_block(**declare) -> dict:
+    block = cohere_case.gswa_block()
+    block["declare"] = {**block["declare"], **declare}
+    return {**block, **PEAKED}
+
+
+@pytest.fixture(scope="module")
+def cohere_inputs() -> dict:
+    return cohere_case.inputs()
+
+
+def test_cohere2_vision_wrong_grouping_token_fails_loudly(cohere_inputs):
+    model = tiny_cohere2_vision()
+    # one run per view (the line breaks split them): every view read as its own image
+    gswa_plugin.enable(model, _cohere_block(tiles_from={"group": "run", "token": "image_token_id"}))
+    with pytest.raises(SeamNotRunError, match=r"declare\.tiles_from \(group `run`\) splits the 9 views"):
+        model(**copy.deepcopy(cohere_inputs))
+    gswa_plugin.disable(model)
+    # the start token of the wrong image marker (<|END_OF_IMG|>): the counts do not match the views
+    bad = {"group": "start_token", "token": "image_token_id", "start_token": 5}
+    gswa_plugin.enable(model, _cohere_block(tiles_from=bad))
+    with pytest.raises(LayoutError, match=r"declare\.tiles_from\.start_token \(5\) does not open the images"):
+        model(**copy.deepcopy(cohere_inputs))
+
+
+def test_cohere2_vision_wrong_global_position_and_dead_seam_fail_loudly(cohere_inputs):
+    case = copy.copy(cohere_case.CASE)
+    case.config = _cohere_block(global_view="first")
+    report = case.check(["layout"])
+    assert not report.passed and "'last'" in report["layout"].reason
+    model = tiny_cohere2_vision()
+    gswa_plugin.enable(model, _cohere_block(seam="model.vision_tower.get_input_embeddings"))
+    with pytest.raises(SeamNotRunError, match=r"declare\.seam .* never ran"):
+        model(**copy.deepcopy(cohere_inputs))

@@ -360,6 +360,18 @@ class DeclarativeAdapter(Adapter):
             if decl.tiles_group == "run":
                 return (token_runs(ids, tiles_token)[2] // n).tolist()
             if decl.tiles_group == "start_token":
+                rows = ids if ids.dim() == 2 else ids[None]
+                is_image, is_start = rows == tiles_token, rows == start_token
+                first_image = torch.where(is_image.any(1), is_image.int().argmax(1), rows.shape[1])
+                position = torch.arange(rows.shape[1], device=rows.device)
+                opened = (is_start & (position[None] < first_image[:, None])).any(1) | ~is_image.any(1)
+                if not bool(opened.all()):
+                    raise LayoutError(
+                        f"declare.tiles_from.start_token ({start_token}) does not open the images: placeholders "
+                        f"({tiles_token}) come before any start token in row(s) "
+                        f"{(~opened).nonzero().flatten().tolist()}; name the token the processor writes before each "
+                        "image's placeholders"
+                    )
                 return views_opened_by_marker(ids, tiles_token, n, start_token)
             if decl.tiles_group == "joined_views":
                 return views_joined_by_text(ids, tiles_token, n, joiners)

@@ -444,3 +444,62 @@ def mllama_inputs(images: list[Any], texts: list[str]) -> dict[str, Any]:
     )
     proc = processor_class(MllamaProcessor)(image_processor=image_processor, tokenizer=mllama_tokenizer())
     return dict(proc(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True))
+
+
+# --- Cohere2 Vision (no built-in adapter: retrofitted with the declarative adapter) ----------
+COHERE2_SPECIALS = ["<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "<image>"]
+
+
+def cohere2_vision_tokenizer() -> Any:
+    return word_tokenizer(
+        COHERE2_SPECIALS,
+        {
+            "image_token": "<|IMG_PATCH|>",
+            "boi_token": "<|START_OF_IMG|>",
+            "eoi_token": "<|END_OF_IMG|>",
+            "img_line_break_token": "<|IMG_LINE_BREAK|>",
+        },
+    )
+
+
+def tiny_cohere2_vision(seed: int = 0, tile: int = TILE) -> Any:
+    """A tiny ``Cohere2VisionForConditionalGeneration``: SigLIP tower (``tile`` px, 16 px patches),
+    pixel shuffle 2 (4 tokens per view), SwiGLU projector, Cohere2 text model."""
+    from transformers import Cohere2VisionConfig, Cohere2VisionForConditionalGeneration
+
+    tok = cohere2_vision_tokenizer()
+    cfg = Cohere2VisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=tile,
+            patch_size=16,
+            vision_use_head=False,
+        ),
+        text_config=_text_config("cohere2", len(tok), layer_types=["full_attention", "full_attention"]),
+        image_token_id=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        downsample_factor=2,
+        alignment_intermediate_size=64,
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return _finish(Cohere2VisionForConditionalGeneration(cfg))
+
+
+def cohere2_vision_inputs(images: list[Any], texts: list[str], tile: int = TILE, max_patches: int = 6) -> dict[str, Any]:
+    """Inputs of the real ``Cohere2VisionProcessor`` (the prompt format: ``<|START_OF_IMG|>``, per
+    view its placeholders and a line break, ``<|END_OF_IMG|>``). Cohere2 Vision's own image
+    processor needs torchvision, which is not installed here: the GotOcr2 image processor (PIL)
+    stands in for it. Both cut row-major crops with the thumbnail LAST; the grid each picks for
+    an aspect ratio may differ."""
+    from transformers import Cohere2VisionProcessor, GotOcr2ImageProcessor
+
+    image_processor = image_processor_class(GotOcr2ImageProcessor)(
+        size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=max_patches
+    )
+    image_processor.patch_size = tile // 16 // 2  # placeholders per view side after the pixel shuffle
+    proc = processor_class(Cohere2VisionProcessor)(image_processor=image_processor, tokenizer=cohere2_vision_tokenizer())
+    return dict(proc(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True))
