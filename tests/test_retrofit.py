@@ -154,3 +154,29 @@ def test_cohere2_vision_wrong_global_position_and_dead_seam_fail_loudly(cohere_i
     gswa_plugin.enable(model, _cohere_block(seam="model.vision_tower.get_input_embeddings"))
     with pytest.raises(SeamNotRunError, match=r"declare\.seam .* never ran"):
         model(**copy.deepcopy(cohere_inputs))
+
+
+# --- a dry run of the contract on your own model ------------------------------------------------
+def test_check_model_dry_run_on_a_users_own_model_and_processor():
+    from gswa_plugin.testing import check_model
+    from gswa_plugin.testing.tiny_more import GEMMA3_TILE, tiny_gemma3_processor
+
+    model, processor = tiny_gemma3(), tiny_gemma3_processor()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kwargs = {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": GEMMA3_TILE // 2}
+    report = check_model(
+        model, processor, gemma_case.images(), config=gemma_case.gswa_block(), processor_kwargs=kwargs,
+        global_position="first",
+    )
+    print(report)
+    report.assert_passed()
+    assert "views per image [3, 4]" in report["layout"].reason  # counted by the image processor alone
+    assert not gswa_plugin.is_enabled(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is untouched
+    wrong = gemma_case.gswa_block()
+    wrong["declare"]["global_view"] = "last"
+    bad = check_model(
+        model, processor, gemma_case.images(), config=wrong, processor_kwargs=kwargs, global_position="first",
+        checks=["layout"],
+    )
+    assert not bad.passed and "'first'" in bad["layout"].reason
