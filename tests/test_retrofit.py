@@ -180,3 +180,23 @@ def test_check_model_dry_run_on_a_users_own_model_and_processor():
         checks=["layout"],
     )
     assert not bad.passed and "'first'" in bad["layout"].reason
+
+
+def test_gswa_check_model_runs_the_contract_and_exits_non_zero_on_a_failure(tmp_path):
+    from typer.testing import CliRunner
+
+    from gswa_plugin.cli import app
+
+    good = tmp_path / "good.yaml"
+    good.write_text("gswa:\n  adapter: aya_vision\n  hidden_size: 32\n  num_heads: 4\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["check", str(good), "--model", "tiny-aya-vision"])
+    assert result.exit_code == 0, result.output
+    assert "6 of 6 checks passed" in result.output and "PASS  layout" in result.output
+    bad = tmp_path / "bad.yaml"  # not identity at initialisation: the dry run says so
+    bad.write_text("gswa:\n  adapter: aya_vision\n  hidden_size: 32\n  num_heads: 4\n  identity_init: false\n")
+    result = CliRunner().invoke(app, ["check", str(bad), "--model", "tiny-aya-vision", "--image", "astronaut"])
+    assert result.exit_code == 1 and "--image must be given twice" in result.output
+    result = CliRunner().invoke(
+        app, ["check", str(bad), "--model", "tiny-aya-vision", "--image", "astronaut", "--image", "page"]
+    )
+    assert result.exit_code == 1 and "FAIL  identity" in result.output, result.output
