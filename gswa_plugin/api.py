@@ -21,7 +21,14 @@ from torch import nn
 from gswa_plugin import apply
 from gswa_plugin.adapters._base import patch_method
 from gswa_plugin.config import GSWAConfig
-from gswa_plugin.errors import AdapterNotFoundError, AlreadyEnabledError, NotEnabledError, PluginError, SeamNotRunError
+from gswa_plugin.errors import (
+    AdapterNotFoundError,
+    AlreadyEnabledError,
+    MissingModuleError,
+    NotEnabledError,
+    PluginError,
+    SeamNotRunError,
+)
 from gswa_plugin.handle import HANDLE_ATTR, MODULE_ATTR, GSWAHandle, attach, detach, get_handle, is_enabled
 from gswa_plugin.plugins import (
     BUILTIN_PLUGINS,
@@ -70,7 +77,8 @@ def enable(model: nn.Module, config: GSWAConfig | dict[str, Any] | str | os.Path
     Raises:
         AlreadyEnabledError: GSWA is already enabled on this model.
         AdapterNotFoundError: no adapter matches the model.
-        MissingModuleError: the model lacks a module the adapter needs.
+        MissingModuleError: the model lacks a module the adapter needs, or its weights are not
+            loaded yet (on the meta device).
         ConfigError: the config is invalid.
     """
     if is_enabled(model):
@@ -81,6 +89,15 @@ def enable(model: nn.Module, config: GSWAConfig | dict[str, Any] | str | os.Path
     cfg = check_config(config)  # the config's own problems and the registry's, all at once
     adapter = find_adapter(model, cfg.adapter)
     adapter.check(model)
+    ref = adapter.reference_parameter(model)
+    if ref.device.type == "meta":
+        raise MissingModuleError(
+            f"the weights of this {type(model).__name__} are on the meta device (not loaded yet: built under "
+            "`torch.device('meta')` or `init_empty_weights()`, or `enable()` called while `from_pretrained` builds "
+            "the model); GSWA's parameters would then be filled by the host's `_init_weights`, not by GSWA's "
+            "identity initialisation, and the model would answer differently. Enable GSWA once the weights are "
+            "loaded: `gswa_plugin.enable(model)` after `from_pretrained`, or `from_pretrained_with_gswa(path)`"
+        )
     registry = variants()
     summary_dim = adapter.summary_dim(model, cfg)
     # GSWA's initial parameters come from their own generator: the host's random stream, and so
@@ -88,7 +105,6 @@ def enable(model: nn.Module, config: GSWAConfig | dict[str, Any] | str | os.Path
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         module = GSWAModule(summary_dim, cfg, _build_variant(registry[cfg.variant], summary_dim, cfg))
-    ref = adapter.reference_parameter(model)
     module.to(device=ref.device, dtype=ref.dtype)
     handle = GSWAHandle(model, cfg, adapter, module, hook=CheckedHooks(get_plugin_manager()))
     model.add_module(MODULE_ATTR, module)

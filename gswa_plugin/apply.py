@@ -40,9 +40,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
+from gswa_plugin._host import host_array, to_device
 from gswa_plugin.config import MODES  # noqa: F401  (re-exported: the modes live here)
 from gswa_plugin.errors import LayoutError, UnsupportedModeError
 
@@ -64,11 +66,12 @@ class CallWeights:
     Attributes:
         seen: ``[batch, positions]`` weight of every position up to this call's last (cached
             positions included): the keys' weights for ``attn_bias``.
-        current: ``[batch, q_len]`` weights of this call's positions: the values' for ``value``.
+        current: ``[batch, q_len]`` weights of this call's positions: the values' for ``value``;
+            ``None`` where they are all 1 (a call without image positions, such as a decode step).
     """
 
     seen: torch.Tensor
-    current: torch.Tensor
+    current: torch.Tensor | None
 
 
 @dataclass
@@ -170,9 +173,82 @@ def apply_weights(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return features * weights.to(features.dtype).view(shape)
 
 
-def fill_image_positions(
-    input_ids: torch.Tensor, mask: torch.Tensor, per_token: torch.Tensor, what: str
-) -> torch.Tensor:
+def _image_slots(ids: np.ndarray, mask: np.ndarray, n_tokens: int, what: str) -> np.ndarray:
+    """On the host: for every position ``[batch, seq]``, 0 for text, ``1 + j`` for the ``j``-th
+    weighted token, following the rows repeated by beam search (see
+    [`fill_image_positions`][gswa_plugin.apply.fill_image_positions])."""
+    n_positions = int(mask.sum())
+    rows = mask.shape[0]
+    if n_positions != n_tokens and n_tokens and n_positions and n_positions % n_tokens == 0:
+        k = n_positions // n_tokens
+        if rows % k == 0 and ids.shape == mask.shape and (ids.reshape(rows // k, k, -1) == ids[::k, None]).all():
+            first = mask[::k]
+            slots = np.where(first, np.cumsum(first.reshape(-1)).reshape(first.shape), 0)
+            return np.repeat(slots, k, axis=0)
+    if n_positions != n_tokens:
+        raise LayoutError(
+            f"the input holds {n_positions} image placeholder tokens but GSWA weighted {what} "
+            f"({n_tokens} tokens); the image features of this call must come from the same forward as its "
+            "input_ids (precomputed image features bypass GSWA)"
+        )
+    return np.where(mask, np.cumsum(mask.reshape(-1)).reshape(mask.shape), 0)
+
+
+@torch.compiler.disable
+def image_slots(
+    input_ids: Any,
+    token_id: int | None,
+    n_weighted: int | None,
+    device: torch.device,
+    tokens_per_view: int = 1,
+    handle: Any = None,
+    mask: Any = None,
+    what: str = "",
+) -> torch.Tensor | None:
+    """Where a call's weighted tokens sit, as an index on ``device``: ``[batch, seq]`` holding 0
+    for text and ``1 + v`` at the tokens of item ``v`` (a view, or a token when
+    ``tokens_per_view`` is 1), so that ``cat([1, weights])[slots]`` gives every position its weight.
+
+    Worked out on the host from one read of ``input_ids`` (shared with the seam through
+    ``handle``'s [`host_ids`][gswa_plugin.handle.GSWAHandle.host_ids]), then copied to the device
+    without a sync; hidden from ``torch.compile`` as a whole (one graph break).
+
+    Args:
+        input_ids: ``[batch, seq]`` token ids (a tensor or a host array).
+        token_id: the placeholder token (or ``mask`` gives the image positions).
+        n_weighted: number of weighted items; ``None`` when none were computed (then an empty
+            index is returned if the call holds image positions, for the caller's error).
+        device: where the index goes.
+        tokens_per_view: placeholder tokens per weighted item.
+        handle: the [`GSWAHandle`][gswa_plugin.handle.GSWAHandle] whose host copy to reuse.
+        mask: ``[batch, seq]`` image positions, instead of ``token_id``.
+        what: what was weighted, for the error message.
+
+    Returns:
+        The index, or ``None`` when the call holds no image position.
+
+    Raises:
+        LayoutError: the image positions match neither the weighted tokens nor a repeat of them.
+    """
+    ids = handle.host_ids(input_ids) if handle is not None and isinstance(input_ids, torch.Tensor) else host_array(input_ids)
+    m = (ids == token_id) if mask is None else host_array(mask).astype(bool)
+    if not m.any():
+        return None
+    if n_weighted is None:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    slots = _image_slots(ids, m, n_weighted * tokens_per_view, what or f"{n_weighted} items")
+    if tokens_per_view > 1:  # token j belongs to item j // tokens_per_view
+        slots = np.where(slots > 0, (slots - 1) // tokens_per_view + 1, 0)
+    return to_device(slots, device)
+
+
+def gather_weights(weights: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``[batch, seq]`` per-position weights from an [`image_slots`][gswa_plugin.apply.image_slots]
+    index: 1 at text, ``weights[v]`` at item ``v``'s positions (differentiable, no sync)."""
+    return torch.cat([weights.new_ones(1), weights])[slots]
+
+
+def fill_image_positions(input_ids: Any, mask: Any, per_token: torch.Tensor, what: str) -> torch.Tensor:
     """Per-position weights ``[batch, seq]``: the image positions (``mask``) get ``per_token``
     in order, text gets 1.
 
@@ -181,30 +257,23 @@ def fill_image_positions(
     ``k`` times the weighted tokens and the rows come in ``k`` identical copies, each row's
     weights are repeated the same way.
 
+    ``input_ids`` and ``mask`` may be tensors or host (numpy) arrays: the positions are worked
+    out on the host (see [`image_slots`][gswa_plugin.apply.image_slots]), and the weights are
+    gathered on ``per_token``'s device.
+
     Raises:
         LayoutError: the image positions match neither the weighted tokens nor a repeat of them.
     """
-    n_positions, n_tokens = int(mask.sum()), int(per_token.shape[0])
-    rows = mask.shape[0]
-    if n_positions != n_tokens and n_tokens and n_positions % n_tokens == 0:
-        k = n_positions // n_tokens
-        if rows % k == 0 and bool((input_ids.view(rows // k, k, -1) == input_ids[::k, None]).all()):
-            counts = mask[::k].sum(dim=1).tolist()
-            chunks = torch.split(per_token, counts)
-            per_token = torch.cat([c for c in chunks for _ in range(k)])
-            n_tokens = per_token.shape[0]
-    if n_positions != n_tokens:
-        raise LayoutError(
-            f"the input holds {n_positions} image placeholder tokens but GSWA weighted {what} "
-            f"({n_tokens} tokens); the image features of this call must come from the same forward as its "
-            "input_ids (precomputed image features bypass GSWA)"
-        )
-    ones = torch.ones(mask.shape, dtype=per_token.dtype, device=per_token.device)
-    return ones.masked_scatter(mask.to(per_token.device), per_token)
+    slots = image_slots(input_ids, None, int(per_token.shape[0]), per_token.device, mask=mask, what=what)
+    if slots is None:  # no image position: right only when nothing was weighted either
+        m = host_array(mask).astype(bool)
+        _image_slots(host_array(input_ids), m, int(per_token.shape[0]), what)
+        return torch.ones(m.shape, dtype=per_token.dtype, device=per_token.device)
+    return gather_weights(per_token, slots)
 
 
 def placeholder_position_weights(
-    input_ids: torch.Tensor, token_id: int, view_weights: torch.Tensor, tokens_per_view: int
+    input_ids: Any, token_id: int, view_weights: torch.Tensor, tokens_per_view: int
 ) -> torch.Tensor:
     """Per-position weights for hosts that put one placeholder token per visual token.
 
@@ -213,7 +282,7 @@ def placeholder_position_weights(
     Rows repeated by beam search are followed (see [`fill_image_positions`][gswa_plugin.apply.fill_image_positions]).
 
     Args:
-        input_ids: ``[batch, seq]`` token ids of the call.
+        input_ids: ``[batch, seq]`` token ids of the call (a tensor or a host array).
         token_id: id of the image placeholder token.
         view_weights: ``[views]`` weight of every view (thumbnail included); gradients flow.
         tokens_per_view: tokens each view contributes.
@@ -224,9 +293,14 @@ def placeholder_position_weights(
     Raises:
         LayoutError: the placeholders do not match ``views * tokens_per_view``.
     """
-    per_token = view_weights.float().repeat_interleave(tokens_per_view)
+    w = view_weights.float()
     what = f"{view_weights.shape[0]} views of {tokens_per_view} tokens"
-    return fill_image_positions(input_ids, input_ids == token_id, per_token, what)
+    slots = image_slots(input_ids, token_id, w.shape[0], w.device, tokens_per_view, what=what)
+    if slots is None:  # no placeholder: right only when no view was weighted either
+        ids = host_array(input_ids)
+        _image_slots(ids, ids == token_id, w.shape[0] * tokens_per_view, what)
+        return torch.ones(ids.shape, dtype=w.dtype, device=w.device)
+    return gather_weights(w, slots)
 
 
 def decoder_layers(language_model: nn.Module) -> list[nn.Module]:
@@ -361,7 +435,9 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
         if new is not None and rows is not None and rows != new.shape[0] and rows % new.shape[0] == 0:
             # generate(num_beams=k) / num_return_sequences=k on the embeddings (InternVL's remote
             # code generates from inputs_embeds): each row is repeated k times in a row
-            new = new.repeat_interleave(rows // new.shape[0], dim=0)
+            k = rows // new.shape[0]
+            new = new[:, None].expand(-1, k, -1).reshape(rows, new.shape[1])
+        text_only = new is None
         if past == 0:
             state.seen = new
         elif state.seen is not None or new is not None:
@@ -386,7 +462,9 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
             return None
         seen = state.seen
         if not (torch.is_grad_enabled() and seen.requires_grad):
-            state.call = CallWeights(seen=seen, current=seen[:, -q_len:])
+            # a call without image positions (a text-only decode step) has weight 1 throughout:
+            # `value` skips its multiply (`current` None); `attn_bias` still biases the cached keys
+            state.call = CallWeights(seen=seen, current=None if text_only else seen[:, -q_len:])
             return None
         # Training: the layers use detached leaves (so a reentrant checkpoint's recomputation and
         # a non-reentrant one's both see plain tensors), and the bridge on the input embeddings
@@ -459,6 +537,8 @@ def _value_hook(handle: GSWAHandle) -> Callable:
         if call is None:
             return None
         w = call.current
+        if w is None:  # text-only positions: weight 1, nothing to multiply
+            return None
         if w.shape != output.shape[:2]:
             raise LayoutError(
                 f"GSWA's position weights cover {tuple(w.shape)} (batch, positions) but the value projection "

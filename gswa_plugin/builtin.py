@@ -22,7 +22,13 @@ def gswa_register_variants(register: Callable[[str, Any], None]) -> None:
 @hookimpl(trylast=True)
 def gswa_process_tiles(batch: TileBatch, handle: Any) -> TileBatch:
     """Default processing: weights from the model's GSWA module, then (``embed`` mode) scale the features."""
-    batch.weights = handle.module(batch.summaries, batch.layout)
-    if handle.config.mode == "embed":  # the other modes act inside the language model (gswa_plugin.apply)
-        batch.features = apply_weights(batch.features, batch.weights)
+    batch.weights, batch.features = _weigh(handle.module, batch, handle.config.mode == "embed")
     return batch
+
+
+def _weigh(module: Any, batch: TileBatch, embed: bool) -> tuple[Any, Any]:
+    # one function for both steps: torch.compile (which does not trace pluggy's dispatch) compiles
+    # it as one graph instead of two
+    weights = module(batch.summaries, batch.layout)
+    # the `embed` mode scales the features; the other modes act inside the language model (gswa_plugin.apply)
+    return weights, apply_weights(batch.features, weights) if embed else batch.features

@@ -10,12 +10,14 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from gswa_plugin._host import HostArray
 from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import LayoutError, NotEnabledError
-from gswa_plugin.layout import TileBatch, TileLayout
+from gswa_plugin.layout import TileBatch, TileLayout, prepare_indices
 from gswa_plugin.weighting import GSWAModule
 
 #: Attribute of the model holding GSWA's parameters (hence the ``gswa.`` prefix of their names).
@@ -97,6 +99,69 @@ class GSWAHandle:
         self.last_batch = result
         self.hook.gswa_weights_computed(weights=result.tile_weights(), batch=result, handle=self)
         return result.features
+
+    def host_ids(self, ids: torch.Tensor) -> np.ndarray:
+        """``ids`` on the host as a numpy array, copied once per tensor: the seam's layout and the
+        modes' image positions of one forward share a single device-to-host read (see
+        ``gswa_plugin._host``)."""
+        cached = self.state.get("host_ids")
+        if cached is None or cached[0].source is not ids or cached[1] != ids._version:
+            cached = self.state["host_ids"] = (HostArray(ids), ids._version)
+        return cached[0].numpy()
+
+    def prefetch_ids(self, ids: torch.Tensor | None) -> None:
+        """Start the host copy of a forward's ``input_ids`` as soon as the forward receives them."""
+        if ids is not None:
+            self._prefetch(ids)
+
+    @torch.compiler.disable
+    def _prefetch(self, ids: torch.Tensor) -> None:
+        cached = self.state.get("host_ids")
+        if cached is None or cached[0].source is not ids or cached[1] != ids._version:
+            self.state["host_ids"] = (HostArray(ids), ids._version)
+
+    @torch.compiler.disable
+    def layout_from_ids(
+        self,
+        n_views: int,
+        ids: torch.Tensor | None,
+        count: Callable[[np.ndarray], Sequence[int]],
+        device: torch.device | None = None,
+        image_token: int | None = None,
+        tokens_per_view: int = 1,
+    ) -> TileLayout:
+        """[`layout_for`][gswa_plugin.handle.GSWAHandle.layout_for] with the counts read off ``ids``
+        by ``count`` (which receives their host copy), and the layout's device indices prepared:
+        everything the seam needs from the host, in one step hidden from ``torch.compile``.
+
+        With ``image_token`` (placeholder hosts, ``value``/``attn_bias`` modes), the image positions
+        of ``ids`` are indexed too ([`image_slots`][gswa_plugin.apply.image_slots]) and kept for the
+        language-model call of the same ``ids`` ([`cached_slots`][gswa_plugin.handle.GSWAHandle.cached_slots]),
+        so the modes need no second host step."""
+        counts = None if ids is None else count(self.host_ids(ids))
+        layout = self.layout_for(n_views, counts)
+        if device is not None:
+            prepare_indices(layout, device)
+        self.state.pop("image_slots", None)
+        if ids is not None and image_token is not None and self.config.mode != "embed":
+            from gswa_plugin.apply import image_slots
+            from gswa_plugin.errors import LayoutError as _LayoutError
+
+            try:  # a mismatch (e.g. rows repeated later by beam search) is settled by the call itself
+                slots = image_slots(ids, image_token, n_views, device or ids.device, tokens_per_view, handle=self)
+            except _LayoutError:
+                pass
+            else:
+                self.state["image_slots"] = (ids, slots)
+        return layout
+
+    def cached_slots(self, ids: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
+        """``(found, slots)``: the image-position index the seam prepared for exactly ``ids``
+        (see [`layout_from_ids`][gswa_plugin.handle.GSWAHandle.layout_from_ids])."""
+        cached = self.state.get("image_slots")
+        if cached is not None and cached[0] is ids:
+            return True, cached[1]
+        return False, None
 
     def layout_for(self, n_views: int, counts_from_ids: Sequence[int] | None) -> TileLayout:
         """The layout of ``n_views`` views: an explicit ``set_tiles()`` override, else counts the

@@ -9,9 +9,11 @@ math in [`gswa_plugin.weighting`][gswa_plugin.weighting]. No host code and no le
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+import numpy as np
 import torch
 
 from gswa_plugin.errors import LayoutError
@@ -130,38 +132,67 @@ class Padded:
     has_thumbnail: torch.Tensor  # [images] bool
 
 
-def pad_summaries(summaries: torch.Tensor, layout: TileLayout) -> Padded:
-    """Scatter flat per-view summaries into a padded per-image tensor (vectorised)."""
-    device = summaries.device
-    counts = torch.tensor(layout.views_per_image, device=device)
-    n_images = counts.shape[0]
-    image_index = torch.repeat_interleave(torch.arange(n_images, device=device), counts)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(summaries.shape[0], device=device) - starts[image_index]
-    if layout.global_position == "none":
-        has_thumb = torch.zeros_like(counts, dtype=torch.bool)
-    else:
-        has_thumb = counts > 1
+@functools.lru_cache(maxsize=64)
+def _host_indices(layout: TileLayout) -> tuple[np.ndarray, ...]:
+    """The index arrays of ``pad_summaries`` for one layout, computed on the host from the
+    Python counts (cached: a training run sees few distinct layouts)."""
+    counts = np.asarray(layout.views_per_image, dtype=np.int64)
+    has_thumb = np.array([layout.has_global(int(n)) for n in counts], dtype=bool)
+    image_index = np.repeat(np.arange(counts.size), counts)
+    pos = np.arange(counts.sum()) - (np.cumsum(counts) - counts)[image_index]
     view_has_thumb = has_thumb[image_index]
     if layout.global_position == "first":
         is_thumb = view_has_thumb & (pos == 0)
-        tile_pos = torch.where(view_has_thumb, pos - 1, pos)
+        tile_pos = np.where(view_has_thumb, pos - 1, pos)
     else:
         is_thumb = view_has_thumb & (pos == counts[image_index] - 1)
         tile_pos = pos
-    slot = torch.where(is_thumb, torch.zeros_like(pos), tile_pos + 1)
-    n_tiles = counts - has_thumb.long()
-    # sizes come from the Python layout, not from device tensors: no host-device sync on a GPU
-    tiles_py = layout.tiles_per_image()
-    t_max = max(tiles_py) if tiles_py else 0
+    slot = np.where(is_thumb, 0, tile_pos + 1)
+    n_tiles = counts - has_thumb
+    t_max = int(n_tiles.max()) if n_tiles.size else 0
+    tile_mask = np.arange(t_max)[None, :] < n_tiles[:, None]
+    return image_index, slot, has_thumb, n_tiles, tile_mask
+
+
+def pad_summaries(summaries: torch.Tensor, layout: TileLayout) -> Padded:
+    """Scatter flat per-view summaries into a padded per-image tensor (vectorised).
+
+    The indices come from the Python layout on the host and reach the device in one non-blocking
+    copy: no host-device synchronisation."""
+    device = summaries.device
+    prepared = getattr(layout, "_indices", None)
+    if prepared is not None and prepared[0] == device:
+        image_index, slot, has_thumb, n_tiles, tile_mask = prepared[1]
+    else:
+        image_index, slot, has_thumb, n_tiles, tile_mask = _device_indices(layout, device)
+    n_images, t_max = tile_mask.shape
     tokens = summaries.new_zeros(n_images, 1 + t_max, summaries.shape[-1])
     tokens = tokens.index_put((image_index, slot), summaries)
-    tile_mask = torch.arange(t_max, device=device)[None, :] < n_tiles[:, None]
     if any(not layout.has_global(n) for n in layout.views_per_image):
         mean = tokens[:, 1:].sum(1) / n_tiles[:, None].to(tokens.dtype)
         tokens = torch.cat([torch.where(has_thumb[:, None], tokens[:, 0], mean)[:, None], tokens[:, 1:]], dim=1)
     return Padded(tokens, tile_mask, image_index, slot, has_thumb)
 
+
+def prepare_indices(layout: TileLayout, device: torch.device) -> None:
+    """Attach ``layout``'s padding indices on ``device`` to it (done by the seam's host step, so
+    that [`pad_summaries`][gswa_plugin.layout.pad_summaries] finds them without a graph break)."""
+    object.__setattr__(layout, "_indices", (torch.device(device), _device_indices(layout, device)))
+
+
+@torch.compiler.disable
+def _device_indices(layout: TileLayout, device: torch.device) -> tuple[torch.Tensor, ...]:
+    from gswa_plugin._host import to_device
+
+    host = _host_indices(layout)
+    packed = np.concatenate([a.astype(np.int64).reshape(-1) for a in host])
+    flat = to_device(packed, device)  # one copy for all five
+    out, at = [], 0
+    for a in host:
+        part = flat[at : at + a.size].view(a.shape)
+        out.append(part.bool() if a.dtype == bool else part)
+        at += a.size
+    return tuple(out)
 
 
 def layout_from_counts(counts: Sequence[int], global_position: GlobalPosition) -> TileLayout:

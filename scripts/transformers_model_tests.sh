@@ -27,13 +27,17 @@
 #                         e.g. '*::test_model_is_small') that may fail: the ones listed in the
 #                         docs as impossible with a plugin installed. Without it, any failure counts.
 #   PYTEST_ARGS           extra pytest arguments (e.g. '-k "not generate"')
+#   BASELINE_LOG_DIR      LOG_DIR of an earlier GSWA_HF_SUITE_DISABLE=1 run: a test that failed
+#                         there too fails without GSWA (test files of another transformers
+#                         version, a missing optional package) and is marked 'baseline'
 #
-# Exit status: 0 when every run finished and every failing test is listed in EXPECTED_FAILURES,
-# 1 otherwise, 2 for a usage error. The summary prints, per family, the pytest counts, the wall
-# time and the failing tests (marked 'expected' or 'UNEXPECTED').
+# Exit status: 0 when every run finished and every failing test is listed in EXPECTED_FAILURES
+# or failed in the baseline, 1 otherwise, 2 for a usage error. The summary prints, per family,
+# the pytest counts, the wall time and the failing tests (marked 'expected', 'baseline' or
+# 'UNEXPECTED').
 set -uo pipefail
 
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; }
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   usage
   [ $# -lt 1 ] && exit 2 || exit 0
@@ -108,10 +112,14 @@ for fam in "${FAMILIES[@]}"; do
   [ $rc -eq 124 ] && counts="TIMED OUT after ${RUN_TIMEOUT}s; $counts"
   SUMMARY+=("$fam: ${counts:-no pytest summary (rc $rc)} [${wall}s]")
   [ $rc -ne 0 ] && [ $rc -ne 1 ] && status=1
+  baseline_log="${BASELINE_LOG_DIR:-}/${fam}_baseline.log"
   while IFS= read -r test; do
     [ -z "$test" ] && continue
     if is_expected "$test"; then
       SUMMARY+=("    expected    $test")
+    elif [ -n "${BASELINE_LOG_DIR:-}" ] && [ -f "$baseline_log" ] \
+      && grep -qxF -e "FAILED $test" -e "ERROR $test" < <(sed -E 's/ - .*$//' "$baseline_log"); then
+      SUMMARY+=("    baseline    $test")
     else
       SUMMARY+=("    UNEXPECTED  $test")
       status=1

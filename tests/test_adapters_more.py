@@ -429,3 +429,40 @@ def test_cls_summary_is_refused_where_the_encoder_has_none(make):
     with pytest.raises(ConfigError, match="no CLS token"):
         gswa_plugin.enable(model, {"summary": "cls"})
     assert not gswa_plugin.is_enabled(model)
+
+
+def test_internvl_paper_placement_scales_the_projector_input_and_the_layernorm_cancels_it():
+    """recipes/internvl2-2b/gswa-paper-placement.yaml: GSWA's weights act where the paper's component
+    map puts them (after pixel shuffle, before the projector). The projector receives each view's
+    features times its weight, and its opening LayerNorm divides that out: the language model gets
+    (nearly) the unweighted embeddings, while the same weights after the projector reach it in full."""
+    from pathlib import Path
+
+    from gswa_plugin.testing.tiny import tiny_internvl, tiny_internvl_processor
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "internvl2-2b" / "gswa-paper-placement.yaml"
+    cfg = gswa_plugin.GSWAConfig.from_yaml(path).replace(variant="cosine", hidden_size=32, num_heads=2)
+    assert cfg.declare.apply == "before_projector"
+    model = tiny_internvl(image_size=56)
+    inputs = tiny_internvl_processor(image_size=56, max_patches=6)(
+        text=["<IMG_CONTEXT> describe the image"], images=[photo("coffee")], return_tensors="pt"
+    )
+    layer_norm = model.model.multi_modal_projector.layer_norm  # the projector's first layer sees what it was given
+    seen = {}
+    hook = layer_norm.register_forward_pre_hook(lambda m, args: seen.__setitem__(len(seen), args[0].detach().clone()))
+    lm = model.model.language_model
+    base = lm_inputs_embeds(lm, lambda: model(**inputs))
+    handle = gswa_plugin.enable(model, cfg)
+    got = lm_inputs_embeds(lm, lambda: model(**inputs))
+    hook.remove()
+    w = handle.last_batch.weights
+    assert float(w.max() - w.min()) > 0.05, w  # the weights are far from uniform
+    x, scaled = seen[0], seen[1]
+    torch.testing.assert_close(scaled, x * w[:, None, None], rtol=1e-5, atol=1e-6)
+    image = inputs["input_ids"] == model.config.image_token_id
+    moved_before = float((got[image] - base[image]).abs().max())
+    gswa_plugin.disable(model)
+    handle = gswa_plugin.enable(model, cfg.replace(adapter=None, declare=None))
+    after = lm_inputs_embeds(lm, lambda: model(**inputs))
+    moved_after = float((after[image] - base[image]).abs().max())
+    assert moved_before < 1e-3 * moved_after, (moved_before, moved_after)

@@ -103,3 +103,36 @@ def test_layer_clocks_see_forward_and_backward():
     assert host.enc_clock.backward_s > 0  # the projector's backward
     assert 0 < encode < step
     assert all(p.grad is None for p in host.model.parameters())  # gradients cleared after the step
+
+
+def test_bench_times_every_mode_and_prints_preset_shares(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "--shapes", "tiny", "--tiles", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
+         "--no-memory", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "1 vision and 2 language layers actually run (not scaled)" in text
+    for mode in ("embed", "value", "attn_bias"):
+        assert f"| {mode} | " in text
+    for preset in ("InternVL2-1B", "InternVL2-2B", "InternVL2-8B", "LLaVA-NeXT-7B"):
+        assert f"| {preset} | " in text
+    modes = json.loads((tmp_path / "bench_modes.json").read_text())
+    assert set(modes["ratios"]) == {"embed", "value", "attn_bias"}
+    for per_stage in modes["ratios"].values():
+        assert set(per_stage) == {"encode", "prefill", "decode", "train"}
+        assert all(len(v) == 1 and v[0] > 0 for v in per_stage.values())
+
+
+def test_parameter_shares_match_a_built_host():
+    """Preset shares are counted on the meta device from config shapes."""
+    from gswa_plugin.tools import bench_modes
+
+    rows = {r["host"]: r for r in bench_modes.parameter_shares()}
+    assert set(rows) == set(bench_modes.PRESETS)
+    # InternVL2-2B shapes are those of the seam benchmark's host: the two counts agree
+    assert rows["InternVL2-2B"]["host_parameters"] == bench.host_parameter_count(bench.SHAPES["internvl2-2b"])
+    # GSWA's width does not depend on the host's language model; its share shrinks with the host
+    assert rows["InternVL2-1B"]["share"] > rows["InternVL2-2B"]["share"] > rows["InternVL2-8B"]["share"]

@@ -318,3 +318,141 @@ def test_sentencepiece_tokenizer_is_converted_id_for_id(tmp_path):
     assert tok(text)["input_ids"] == [1] + sp.encode(text)
     assert tok.convert_tokens_to_ids("<IMG_CONTEXT>") == 324
     assert "<|im_start|>user" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+
+# --- InternLM2's tokenizer layout: chat markers inside the SentencePiece vocabulary ----------------
+def _internlm2_layout(root, add_dummy_prefix: bool):
+    """A released-layout checkpoint whose tokenizer.model is laid out as InternLM2's: the last two
+    SentencePiece pieces are user-defined placeholders ([UNUSED_TOKEN_145], [UNUSED_TOKEN_146]) that
+    tokenizer_config.json names <|im_end|> and <|im_start|> (92542/92543 in InternVL2-2B), then
+    <img>, </img>, <IMG_CONTEXT> added after the vocabulary. Identity normalisation, byte fallback."""
+    spm = pytest.importorskip("sentencepiece", reason="InternLM2's tokenizer.model needs the `convert` extra")
+    import io
+
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from gswa_plugin.testing.tiny import WORDS
+
+    src = root / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(released_config()), encoding="utf-8")
+    save_file(released_state(), str(src / "model.safetensors"))
+    buf = io.BytesIO()
+    sentences = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 5
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=buf, vocab_size=320, model_type="bpe", byte_fallback=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=add_dummy_prefix,
+    )
+    proto = pb.ModelProto()
+    proto.ParseFromString(buf.getvalue())
+    for name in ("[UNUSED_TOKEN_145]", "[UNUSED_TOKEN_146]"):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = name, 0.0, pb.ModelProto.SentencePiece.USER_DEFINED
+    (src / "tokenizer.model").write_bytes(proto.SerializeToString())
+    n = len(proto.pieces)
+    added = {"<|im_end|>": n - 2, "<|im_start|>": n - 1, "<img>": n, "</img>": n + 1, "<IMG_CONTEXT>": n + 2}
+    (src / "tokenizer_config.json").write_text(json.dumps({
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+        "tokenizer_class": "InternLM2Tokenizer",
+        "added_tokens_decoder": {str(i): {"content": t, "special": True} for t, i in added.items()},
+    }), encoding="utf-8")
+    sp = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
+    return src, sp, added
+
+
+def _internlm2_reference(sp, added: dict[str, int], text: str) -> list[int]:
+    """What InternLM2's own tokenizer (a slow PreTrainedTokenizer) gives: <s>, then the text split at
+    its added tokens, each piece encoded by SentencePiece on its own."""
+    pattern = "(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")"
+    ids = [sp.bos_id()]
+    for piece in re.split(pattern, text):
+        if piece in added:
+            ids.append(added[piece])
+        elif piece:
+            ids += sp.encode(piece)
+    return ids
+
+
+CHAT_TEXTS = [
+    "<|im_start|>system\nyou are a helpful assistant<|im_end|><|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\n"
+    "what is in the image ?<|im_end|><|im_start|>assistant\na red cat<|im_end|><|im_start|>user\n and  the colour ?"
+    "<|im_end|><|im_start|>assistant\n red\n<|im_end|>",
+    " leading space then <|im_end|><|im_end|>two markers and 书生 (byte fallback)\n\n",
+    "<|im_start|>assistant\n",
+]
+
+
+@pytest.mark.parametrize("add_dummy_prefix", [True, False], ids=["dummy-prefix", "no-dummy-prefix"])
+def test_internlm2_layout_converts_token_for_token_on_chat_text(tmp_path, add_dummy_prefix):
+    from transformers import AutoTokenizer
+
+    src, sp, added = _internlm2_layout(tmp_path, add_dummy_prefix)
+    convert(src, tmp_path / "dst")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "dst")
+    for token, idx in added.items():
+        assert tok.convert_tokens_to_ids(token) == idx, token
+    for text in CHAT_TEXTS:
+        assert tok(text)["input_ids"] == _internlm2_reference(sp, added, text), text
+
+
+def test_training_text_matches_internvl_preprocessing_token_for_token(tmp_path, photos):
+    """The transformers trainer's encoding of a two-turn record on the converted tokenizer equals
+    InternVL's: the internlm2-chat string (system prompt, no newline after <|im_end|>, stripped
+    text, <image> -> <img> + <IMG_CONTEXT> x tokens + </img>) tokenized by InternLM2's tokenizer,
+    with labels on each answer and its <|im_end|> only."""
+    from gswa_plugin.hf import load_processor
+    from gswa_plugin.integrations.transformers.data import IGNORE_INDEX, ConversationDataset
+    from gswa_plugin.tools.convert_internvl2 import SYSTEM_PROMPT
+
+    # without SentencePiece's dummy prefix: with one, preprocess_internlm's piece-by-piece counts run one
+    # token past this sequence (InternVL would drop the sample), so this is the layout its mask assumes
+    src, sp, added = _internlm2_layout(tmp_path, False)
+    convert(src, tmp_path / "dst")
+    processor = load_processor(str(tmp_path / "dst"))
+    photos[0].save(tmp_path / "a.png")
+    record = {"image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nwhat is in the image ? "},
+        {"from": "gpt", "value": " a red cat\n"},
+        {"from": "human", "value": "and the colour ?"},
+        {"from": "gpt", "value": "red"},
+    ]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    ds = ConversationDataset([tmp_path / "d.jsonl"], processor, template="internlm2", system_prompt=SYSTEM_PROMPT)
+    item = ds[0]
+    tiles = item["pixel_values"].shape[0]
+    image = "<img>" + "<IMG_CONTEXT>" * (tiles * processor.image_seq_length) + "</img>"
+    official = (
+        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|><|im_start|>user\n{image}\nwhat is in the image ?<|im_end|>"
+        "<|im_start|>assistant\na red cat<|im_end|><|im_start|>user\nand the colour ?<|im_end|>"
+        "<|im_start|>assistant\nred<|im_end|>"
+    )
+    want = _internlm2_reference(sp, added, official)
+    assert item["input_ids"].tolist() == want
+    assert item["labels"].tolist() == _preprocess_internlm_labels(want, official, lambda t: _internlm2_reference(sp, added, t))
+    trained = item["input_ids"][item["labels"] != IGNORE_INDEX].tolist()
+    assert trained.count(added["<|im_end|>"]) == 2 and added["<|im_start|>"] not in trained
+
+
+def _preprocess_internlm_labels(ids: list[int], conversation: str, encode) -> list[int]:
+    """InternVL's label mask for internlm2-chat (dataset.py, preprocess_internlm), from token counts
+    of the conversation's pieces: <s>, everything up to each `<|im_start|>assistant\n` and each user
+    turn are masked; each answer and its <|im_end|> are targets."""
+    user, assistant, ignore = "<|im_start|>user\n", "<|im_start|>assistant\n", -100
+    target = list(ids)
+    target[:1] = [ignore]
+    cur = 1
+    parts = conversation.split(assistant)
+    n = len(encode(parts[0] + assistant)) - 1
+    target[cur : cur + n] = [ignore] * n
+    cur += n
+    for part in parts[1:-1]:
+        answer, question = part.split(user)
+        cur += len(encode(answer)) - 1
+        n = len(encode(user + question + assistant)) - 1
+        target[cur : cur + n] = [ignore] * n
+        cur += n
+    cur += len(encode(parts[-1])) - 1
+    target[cur:] = [ignore] * (len(target) - cur)
+    assert cur == len(ids), "the official mask would drop this sample (tokenization mismatch)"
+    return target

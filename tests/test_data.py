@@ -120,3 +120,25 @@ def test_json_list_file_and_missing_file(processor, data_dir, tmp_path):
     assert len(ConversationDataset([path], processor, image_root=data_dir)) == 4
     with pytest.raises(DataError, match="data file not found"):
         ConversationDataset([tmp_path / "nope.jsonl"], processor)
+
+
+def test_internlm2_is_internvls_internlm2_chat_exactly():
+    """InternVL's fine-tuning renders `internlm2-chat` as system + sep, then role + message + sep per
+    turn (conversation.py, separator style MPT: no newline after <|im_end|>), each message stripped
+    (dataset.py, preprocess_internlm); the loss covers each answer and its <|im_end|>, not the header."""
+    from gswa_plugin.integrations.transformers.data import Turn, render_segments
+
+    turns = [
+        Turn("user", "  <image>\nwhat is in the image ?\n"),
+        Turn("assistant", " a cat \n"),
+        Turn("user", "and the colour ?"),
+        Turn("assistant", "red"),
+    ]
+    segs = render_segments(turns, "internlm2", None, system_prompt="SYS")
+    official = (
+        "<|im_start|>system\nSYS<|im_end|><|im_start|>user\n<image>\nwhat is in the image ?<|im_end|>"
+        "<|im_start|>assistant\na cat<|im_end|><|im_start|>user\nand the colour ?<|im_end|>"
+        "<|im_start|>assistant\nred<|im_end|>"
+    )
+    assert "".join(text for text, _ in segs) == official
+    assert [text for text, target in segs if target] == ["a cat<|im_end|>", "red<|im_end|>"]

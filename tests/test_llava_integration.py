@@ -3,6 +3,7 @@ and the missing-package error. (With llava installed: tests/test_llava.py.)"""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -73,3 +74,38 @@ def test_the_llava_next_recipe_is_valid():
     script = (root / "finetune_gswa.sh").read_text()
     assert "gswa_plugin.integrations.llava.train" in script and "--gswa_config" in script
     assert "--image_aspect_ratio anyres" in script  # GSWA needs tiles
+
+
+@pytest.mark.parametrize("zero", [None, "missing.json"], ids=["default", "missing"])
+def test_the_llava_next_script_runs_from_any_directory(tmp_path, zero):
+    """The README's command from another working directory: the default DeepSpeed config and the
+    GSWA block resolve from the script's folder. `deepspeed` is a stand-in on PATH that records
+    its arguments (the real launcher needs GPUs and the LLaVA-NeXT repository)."""
+    import os
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "llava-next" / "llava" / "finetune_gswa.sh"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "deepspeed"
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n', encoding="utf-8")
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args"),
+           "NUM_GPUS": "1"}
+    if zero:
+        env["ZERO"] = zero
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = subprocess.run(["bash", str(script)], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    if zero:
+        assert run.returncode == 2 and "DeepSpeed config not found: missing.json" in run.stderr
+        return
+    assert run.returncode == 0, run.stderr
+    args = (tmp_path / "args").read_text().split("\n")
+    for flag in ("--deepspeed", "--gswa_config"):
+        path = Path(args[args.index(flag) + 1])
+        assert path.is_absolute() and path.is_file(), (flag, path)
+    assert json.loads(Path(args[args.index("--deepspeed") + 1]).read_text())["zero_optimization"]["stage"] == 3
+    assert shlex.join(args[:3]) == "--num_gpus 1 --module"

@@ -127,3 +127,40 @@ def test_lmms_engine_recipes_turn_gswa_on_with_a_valid_block(path):
 def test_there_are_lmms_engine_recipes():
     names = {p.parent.parent.name for p in _recipe_yamls()}
     assert {"internvl2-2b", "llava-onevision"} <= names
+
+
+def test_internvl_data_processor_renders_internlm2_chat_as_internvl_trains(tmp_path, photos):
+    """With the converted checkpoint's chat template, the lmms-engine processor gives InternVL's
+    `internlm2-chat` training text: the system message once, no newline after <|im_end|>, stripped
+    text, targets = each answer with its <|im_end|> (the assistant header masked) -- the same
+    text the transformers trainer renders (data.render_segments)."""
+    from gswa_plugin.hf import save_processor
+    from gswa_plugin.integrations.transformers.data import Turn, render_segments
+    from gswa_plugin.testing.tiny import tiny_internvl_processor
+    from gswa_plugin.tools.convert_internvl2 import CHAT_TEMPLATE, SYSTEM_PROMPT
+
+    proc = tiny_internvl_processor(image_size=56, max_patches=6)
+    proc.tokenizer.chat_template = CHAT_TEMPLATE  # as `gswa convert-internvl2` saves it
+    save_processor(proc, tmp_path)
+    data = InternVLDataProcessor(type("Cfg", (), {"processor_name": str(tmp_path), "processor_type": "internvl"})())
+    data.build()
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": " describe the image\n"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a person "}]},
+        {"role": "user", "content": [{"type": "text", "text": "what colour ?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+    ]
+    pieces = data._segments(messages)
+    text = "".join(t for t, _ in pieces)
+    assert text == (
+        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|><|im_start|>user\n<IMG_CONTEXT>\ndescribe the image<|im_end|>"
+        "<|im_start|>assistant\na person<|im_end|><|im_start|>user\nwhat colour ?<|im_end|>"
+        "<|im_start|>assistant\nred<|im_end|>"
+    )
+    assert [t for t, target in pieces if target] == ["a person<|im_end|>", "red<|im_end|>"]
+    turns = [Turn("user", "<image>\ndescribe the image"), Turn("assistant", "a person"),
+             Turn("user", "what colour ?"), Turn("assistant", "red")]
+    ours = render_segments(turns, "internlm2", None, system_prompt=SYSTEM_PROMPT)
+    assert "".join(t for t, _ in ours).replace("<image>", "<IMG_CONTEXT>") == text
+    out = data.process(images=[photos[0]], hf_messages=messages)
+    assert int((out["input_ids"] == proc.image_token_id).sum()) == out["pixel_values"].shape[0] * proc.image_seq_length

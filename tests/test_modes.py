@@ -224,6 +224,8 @@ def test_placeholder_count_mismatch_is_a_clear_error():
     ids = torch.tensor([[5, 6, 6, 6, 7]])
     with pytest.raises(gswa_plugin.LayoutError, match="3 image placeholder tokens"):
         placeholder_position_weights(ids, 6, torch.ones(2), 2)
+    with pytest.raises(gswa_plugin.LayoutError, match="0 image placeholder tokens"):  # none at all
+        placeholder_position_weights(torch.tensor([[5, 7]]), 6, torch.ones(2), 2)
 
 
 def test_docs_example_runs(monkeypatch, capsys):

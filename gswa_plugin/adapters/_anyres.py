@@ -29,7 +29,7 @@ from torch import nn
 
 from gswa_plugin.adapters._base import Adapter, model_type, patch_method, resolve_path, summarise
 from gswa_plugin.adapters._layout import refuse_cls_summary
-from gswa_plugin.apply import fill_image_positions
+from gswa_plugin.apply import gather_weights, image_slots
 from gswa_plugin.errors import LayoutError
 from gswa_plugin.layout import TileLayout
 
@@ -88,12 +88,15 @@ class AnyresPackAdapter(Adapter):
     def position_weights(self, model: nn.Module, handle: Any, seq_len: int) -> torch.Tensor | None:
         ids = handle.state.get(_CALL_IDS)  # set only while a call with images runs
         token = model.config.image_token_id
-        if ids is None or ids.shape[-1] != seq_len or not bool((ids == token).any()):
+        if ids is None or ids.shape[-1] != seq_len:
             return None
         per_token = handle.state.get(_TOKEN_WEIGHTS)
         if per_token is None:
-            per_token = torch.ones(0)
-        return fill_image_positions(ids, ids == token, per_token, "the packed image tokens")
+            per_token = torch.ones(0, device=ids.device)
+        slots = image_slots(
+            ids, token, per_token.shape[0], per_token.device, handle=handle, what="the packed image tokens"
+        )
+        return None if slots is None else gather_weights(per_token, slots)
 
     def install(self, model: nn.Module, handle: Any) -> None:
         inner = inner_model(model)

@@ -166,6 +166,17 @@ def summarise(hidden: torch.Tensor, use_cls: bool, has_cls: bool) -> torch.Tenso
     return tokens.mean(dim=1)
 
 
+def wants_tuple(owner: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a host method decorated with transformers' ``can_return_tuple`` (e.g.
+    ``get_image_features``) would return a tuple for this call: ``return_dict=False`` passed, or
+    not passed (or ``None``) while the owner's ``config.return_dict`` is false. A seam wrapper
+    that calls the original with ``return_dict=True`` converts back in that case."""
+    passed = kwargs.get("return_dict")
+    if passed is not None:
+        return not passed
+    return not getattr(getattr(owner, "config", None), "return_dict", True)
+
+
 def _input_ids_from_call(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
     ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
     return ids if isinstance(ids, torch.Tensor) and not ids.is_floating_point() else None
@@ -180,6 +191,7 @@ def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -
         ids = _input_ids_from_call(args, kwargs)
         if ids is not None:
             handle.state["input_ids"] = ids
+            handle.prefetch_ids(ids)  # the forward's one device-to-host read, started early
         # Kept for the whole call (application modes), only when the call brings images (pixel
         # values, or features generate() encoded before its first step): a generated token that
         # happens to be the image token is text.
@@ -192,6 +204,8 @@ def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -
     def post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         handle.state.pop("input_ids", None)
         handle.state.pop("call_input_ids", None)
+        handle.state.pop("host_ids", None)
+        handle.state.pop("image_slots", None)
 
     h1 = inner.register_forward_pre_hook(pre_hook, with_kwargs=True)
     h2 = inner.register_forward_hook(post_hook, with_kwargs=True)
@@ -206,6 +220,8 @@ def install_input_ids_capture(model: nn.Module, inner: nn.Module, handle: Any) -
                 if ids is None:
                     ids = kwargs.get("inputs")
                 handle.state["input_ids"] = ids
+                if isinstance(ids, torch.Tensor):
+                    handle.prefetch_ids(ids)
                 try:
                     return original(*args, **kwargs)
                 finally:

@@ -3,47 +3,69 @@ counts to the model.
 
 Every tiling host expands each view of an image into a run of placeholder tokens in the prompt.
 How the runs group into images differs by family; the helpers here cover the patterns of the
-families in transformers (all vectorised, no loop over runs or images).
+families in transformers (all vectorised, no loop over runs or images). They work on a host copy
+of the ids (numpy), so a forward reads its ``input_ids`` from the device once (see
+[`GSWAHandle.host_ids`][gswa_plugin.handle.GSWAHandle.host_ids]), not once per operation.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
+
+from gswa_plugin._host import host_array
+
+
+def host_token_runs(ids: Any, token_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The contiguous runs of ``token_id`` in ``ids`` ``[batch, seq]`` (a tensor, read once to the
+    host, or a host array), in row-major order, computed on the host.
+
+    Returns:
+        ``(rows, starts, lengths)``: the row of each run, the position of its first token in that
+        row, and its length (three int64 numpy arrays).
+    """
+    a = host_array(ids)
+    a = a if a.ndim == 2 else a[None]
+    mask = a == token_id
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)  # +1 where a run starts, -1 just after it ends
+    rows, starts = np.nonzero(edges == 1)
+    _, ends = np.nonzero(edges == -1)
+    return rows.astype(np.int64), starts.astype(np.int64), (ends - starts).astype(np.int64)
 
 
 def token_runs(input_ids: torch.Tensor, token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The contiguous runs of ``token_id`` in ``input_ids`` ``[batch, seq]``, in row-major order.
 
+    Computed on the host (one device-to-host read of ``input_ids``); see
+    ``host_token_runs`` in ``gswa_plugin.adapters._layout``.
+
     Returns:
         ``(rows, starts, lengths)``: the row of each run, the position of its first token in that
-        row, and its length (three 1-D long tensors).
+        row, and its length (three 1-D long tensors on the device of ``input_ids``).
     """
-    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-    mask = ids == token_id
-    prev = torch.zeros_like(mask)
-    prev[:, 1:] = mask[:, :-1]
-    start_mask = mask & ~prev
-    rows, starts = start_mask.nonzero(as_tuple=True)
-    if rows.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=ids.device)
-        return empty, empty, empty
-    run_id = torch.cumsum(start_mask.flatten().long(), 0) - 1
-    lengths = torch.bincount(run_id[mask.flatten()], minlength=rows.numel())
-    return rows, starts, lengths
+    return tuple(torch.from_numpy(x).to(input_ids.device) for x in host_token_runs(input_ids, token_id))  # type: ignore[return-value]
 
 
-def views_closed_by_marker(
-    input_ids: torch.Tensor, token_id: int, tokens_per_view: int, marker_id: int | None = None
-) -> list[int]:
+def views_per_run(ids: Any, token_id: int, tokens_per_view: int) -> list[int]:
+    """Views per image where each image is one run of ``token_id`` (InternVL): run length
+    divided by ``tokens_per_view``, computed on the host."""
+    return [int(n) // tokens_per_view for n in host_token_runs(ids, token_id)[2]]
+
+
+def views_closed_by_marker(ids: Any, token_id: int, tokens_per_view: int, marker_id: int | None = None) -> list[int]:
     """Views per image where each image's LAST view is announced by a marker token.
 
     Idefics3 / SmolVLM write ``<row_i_col_j>`` before each tile's run and ``<global-img>`` before
     the global view's run, which closes the image; Aya Vision writes ``TILE_i`` and
     ``TILE_GLOBAL``. Without ``marker_id``, the marker is the token just before the last run of
-    the batch (always a global view in these formats).
+    the batch (always a global view in these formats). Computed on the host.
 
     Args:
-        input_ids: ``[batch, seq]`` token ids of the forward.
+        ids: ``[batch, seq]`` token ids of the forward (a tensor or a host array).
         token_id: the image placeholder token.
         tokens_per_view: placeholder tokens of one view.
         marker_id: the token announcing the global view, if known.
@@ -51,34 +73,30 @@ def views_closed_by_marker(
     Returns:
         The number of views of each image, in the order images appear in the batch.
     """
-    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-    rows, starts, lengths = token_runs(ids, token_id)
-    if rows.numel() == 0:
+    a = host_array(ids)
+    a = a if a.ndim == 2 else a[None]
+    rows, starts, lengths = host_token_runs(a, token_id)
+    if rows.size == 0:
         return []
-    before = ids[rows, (starts - 1).clamp_min(0)]
-    before = torch.where(starts > 0, before, torch.full_like(before, -1))
-    marker = before[-1] if marker_id is None else torch.tensor(marker_id, device=ids.device)
-    closes = before == marker
-    image_of_run = torch.cumsum(closes.long(), 0) - closes.long()
-    views = torch.bincount(image_of_run, weights=(lengths // tokens_per_view).double())
-    return [int(v) for v in views.tolist()]
+    before = np.where(starts > 0, a[rows, np.maximum(starts - 1, 0)], -1)
+    marker = before[-1] if marker_id is None else marker_id
+    closes = (before == marker).astype(np.int64)
+    image_of_run = np.cumsum(closes) - closes
+    views = np.bincount(image_of_run, weights=lengths // tokens_per_view)
+    return [int(v) for v in views]
 
 
-def views_opened_by_marker(input_ids: torch.Tensor, token_id: int, tokens_per_view: int, start_id: int) -> list[int]:
+def views_opened_by_marker(ids: Any, token_id: int, tokens_per_view: int, start_id: int) -> list[int]:
     """Views per image where each image opens with a start token (``<|START_OF_IMG|>``, a BOI
-    token): the placeholder tokens between two start tokens, divided by ``tokens_per_view``."""
-    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-    flat = ids.flatten()
-    is_start = flat == start_id
+    token): the placeholder tokens between two start tokens, divided by ``tokens_per_view``.
+    Computed on the host."""
+    flat = host_array(ids).reshape(-1)
     is_image = flat == token_id
-    if not bool(is_image.any()):
+    if not is_image.any():
         return []
-    image_of_token = torch.cumsum(is_start.long(), 0) - 1
-    owners = image_of_token[is_image]
-    n_images = int(is_start.sum())
-    counts = torch.bincount(owners.clamp_min(0), minlength=n_images)
-    counts = counts[counts > 0]
-    return [int(c) // tokens_per_view for c in counts.tolist()]
+    image_of_token = np.cumsum(flat == start_id) - 1
+    counts = np.bincount(np.maximum(image_of_token[is_image], 0), minlength=int((flat == start_id).sum()))
+    return [int(c) // tokens_per_view for c in counts[counts > 0]]
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -104,17 +122,16 @@ def refuse_cls_summary(adapter_name: str, config: object) -> None:
         )
 
 
-def views_joined_by_text(
-    input_ids: torch.Tensor, token_id: int, tokens_per_view: int, joiners: list[int] | tuple[int, ...]
-) -> list[int]:
+def views_joined_by_text(ids: Any, token_id: int, tokens_per_view: int, joiners: list[int] | tuple[int, ...]) -> list[int]:
     """Views per image where every view is its own run of placeholders (Gemma 3 pan-and-scan:
     each view opens with its own ``<start_of_image>``) and the views of one image are separated
     only by the processor's fixed text: two consecutive runs of one row belong to one image when
     every token between them is one of ``joiners``; any other token (the user's text, another
-    image's "Here is the original image") starts a new image, and so does a new row.
+    image's "Here is the original image") starts a new image, and so does a new row. Computed on
+    the host.
 
     Args:
-        input_ids: ``[batch, seq]`` token ids of the forward.
+        ids: ``[batch, seq]`` token ids of the forward (a tensor or a host array).
         token_id: the image placeholder token.
         tokens_per_view: placeholder tokens of one view.
         joiners: the token ids the processor writes between the views of one image (end and
@@ -123,21 +140,21 @@ def views_joined_by_text(
     Returns:
         The number of views of each image, in the order images appear in the batch.
     """
-    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-    rows, starts, lengths = token_runs(ids, token_id)
-    if rows.numel() == 0:
+    a = host_array(ids)
+    a = a if a.ndim == 2 else a[None]
+    rows, starts, lengths = host_token_runs(a, token_id)
+    if rows.size == 0:
         return []
-    is_joiner = torch.isin(ids, torch.as_tensor(list(joiners), dtype=ids.dtype, device=ids.device))
-    # Tokens that break a join, counted cumulatively along each row: a gap [a, b) holds only
-    # joiners when the count does not change over it.
-    breaks = torch.cumsum((~is_joiner & (ids != token_id)).long(), dim=1)
+    # Tokens that break a join, counted cumulatively along each row: a gap holds only joiners
+    # when the count does not change over it.
+    breaks = np.cumsum(~np.isin(a, np.asarray(list(joiners))) & (a != token_id), axis=1)
     ends = starts + lengths  # first position after each run
-    new_image = torch.ones(rows.numel(), dtype=torch.bool, device=ids.device)
-    if rows.numel() > 1:
+    new_image = np.ones(rows.size, dtype=bool)
+    if rows.size > 1:
         same_row = rows[1:] == rows[:-1]
-        before_next = breaks[rows[1:], (starts[1:] - 1).clamp_min(0)]
-        at_end = breaks[rows[:-1], (ends[:-1] - 1).clamp_min(0)]
+        before_next = breaks[rows[1:], np.maximum(starts[1:] - 1, 0)]
+        at_end = breaks[rows[:-1], np.maximum(ends[:-1] - 1, 0)]
         new_image[1:] = ~same_row | (before_next != at_end)
-    image_of_run = torch.cumsum(new_image.long(), 0) - 1
-    views = torch.bincount(image_of_run, weights=(lengths // tokens_per_view).double())
-    return [int(v) for v in views.tolist()]
+    image_of_run = np.cumsum(new_image) - 1
+    views = np.bincount(image_of_run, weights=lengths // tokens_per_view)
+    return [int(v) for v in views]

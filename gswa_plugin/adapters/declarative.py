@@ -29,15 +29,16 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, patch_method, resolve_path
 from gswa_plugin.adapters._layout import (
-    token_runs,
     views_closed_by_marker,
     views_joined_by_text,
     views_opened_by_marker,
+    views_per_run,
 )
 from gswa_plugin.config import DECLARATIVE, HostDeclaration
 from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError, SeamNotRunError
@@ -346,6 +347,7 @@ class DeclarativeAdapter(Adapter):
                 return hidden.mean(dim=1)
             return hidden[:, 0 if decl.summary_token == "cls" else decl.summary_token]
 
+        @torch.compiler.disable  # host-side numpy on the ids' host copy
         def counts(n_views: int, tokens: int) -> list[int] | None:
             ids = handle.state.pop("input_ids", None)
             if decl.tiles_group == "fixed":
@@ -357,19 +359,20 @@ class DeclarativeAdapter(Adapter):
             if decl.tiles_group is None or ids is None:
                 return None
             n = per_view or tokens
+            ids = handle.host_ids(ids)
             if decl.tiles_group == "run":
-                return (token_runs(ids, tiles_token)[2] // n).tolist()
+                return views_per_run(ids, tiles_token, n)
             if decl.tiles_group == "start_token":
-                rows = ids if ids.dim() == 2 else ids[None]
+                rows = ids if ids.ndim == 2 else ids[None]
                 is_image, is_start = rows == tiles_token, rows == start_token
-                first_image = torch.where(is_image.any(1), is_image.int().argmax(1), rows.shape[1])
-                position = torch.arange(rows.shape[1], device=rows.device)
-                opened = (is_start & (position[None] < first_image[:, None])).any(1) | ~is_image.any(1)
+                has_image = is_image.any(1)
+                first_image = np.where(has_image, is_image.argmax(1), rows.shape[1])
+                opened = (is_start & (np.arange(rows.shape[1])[None] < first_image[:, None])).any(1) | ~has_image
                 if not bool(opened.all()):
                     raise LayoutError(
                         f"declare.tiles_from.start_token ({start_token}) does not open the images: placeholders "
                         f"({tiles_token}) come before any start token in row(s) "
-                        f"{(~opened).nonzero().flatten().tolist()}; name the token the processor writes before each "
+                        f"{np.nonzero(~opened)[0].tolist()}; name the token the processor writes before each "
                         "image's placeholders"
                     )
                 return views_opened_by_marker(ids, tiles_token, n, start_token)

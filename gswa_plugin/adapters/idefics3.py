@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, model_type, patch_method
+from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, model_type, patch_method, wants_tuple
 from gswa_plugin.adapters._layout import masked_mean, refuse_cls_summary, views_closed_by_marker
 from gswa_plugin.adapters.internvl import InternVLAdapter
 from gswa_plugin.hookspecs import hookimpl
@@ -89,7 +89,7 @@ class Idefics3Adapter(Adapter):
             def get_image_features(
                 pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None, **kwargs: Any
             ) -> Any:
-                want_tuple = kwargs.get("return_dict") is False
+                want_tuple = wants_tuple(inner, kwargs)
                 kwargs["return_dict"] = True
                 seen().clear()
                 try:
@@ -101,8 +101,10 @@ class Idefics3Adapter(Adapter):
                 hidden = out.last_hidden_state
                 summaries = masked_mean(hidden, None if mask is None else mask.flatten(1))
                 ids = handle.state.pop("input_ids", None)
-                counts = None if ids is None else views_closed_by_marker(ids, image_token_id, feats.shape[1])
-                layout = handle.layout_for(feats.shape[0], counts)
+                tokens = feats.shape[1]
+                layout = handle.layout_from_ids(
+                    feats.shape[0], ids, lambda a: views_closed_by_marker(a, image_token_id, tokens), feats.device
+                )
                 weighted = handle.process(feats, summaries, layout, pixel_values=pixel_values)
                 per_sample = [f.shape[0] // feats.shape[1] for f in out.pooler_output]
                 out.pooler_output = [w.reshape(-1, w.shape[-1]) for w in weighted.split(per_sample)]

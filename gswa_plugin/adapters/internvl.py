@@ -27,9 +27,10 @@ from gswa_plugin.adapters._base import (
     patch_method,
     resolve_path,
     summarise,
+    wants_tuple,
 )
-from gswa_plugin.adapters._layout import token_runs
-from gswa_plugin.apply import placeholder_position_weights
+from gswa_plugin.adapters._layout import views_per_run
+from gswa_plugin.apply import gather_weights, image_slots
 from gswa_plugin.errors import LayoutError
 from gswa_plugin.hookspecs import hookimpl
 
@@ -74,19 +75,29 @@ class InternVLAdapter(Adapter):
     def position_weights(self, model: nn.Module, handle: Any, seq_len: int) -> torch.Tensor | None:
         ids = handle.state.get("call_input_ids")
         token = model.config.image_token_id
-        if ids is None or ids.shape[-1] != seq_len or not bool((ids == token).any()):
+        if ids is None or ids.shape[-1] != seq_len:
             return None
         batch = handle.last_batch
-        if batch is None or batch.weights is None:
+        weights = None if batch is None else batch.weights
+        found, slots = handle.cached_slots(ids)  # prepared by the seam's host step
+        if not found or weights is None:
+            slots = image_slots(
+                ids, token, None if weights is None else weights.shape[0], ids.device,
+                1 if batch is None else batch.features.shape[1], handle=handle,
+            )
+        if slots is None:
+            return None
+        if weights is None:
             raise LayoutError(
                 "the input holds image tokens but GSWA saw no image features in this forward; pass pixel_values "
                 "with the input_ids (precomputed image features bypass GSWA)"
             )
-        return placeholder_position_weights(ids, token, batch.weights, batch.features.shape[1])
+        return gather_weights(weights.float(), slots)
 
-    def views_from_ids(self, model: nn.Module, input_ids: torch.Tensor, tokens_per_view: int) -> list[int]:
-        """Views per image read off ``input_ids``: one run of image-context tokens per image."""
-        return (token_runs(input_ids, model.config.image_token_id)[2] // tokens_per_view).tolist()
+    def views_from_ids(self, model: nn.Module, input_ids: Any, tokens_per_view: int) -> list[int]:
+        """Views per image read off ``input_ids`` (a tensor or its host copy): one run of
+        image-context tokens per image."""
+        return views_per_run(input_ids, model.config.image_token_id, tokens_per_view)
 
     def install(self, model: nn.Module, handle: Any) -> None:
         inner = _inner(model)
@@ -96,7 +107,7 @@ class InternVLAdapter(Adapter):
 
         def make_wrapper(original: Callable) -> Callable:
             def get_image_features(pixel_values: torch.Tensor, **kwargs: Any) -> Any:
-                want_tuple = kwargs.get("return_dict") is False
+                want_tuple = wants_tuple(inner, kwargs)
                 kwargs["return_dict"] = True
                 out = original(pixel_values=pixel_values, **kwargs)
                 vision_feature_layer = kwargs.get("vision_feature_layer")
@@ -109,8 +120,11 @@ class InternVLAdapter(Adapter):
                 summaries = torch.cat([summarise(h, use_cls, adapter.has_cls) for h in hidden], dim=-1)
                 feats = out.pooler_output
                 ids = handle.state.pop("input_ids", None)
-                counts = None if ids is None else adapter.views_from_ids(model, ids, feats.shape[1])
-                layout = handle.layout_for(feats.shape[0], counts)
+                tokens = feats.shape[1]
+                layout = handle.layout_from_ids(
+                    feats.shape[0], ids, lambda a: adapter.views_from_ids(model, a, tokens), feats.device,
+                    image_token=cfg.image_token_id, tokens_per_view=tokens,
+                )
                 out.pooler_output = handle.process(feats, summaries, layout, pixel_values=pixel_values)
                 return out.to_tuple() if want_tuple else out
 

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from gswa_plugin.adapters._base import Adapter, model_type, patch_method, summarise
-from gswa_plugin.adapters._layout import token_runs
-from gswa_plugin.apply import placeholder_position_weights
+from gswa_plugin.adapters._layout import views_per_run
+from gswa_plugin.apply import gather_weights, image_slots
 from gswa_plugin.errors import LayoutError
 from gswa_plugin.hookspecs import hookimpl
 
@@ -72,15 +72,22 @@ class InternVLChatAdapter(Adapter):
     def position_weights(self, model: nn.Module, handle: Any, seq_len: int) -> torch.Tensor | None:
         ids = handle.state.get(_IDS)
         token = getattr(model, "img_context_token_id", None)
-        if ids is None or token is None or ids.shape[-1] != seq_len or not bool((ids == token).any()):
+        if ids is None or token is None or ids.shape[-1] != seq_len:
             return None
         batch = handle.last_batch
-        if batch is None or batch.weights is None:
+        weights = None if batch is None else batch.weights
+        slots = image_slots(
+            ids, token, None if weights is None else weights.shape[0], ids.device,
+            1 if batch is None else batch.features.shape[1], handle=handle,
+        )
+        if slots is None:
+            return None
+        if weights is None:
             raise LayoutError(
                 "the input holds image-context tokens but GSWA saw no image features in this call; pass "
                 "pixel_values with the input_ids (visual_features given to generate() bypass GSWA)"
             )
-        return placeholder_position_weights(ids, token, batch.weights, batch.features.shape[1])
+        return gather_weights(weights.float(), slots)
 
     def install(self, model: nn.Module, handle: Any) -> None:
         use_cls = self.use_cls(handle.config)
@@ -96,6 +103,7 @@ class InternVLChatAdapter(Adapter):
         h = model.vision_model.register_forward_hook(vision_hook)
         handle.add_undo(h.remove)
 
+        @torch.compiler.disable  # host-side numpy on the ids' host copy
         def counts_now(n_views: int) -> list[int] | None:
             patches = handle.state.get(_PATCHES)
             if patches is not None:
@@ -104,7 +112,7 @@ class InternVLChatAdapter(Adapter):
             token = getattr(model, "img_context_token_id", None)
             if ids is None or token is None:
                 return None
-            return (token_runs(ids, token)[2] // model.num_image_token).tolist()
+            return views_per_run(handle.host_ids(ids), token, model.num_image_token)
 
         def make_extract(original: Callable) -> Callable:
             def extract_feature(pixel_values: torch.Tensor) -> torch.Tensor:

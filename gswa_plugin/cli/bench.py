@@ -23,7 +23,9 @@ def _tile_counts(text: str) -> list[int]:
 @app.command("bench")
 def bench_cmd(
     shapes: str = typer.Option("internvl2-2b", help="Host shapes: internvl2-2b (the real sizes) or tiny (smoke test)."),
-    tiles: str = typer.Option("1,2,4,6,9,12", help="Tile counts per image (a thumbnail is added above 1)."),
+    tiles: Optional[str] = typer.Option(
+        None, help="Tile counts per image (a thumbnail is added above 1). Default 1,4,12; with --full 1,2,4,6,9,12."
+    ),
     repeats: int = typer.Option(5, help="Measured repeats per tile count; each gives one ratio."),
     warmup: int = typer.Option(1, help="Unmeasured passes before the first measurement."),
     vision_layers: int = typer.Option(1, help="Vision layers actually run; the others are scaled in per layer."),
@@ -40,6 +42,13 @@ def bench_cmd(
     from_json: Optional[Path] = typer.Option(
         None, help="Render the tables and plot of a saved --json result instead of measuring."
     ),
+    modes: bool = typer.Option(
+        True, help="Also time every mode (embed, value, attn_bias) against the host: image encoding, prefill, "
+        "decode step, training step, at the depth that runs (not scaled)."
+    ),
+    mode_tiles: Optional[int] = typer.Option(None, help="Tiles of the modes tables' image. Default 2; --full 12."),
+    mode_text_layers: int = typer.Option(2, help="Language-model layers run for the modes tables."),
+    full: bool = typer.Option(False, help="The long run: every tile count, modes at 12 + 1 tiles."),
 ) -> None:
     """Measure GSWA's time, parameters and memory as ratios of the host's, at each tile count.
 
@@ -54,7 +63,7 @@ def bench_cmd(
             if from_json is not None
             else bench.run(
                 shapes=shapes,
-                tiles=_tile_counts(tiles),
+                tiles=_tile_counts(tiles or ("1,2,4,6,9,12" if full else "1,4,12")),
                 repeats=repeats,
                 warmup=warmup,
                 vision_layers=vision_layers,
@@ -66,13 +75,40 @@ def bench_cmd(
                 threads=threads,
             )
         )
+    from gswa_plugin.tools import bench_modes
+
+    modes_result = None
+    if modes and from_json is None:
+        with reported_errors():
+            modes_result = bench_modes.run_modes(
+                shapes=shapes,
+                tiles=mode_tiles or (12 if full else 2),
+                repeats=min(repeats, 3) if not full else repeats,
+                vision_layers=vision_layers,
+                text_layers=min(mode_text_layers, bench.SHAPES[shapes].text_layers),
+                dtype=dtype,
+                device=device,
+                config=config,
+            )
     for line in bench.describe(result):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print()
     text = bench.markdown_tables(result)
+    if modes_result is not None:
+        text += "\n" + "\n\n".join(bench_modes.describe_modes(modes_result)) + "\n\n"
+        text += bench_modes.modes_table(modes_result)
+    with reported_errors():
+        text += "\nParameter share of the default config on preset host shapes (counted from config shapes):\n\n"
+        text += bench_modes.shares_table(bench_modes.parameter_shares(config))
     console.print(text, highlight=False, markup=False, soft_wrap=True)
     if json_out is not None:
         console.print(f"wrote {bench.save_json(result, json_out)}")
+        if modes_result is not None:
+            import json
+
+            modes_path = json_out.with_name(json_out.stem + "_modes.json")
+            modes_path.write_text(json.dumps(modes_result.to_dict(), indent=1) + "\n", encoding="utf-8")
+            console.print(f"wrote {modes_path}")
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text("\n\n".join(bench.describe(result)) + "\n\n" + text, encoding="utf-8")

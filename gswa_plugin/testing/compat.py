@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from gswa_plugin.adapters._base import Adapter
 from gswa_plugin.config import MODES
 

@@ -12,10 +12,13 @@ and so on) is wrapped. When the outermost such ``__init__`` returns (so an
 ``InternVLForConditionalGeneration`` gets GSWA once, not also its inner ``InternVLModel``), the
 plugin calls ``gswa_plugin.enable(model, {"mode": MODE, ...})`` if a registered adapter matches
 the model; a model no adapter matches (a vision tower built alone, say) is left alone. Models
-built by ``from_pretrained``, ``from_config`` and ``_from_config`` go through ``__init__`` too.
+built by ``from_config`` and ``_from_config`` go through ``__init__`` too. ``from_pretrained``
+builds the model on the meta device first, where ``enable()`` refuses (GSWA's parameters would
+be filled by the host's ``_init_weights``), so ``PreTrainedModel.from_pretrained`` is wrapped as
+well and such a model gets GSWA when it returns, weights loaded, as a user would enable it.
 GSWA keeps its identity initialisation, so every output should equal the plain model's; the
 tests that still fail are either ones a plugin that adds parameters cannot pass (see the docs
-page 'Evaluation', section on transformers' model tests) or GSWA bugs.
+page 'transformers' model tests') or GSWA bugs.
 
 Settings (environment variables):
 
@@ -38,7 +41,6 @@ import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from gswa_plugin.api import enable, find_adapter
@@ -56,7 +58,7 @@ FAMILIES_ENV = "GSWA_HF_SUITE_FAMILIES"
 DISABLE_ENV = "GSWA_HF_SUITE_DISABLE"
 
 _local = threading.local()
-_originals: list[tuple[type, Callable[..., Any]]] = []
+_originals: list[tuple[type, Any]] = []
 enabled_counts: Counter[str] = Counter()
 skipped_counts: Counter[str] = Counter()
 
@@ -90,9 +92,13 @@ def model_classes(family: str) -> list[type]:
     ]
 
 
+def _on_meta(model: Any) -> bool:
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
 def _after_construction(model: Any) -> None:
     name = type(model).__name__
-    if is_enabled(model):
+    if is_enabled(model) or _on_meta(model):  # built by from_pretrained: enabled when it returns
         return
     try:
         find_adapter(model)
@@ -121,14 +127,32 @@ def _wrap(cls: type) -> None:
     _originals.append((cls, original))
 
 
+def _wrap_from_pretrained(wrapped: tuple[type, ...]) -> None:
+    from transformers import PreTrainedModel
+
+    original = PreTrainedModel.__dict__["from_pretrained"]
+
+    def from_pretrained(cls: type, *args: Any, **kwargs: Any) -> Any:
+        result = original.__func__(cls, *args, **kwargs)
+        model = result[0] if isinstance(result, tuple) else result
+        if isinstance(model, wrapped):
+            _after_construction(model)
+        return result
+
+    PreTrainedModel.from_pretrained = classmethod(from_pretrained)  # type: ignore[assignment]
+    _originals.append((PreTrainedModel, original))
+
+
 def install() -> list[type]:
-    """Wrap the ``__init__`` of the families' model classes; returns the wrapped classes."""
+    """Wrap the ``__init__`` of the families' model classes and ``PreTrainedModel.from_pretrained``;
+    returns the wrapped classes."""
     wrapped = []
     for family in families():
         for cls in model_classes(family):
             if "__init__" in cls.__dict__:
                 _wrap(cls)
                 wrapped.append(cls)
+    _wrap_from_pretrained(tuple(wrapped))
     return wrapped
 
 
@@ -136,7 +160,10 @@ def uninstall() -> None:
     """Undo [`install`][gswa_plugin.testing.hf_suite.install]."""
     while _originals:
         cls, original = _originals.pop()
-        cls.__init__ = original  # type: ignore[misc]
+        if isinstance(original, classmethod):
+            cls.from_pretrained = original  # type: ignore[attr-defined]
+        else:
+            cls.__init__ = original  # type: ignore[misc]
 
 
 def pytest_configure(config: Any) -> None:

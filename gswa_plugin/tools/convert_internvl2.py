@@ -47,13 +47,21 @@ from gswa_plugin.errors import CheckpointError
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 #: InternVL2-2B's id of ``<IMG_CONTEXT>``, used when the tokenizer files do not say.
 DEFAULT_IMAGE_TOKEN_ID = 92546
-#: Chat template of the converted processor (InternLM2 chat format, images as ``<image>``).
+#: InternVL2's default system message (``internlm2-chat`` in InternVL's ``conversation.py``), sent
+#: by its ``chat()`` and used in its fine-tuning data.
+SYSTEM_PROMPT = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+#: Chat template of the converted processor: InternVL2's ``internlm2-chat`` format (no newline after
+#: ``<|im_end|>``; the default system message first when the conversation has none; text stripped of
+#: surrounding whitespace as InternVL's training data is; each image as ``<IMG_CONTEXT>\n`` before
+#: the text, as InternVL2's ``chat()`` puts ``<image>\n``).
 CHAT_TEMPLATE = (
+    "{% if messages and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n' + '" + SYSTEM_PROMPT + "' + '<|im_end|>' }}{% endif %}"
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
     "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}"
 )
 
 _VISION_RULES: list[tuple[str, str]] = [
@@ -317,6 +325,10 @@ def convert_tokenizer(src: Path, dst: Path, img_token_id: int) -> str:
     from transformers import AutoTokenizer
 
     specials = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": IMG_CONTEXT_TOKEN}
+    # InternVLProcessor (transformers 5.x) reads tokenizer.video_token, and without it the converted processor
+    # does not load. InternVL2 has no video token: ``<video>`` joins the tokenizer after the vocabulary (outside
+    # the model's embeddings; a text that contains it fails loudly rather than silently)
+    specials["video_token"] = "<video>"
     if (src / "tokenizer.json").is_file():
         for name in ("tokenizer.json", "special_tokens_map.json"):
             if (src / name).is_file():
@@ -352,8 +364,14 @@ def convert_tokenizer(src: Path, dst: Path, img_token_id: int) -> str:
         added = sorted(
             ((int(i), t["content"]) for i, t in (cfg.get("added_tokens_decoder") or {}).items()), key=lambda x: x[0]
         )
+        tok = _as_internlm2_splits(tok, src / "tokenizer.model", added, dst)
         for idx, content in added:
             if content in tok.get_vocab():
+                if tok.convert_tokens_to_ids(content) != idx:
+                    raise CheckpointError(
+                        f"added token {content!r} has id {idx} in the source but {tok.convert_tokens_to_ids(content)} "
+                        "in the converted tokenizer; the tokenizer cannot be rebuilt id for id"
+                    )
                 continue
             if idx != len(tok):
                 raise CheckpointError(
@@ -376,6 +394,57 @@ def convert_tokenizer(src: Path, dst: Path, img_token_id: int) -> str:
             f"the converted tokenizer maps {IMG_CONTEXT_TOKEN} to {got}, the config expects {img_token_id}"
         )
     return how
+
+
+def _as_internlm2_splits(tok: Any, model_file: Path, added: list[tuple[int, str]], dst: Path) -> Any:
+    """Make the fast tokenizer cut text as InternLM2's own (slow) tokenizer does.
+
+    That tokenizer splits the text at its added tokens and encodes each piece with SentencePiece,
+    so the piece after ``<|im_start|>`` gets SentencePiece's dummy ``▁`` prefix again when the
+    model adds one, and never when it does not. The chat markers sit inside the SentencePiece
+    vocabulary under other names (``[UNUSED_TOKEN_145]`` at 92542 is ``<|im_end|>`` in
+    InternVL2-2B's ``tokenizer_config.json``), so those pieces are renamed in place, keeping
+    their ids, and marked special.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_file.read_bytes())
+    state = json.loads(tok.backend_tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    by_id = {i: piece for piece, i in vocab.items()}
+    renamed = {idx: content for idx, content in added if idx in by_id and by_id[idx] != content}
+    for idx, content in renamed.items():
+        if content in vocab:
+            raise CheckpointError(
+                f"added token {content!r} (id {idx}) is also SentencePiece piece {vocab[content]}; the tokenizer "
+                "cannot be rebuilt id for id"
+            )
+        del vocab[by_id[idx]]
+        vocab[content] = idx
+    for entry in state.get("added_tokens") or []:
+        if entry["id"] in renamed:
+            entry["content"], entry["special"] = renamed[entry["id"]], True
+    backend = Tokenizer.from_str(json.dumps(state))
+    rules = [normalizers.Replace(" ", "▁")]
+    if proto.normalizer_spec.add_dummy_prefix:
+        rules.insert(0, normalizers.Prepend("▁"))  # runs on every piece between added tokens
+    backend.normalizer = normalizers.Sequence(rules)
+    backend.pre_tokenizer = pre_tokenizers.Sequence([])
+    backend.add_special_tokens([AddedToken(c, special=True, normalized=False) for _, c in added if c in vocab])
+    bos = tok.bos_token
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.bos_token_id)]
+    )
+    backend.save(str(dst / "tokenizer.json"))
+    # the generic fast class keeps tokenizer.json's normaliser; LlamaTokenizer would put its own back
+    cfg = _read_json(dst / "tokenizer_config.json")
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (dst / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(dst)
 
 
 def _check_against_sentencepiece(model_file: Path, tok: Any) -> None:

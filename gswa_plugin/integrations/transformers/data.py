@@ -251,9 +251,14 @@ def render_segments(
 ) -> list[tuple[str, bool]]:
     """The conversation as text segments ``(text, is_target)``; targets are the assistant answers.
 
-    ``internlm2`` is InternVL2's chat format; ``plain`` a minimal one for word-level tokenizers;
-    ``tokenizer`` the tokenizer's own chat template, cut into segments by rendering growing
-    prefixes of the conversation (so the template must render a prefix as a prefix).
+    ``internlm2`` is InternVL2's ``internlm2-chat`` format exactly as InternVL's fine-tuning
+    renders it (``conversation.py``, separator style MPT; ``dataset.py``, ``preprocess_internlm``):
+    ``<|im_start|>system\n{system}<|im_end|><|im_start|>user\n{question}<|im_end|>``
+    ``<|im_start|>assistant\n{answer}<|im_end|>`` with no newline after ``<|im_end|>``, every
+    message stripped of surrounding whitespace, and the targets each answer with its ``<|im_end|>``
+    (the assistant header is not a target). ``plain`` is a minimal format for word-level
+    tokenizers; ``tokenizer`` the tokenizer's own chat template, cut into segments by rendering
+    growing prefixes of the conversation (so the template must render a prefix as a prefix).
     """
     turns = list(turns)
     if system_prompt and not any(t.role == "system" for t in turns):
@@ -264,10 +269,11 @@ def render_segments(
     segs: list[tuple[str, bool]] = []
     for t in turns:
         if template == "internlm2":
+            text = t.text.strip()  # as InternVL's preprocess_internlm
             if t.role == "assistant":
-                segs += [("<|im_start|>assistant\n", False), (t.text + "<|im_end|>", True), ("\n", False)]
+                segs += [("<|im_start|>assistant\n", False), (text + "<|im_end|>", True)]
             else:
-                segs.append((f"<|im_start|>{t.role}\n{t.text}<|im_end|>\n", False))
+                segs.append((f"<|im_start|>{t.role}\n{text}<|im_end|>", False))
         elif template == "plain":
             if t.role == "assistant":
                 segs += [("assistant : ", False), (f"{t.text} {eos}".rstrip(), True), ("\n", False)]
@@ -434,20 +440,21 @@ class ConversationDataset(torch.utils.data.Dataset):
         labels: list[int] = [IGNORE_INDEX] * len(ids)
         pixels: list[torch.Tensor] = []
         used = 0
-        for text, is_target in render_segments(rec.turns, self.template, self.tokenizer, self.system_prompt):
-            n = text.count(IMAGE_PLACEHOLDER)
-            if n:
-                text = text.replace(IMAGE_PLACEHOLDER, self._image_token)
-                out = self.processor(
-                    text=[text], images=images[used : used + n], return_tensors="pt", add_special_tokens=False
-                )
-                seg = out["input_ids"][0].tolist()
-                pixels.append(out["pixel_values"])
-                used += n
-            else:
-                seg = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids += seg
-            labels += seg if is_target else [IGNORE_INDEX] * len(seg)
+        segments = render_segments(rec.turns, self.template, self.tokenizer, self.system_prompt)
+        for group in self._groups(segments):
+            # one tokenizer call per group, so the ids are those of the whole text; labels by the
+            # lengths of the group's growing prefixes, as InternVL's preprocess_internlm masks
+            text = "".join(t for t, _ in group)
+            seg, pix = self._tokenize(text, images, used)
+            start = 0
+            for k, (_, is_target) in enumerate(group):
+                end = len(seg) if k == len(group) - 1 else len(self._tokenize("".join(t for t, _ in group[: k + 1]), images, used)[0])
+                ids += seg[start:end]
+                labels += seg[start:end] if is_target else [IGNORE_INDEX] * (end - start)
+                start = end
+            if pix is not None:
+                pixels.append(pix)
+            used += text.count(IMAGE_PLACEHOLDER)
         full_length = len(ids)
         if len(ids) > self.max_length:
             last_image = max((i for i, t in enumerate(ids) if t in self._image_ids), default=-1)
@@ -467,6 +474,38 @@ class ConversationDataset(torch.utils.data.Dataset):
         if _probe:
             item["_full_length"] = full_length  # type: ignore[assignment]
         return item
+
+
+    def _tokenize(self, text: str, images: list[Image.Image], used: int) -> tuple[list[int], torch.Tensor | None]:
+        """Ids of ``text`` (its images, from ``images[used:]``, expanded by the processor) and their pixels."""
+        n = text.count(IMAGE_PLACEHOLDER)
+        if not n:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"], None
+        out = self.processor(
+            text=[text.replace(IMAGE_PLACEHOLDER, self._image_token)],
+            images=images[used : used + n],
+            return_tensors="pt",
+            add_special_tokens=False,
+        )
+        return out["input_ids"][0].tolist(), out["pixel_values"]
+
+    def _groups(self, segments: list[tuple[str, bool]]) -> list[list[tuple[str, bool]]]:
+        """Segments joined where the text runs on between them, cut only next to a special token
+        (``<|im_end|>``, ``<|im_start|>``, ...). A tokenizer splits at special tokens anyway, so the
+        groups tokenised one by one give the ids of the whole conversation; a cut elsewhere (after
+        ``<|im_start|>assistant\n``) could give other ids (SentencePiece's dummy prefix before the answer)."""
+        specials = [t for t in getattr(self.tokenizer, "all_special_tokens", []) if t] + [
+            t for t in ("<|im_start|>", "<|im_end|>") if t in self.tokenizer.get_vocab()
+        ]
+        groups: list[list[tuple[str, bool]]] = []
+        for seg in segments:
+            if groups:
+                prev = groups[-1][-1][0]
+                if not (any(prev.endswith(t) for t in specials) or any(seg[0].startswith(t) for t in specials)):
+                    groups[-1].append(seg)
+                    continue
+            groups.append([seg])
+        return groups
 
 
 class ConversationCollator:

@@ -6,15 +6,21 @@
 # Launch:    1 GPU:   NUM_GPUS=1 bash recipes/llava-next/llava/finetune_gswa.sh
 #            8 GPUs:  NUM_GPUS=8 bash recipes/llava-next/llava/finetune_gswa.sh
 # Sized for: 8 x 80 GB with ZeRO-3 (batch 4 per GPU x 8 = 32); one GPU: set GRAD_ACC=8.
+# Runs from any working directory: files of this recipe resolve from the script's own folder;
+# DATA, IMAGES and OUT from where it is launched.
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 NUM_GPUS=${NUM_GPUS:-8}
 GRAD_ACC=${GRAD_ACC:-1}
 MODEL=${MODEL:-liuhaotian/llava-v1.6-vicuna-7b}
 DATA=${DATA:-data/llava_next_mix.json}
 IMAGES=${IMAGES:-data/images}
-ZERO=${ZERO:-scripts/zero3.json}          # from the LLaVA-NeXT repository
+ZERO=${ZERO:-$HERE/zero3.json}            # DeepSpeed ZeRO-3 (a copy of this project's; LLaVA-NeXT's scripts/zero3.json also works)
 OUT=${OUT:-outputs/llava-next-gswa}
-HERE=$(cd "$(dirname "$0")" && pwd)
+if [ ! -f "$ZERO" ]; then
+  echo "finetune_gswa.sh: DeepSpeed config not found: $ZERO (set ZERO=/path/to/zero3.json)" >&2
+  exit 2
+fi
 
 deepspeed --num_gpus "$NUM_GPUS" --module gswa_plugin.integrations.llava.train \
   --gswa_config "$HERE/gswa.yaml" \
