@@ -21,7 +21,7 @@ import torch
 
 
 class HostArray:
-    """A host copy of a tensor, started at once and completed on first use (:meth:`numpy`)."""
+    """A host copy of a tensor, started at once and completed on first use (its `numpy()` method)."""
 
     def __init__(self, tensor: torch.Tensor):
         self.source = tensor

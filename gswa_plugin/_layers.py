@@ -13,8 +13,8 @@ from __future__ import annotations
 LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "foundation",
-        "errors, the settings schema mechanism, the version, transformers processor helpers",
-        ("gswa_plugin._version", "gswa_plugin._layers", "gswa_plugin.errors", "gswa_plugin.schema", "gswa_plugin.hf"),
+        "errors, the settings schema mechanism, the version, host-side array helpers, transformers processor helpers",
+        ("gswa_plugin._version", "gswa_plugin._layers", "gswa_plugin._host", "gswa_plugin.errors", "gswa_plugin.schema", "gswa_plugin.hf"),
     ),
     ("config", "GSWAConfig and the declaration schema: checks its own fields only", ("gswa_plugin.config",)),
     ("layout", "TileLayout, TileBatch: how views split into images", ("gswa_plugin.layout",)),

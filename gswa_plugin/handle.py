@@ -17,7 +17,7 @@ from torch import nn
 from gswa_plugin._host import HostArray
 from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import LayoutError, NotEnabledError
-from gswa_plugin.layout import TileBatch, TileLayout, prepare_indices
+from gswa_plugin.layout import TileBatch, TileLayout, image_slots, prepare_indices
 from gswa_plugin.weighting import GSWAModule
 
 #: Attribute of the model holding GSWA's parameters (hence the ``gswa.`` prefix of their names).
@@ -135,7 +135,7 @@ class GSWAHandle:
         everything the seam needs from the host, in one step hidden from ``torch.compile``.
 
         With ``image_token`` (placeholder hosts, ``value``/``attn_bias`` modes), the image positions
-        of ``ids`` are indexed too ([`image_slots`][gswa_plugin.apply.image_slots]) and kept for the
+        of ``ids`` are indexed too ([`image_slots`][gswa_plugin.layout.image_slots]) and kept for the
         language-model call of the same ``ids`` ([`cached_slots`][gswa_plugin.handle.GSWAHandle.cached_slots]),
         so the modes need no second host step."""
         counts = None if ids is None else count(self.host_ids(ids))
@@ -144,7 +144,6 @@ class GSWAHandle:
             prepare_indices(layout, device)
         self.state.pop("image_slots", None)
         if ids is not None and image_token is not None and self.config.mode != "embed":
-            from gswa_plugin.apply import image_slots
             from gswa_plugin.errors import LayoutError as _LayoutError
 
             try:  # a mismatch (e.g. rows repeated later by beam search) is settled by the call itself

@@ -16,6 +16,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
+from gswa_plugin._host import host_array, to_device
 from gswa_plugin.errors import LayoutError
 
 GlobalPosition = Literal["first", "last", "none"]
@@ -197,3 +198,73 @@ def _device_indices(layout: TileLayout, device: torch.device) -> tuple[torch.Ten
 
 def layout_from_counts(counts: Sequence[int], global_position: GlobalPosition) -> TileLayout:
     return TileLayout(tuple(int(c) for c in counts), global_position)
+
+
+# --- image positions of a call (the modes and the seam share them) -----------------------------
+def _image_slots(ids: np.ndarray, mask: np.ndarray, n_tokens: int, what: str) -> np.ndarray:
+    """On the host: for every position ``[batch, seq]``, 0 for text, ``1 + j`` for the ``j``-th
+    weighted token, following the rows repeated by beam search (see
+    [`fill_image_positions`][gswa_plugin.apply.fill_image_positions])."""
+    n_positions = int(mask.sum())
+    rows = mask.shape[0]
+    if n_positions != n_tokens and n_tokens and n_positions and n_positions % n_tokens == 0:
+        k = n_positions // n_tokens
+        if rows % k == 0 and ids.shape == mask.shape and (ids.reshape(rows // k, k, -1) == ids[::k, None]).all():
+            first = mask[::k]
+            slots = np.where(first, np.cumsum(first.reshape(-1)).reshape(first.shape), 0)
+            return np.repeat(slots, k, axis=0)
+    if n_positions != n_tokens:
+        raise LayoutError(
+            f"the input holds {n_positions} image placeholder tokens but GSWA weighted {what} "
+            f"({n_tokens} tokens); the image features of this call must come from the same forward as its "
+            "input_ids (precomputed image features bypass GSWA)"
+        )
+    return np.where(mask, np.cumsum(mask.reshape(-1)).reshape(mask.shape), 0)
+
+
+@torch.compiler.disable
+def image_slots(
+    input_ids: Any,
+    token_id: int | None,
+    n_weighted: int | None,
+    device: torch.device,
+    tokens_per_view: int = 1,
+    handle: Any = None,
+    mask: Any = None,
+    what: str = "",
+) -> torch.Tensor | None:
+    """Where a call's weighted tokens sit, as an index on ``device``: ``[batch, seq]`` holding 0
+    for text and ``1 + v`` at the tokens of item ``v`` (a view, or a token when
+    ``tokens_per_view`` is 1), so that ``cat([1, weights])[slots]`` gives every position its weight.
+
+    Worked out on the host from one read of ``input_ids`` (shared with the seam through
+    ``handle``'s [`host_ids`][gswa_plugin.handle.GSWAHandle.host_ids]), then copied to the device
+    without a sync; hidden from ``torch.compile`` as a whole (one graph break).
+
+    Args:
+        input_ids: ``[batch, seq]`` token ids (a tensor or a host array).
+        token_id: the placeholder token (or ``mask`` gives the image positions).
+        n_weighted: number of weighted items; ``None`` when none were computed (then an empty
+            index is returned if the call holds image positions, for the caller's error).
+        device: where the index goes.
+        tokens_per_view: placeholder tokens per weighted item.
+        handle: the [`GSWAHandle`][gswa_plugin.handle.GSWAHandle] whose host copy to reuse.
+        mask: ``[batch, seq]`` image positions, instead of ``token_id``.
+        what: what was weighted, for the error message.
+
+    Returns:
+        The index, or ``None`` when the call holds no image position.
+
+    Raises:
+        LayoutError: the image positions match neither the weighted tokens nor a repeat of them.
+    """
+    ids = handle.host_ids(input_ids) if handle is not None and isinstance(input_ids, torch.Tensor) else host_array(input_ids)
+    m = (ids == token_id) if mask is None else host_array(mask).astype(bool)
+    if not m.any():
+        return None
+    if n_weighted is None:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    slots = _image_slots(ids, m, n_weighted * tokens_per_view, what or f"{n_weighted} items")
+    if tokens_per_view > 1:  # token j belongs to item j // tokens_per_view
+        slots = np.where(slots > 0, (slots - 1) // tokens_per_view + 1, 0)
+    return to_device(slots, device)
