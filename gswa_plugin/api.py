@@ -27,6 +27,7 @@ from gswa_plugin.errors import (
     MissingModuleError,
     NotEnabledError,
     PluginError,
+    SeamNotRunError,
 )
 from gswa_plugin.handle import HANDLE_ATTR, MODULE_ATTR, GSWAHandle, attach, detach, get_handle, is_enabled
 from gswa_plugin.plugins import (
@@ -127,10 +128,71 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
     [`GSWAHandle.uninstall`][gswa_plugin.handle.GSWAHandle.uninstall] returns to."""
     handle.mark_installed()
     handle.adapter.install(model, handle)
+    _install_seam_watch(model, handle)
     apply.install(model, handle)
     _install_deepcopy(model, handle)
     if callable(getattr(model, "save_pretrained", None)):
         handle.add_undo(patch_method(model, "save_pretrained", _saving_config(handle)))
+
+
+def _carries_images(kwargs: dict[str, Any]) -> bool:
+    for key in ("pixel_values", "images"):
+        value = kwargs.get(key)
+        if isinstance(value, torch.Tensor) and value.numel() > 0:
+            return True
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            return True
+    return False
+
+
+def _install_seam_watch(model: nn.Module, handle: GSWAHandle) -> None:
+    """No silent no-op: the first call of the model (``forward`` or ``generate``) that carries
+    images must have GSWA run on them (``handle.process``); else
+    [`SeamNotRunError`][gswa_plugin.errors.SeamNotRunError] with the adapter's fix. After one
+    call has passed, the watch stays silent (it costs one dict lookup per call)."""
+    def calls() -> int:
+        return handle.state.get("process_calls", 0)
+
+    def pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if not handle.seam_verified and not handle.state.get("seam_watch_generate"):
+            handle.state["seam_watch_start"] = calls()
+
+    def post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        if handle.seam_verified or not _carries_images(kwargs):
+            return
+        if calls() > handle.state.get("seam_watch_start", calls()):
+            handle.seam_verified = True
+            return
+        raise SeamNotRunError(handle.adapter.seam_not_run(handle))
+
+    h1 = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    h2 = model.register_forward_hook(post_hook, with_kwargs=True)
+    handle.add_undo(h1.remove)
+    handle.add_undo(h2.remove)
+    if not callable(getattr(model, "generate", None)):
+        return
+
+    def make_generate(original: Any) -> Any:
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            # generate() may encode the images before its first forward step: count from here.
+            outer = handle.state.get("seam_watch_generate", False)
+            if not outer:
+                handle.state["seam_watch_start"] = calls()
+            handle.state["seam_watch_generate"] = True
+            try:
+                out = original(*args, **kwargs)
+            finally:
+                handle.state["seam_watch_generate"] = outer
+            # generate() may hand its forward steps the encoded images instead of pixel values.
+            if not outer and not handle.seam_verified and _carries_images(kwargs):
+                if calls() == handle.state.get("seam_watch_start", calls()):
+                    raise SeamNotRunError(handle.adapter.seam_not_run(handle))
+                handle.seam_verified = True
+            return out
+
+        return generate
+
+    handle.add_undo(patch_method(model, "generate", make_generate))
 
 
 def _install_deepcopy(model: nn.Module, handle: GSWAHandle) -> None:

@@ -105,12 +105,13 @@ class SummarySpec(Settings):
 class TilesSpec(Settings):
     """How many views each image has, read off `input_ids`."""
 
-    group: Literal["run", "start_token", "global_marker", "fixed"] = Field(
+    group: Literal["run", "start_token", "global_marker", "joined_views", "fixed"] = Field(
         "run",
         description="`run`: each contiguous run of placeholders is one image (InternVL, GOT-OCR2). `start_token`: "
         "each image opens with `start_token`. `global_marker`: each view is its own run and the global view's "
-        "run, preceded by `marker_token`, closes the image (Idefics3, Aya Vision). `fixed`: `views_per_image` "
-        "views for every image.",
+        "run, preceded by `marker_token`, closes the image (Idefics3, Aya Vision). `joined_views`: each view is "
+        "its own run and the views of one image are separated only by `joiner_tokens` (Gemma 3 pan-and-scan). "
+        "`fixed`: `views_per_image` views for every image.",
     )
     token: IdOrConfigKey | None = Field(
         None, description="The image placeholder: an integer id or a `model.config` attribute (`image_token_id`)."
@@ -127,6 +128,18 @@ class TilesSpec(Settings):
         "or `auto`: the token before the batch's last run).",
     )
     views_per_image: PositiveInt | None = Field(None, description="With `group: fixed`: views of every image.")
+    joiner_tokens: list[IdOrConfigKey] | None = Field(
+        None,
+        description="With `group: joined_views`: every token the processor writes between two views of one image "
+        "(ids or config attributes: the end and start tokens of a view, newlines, the words of its fixed "
+        "sentence). Any other token between two views starts a new image.",
+    )
+    expect_tiles: bool = Field(
+        True,
+        description="Check the first batch with images: when every image comes out with one view although the "
+        "batch holds several, the grouping is taken to be wrong and an error names this block. Set `false` for "
+        "data whose images are never tiled.",
+    )
 
     @classmethod
     def rules(cls, data: dict[str, Any], where: str) -> list[str]:
@@ -138,6 +151,13 @@ class TilesSpec(Settings):
             problems.append(f"`{where}start_token` (id or model.config attribute) is required with `group: start_token`")
         if group == "fixed" and data.get("views_per_image") is None:
             problems.append(f"`{where}views_per_image` (a positive integer) is required with `group: fixed`")
+        if group == "joined_views" and not data.get("joiner_tokens"):
+            problems.append(
+                f"`{where}joiner_tokens` (the ids the processor writes between two views of one image) is required "
+                "with `group: joined_views`"
+            )
+        if group != "joined_views" and data.get("joiner_tokens") is not None:
+            problems.append(f"`{where}joiner_tokens` is only read with `group: joined_views`")
         return problems
 
 

@@ -47,6 +47,11 @@ class LayoutError(GSWAError, ValueError):
     """The tiles that reached the seam cannot be split into images as the host laid them out."""
 
 
+class SeamNotRunError(LayoutError):
+    """A forward carried images but GSWA never ran on them (the adapter's seam was not on the
+    host's code path), or the layout it read is implausible: GSWA would be a silent no-op."""
+
+
 class CheckpointError(GSWAError, ValueError):
     """A saved GSWA checkpoint is missing, unreadable, or does not fit the model."""
 

@@ -45,6 +45,8 @@ class GSWAHandle:
         self.adapter = adapter
         self.module = module
         self.views_override: tuple[int, ...] | None = None
+        #: Set once a call carrying images has had GSWA run on them (see ``api._install_seam_watch``).
+        self.seam_verified = False
         self._undo: list[Callable[[], None]] = []
         # What one forward needs (captured input_ids, the processed batch, the modes' position
         # weights) is kept per thread: a call runs on one thread from the seam to the language
@@ -89,6 +91,7 @@ class GSWAHandle:
         self, features: torch.Tensor, summaries: torch.Tensor, layout: TileLayout, **extra: Any
     ) -> torch.Tensor:
         """Run the ``gswa_process_tiles`` hook on one forward's tiles; returns the weighted features."""
+        self.state["process_calls"] = self.state.get("process_calls", 0) + 1
         batch = TileBatch(features=features, summaries=summaries, layout=layout, extra=dict(extra))
         result = self.hook.gswa_process_tiles(batch=batch, handle=self)
         if result is None:
@@ -175,11 +178,13 @@ class GSWAHandle:
                 # exact; each view is taken as its own image.
                 counts = (1,) * n_views
             else:
+                hint = getattr(self.adapter, "grouping_hint", "")
                 raise LayoutError(
                     f"{n_views} tiles reached the '{self.adapter.name}' seam but GSWA cannot tell how they "
                     "split into images (this happens when the image-feature method is called directly, without "
                     "the call's `input_ids`): call the model with `input_ids` (so the image tokens can be counted), "
                     "or wrap the call in `with gswa_plugin.tiles(model, [views of image 1, views of image 2, ...]):`"
+                    + (f"; {hint}" if hint else "")
                 )
         if sum(counts) != n_views:
             raise LayoutError(

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gswa_plugin.adapters.internvl",
     "gswa_plugin.adapters.idefics3",
     "gswa_plugin.adapters.aya_vision",
+    "gswa_plugin.adapters.mllama",
     "gswa_plugin.adapters.llava_next",
     "gswa_plugin.adapters.llava_onevision",
     "gswa_plugin.adapters.internvl_chat",

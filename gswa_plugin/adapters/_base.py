@@ -80,6 +80,21 @@ class Adapter(abc.ABC):
         """
         return None
 
+    #: Added to the "cannot tell how the tiles split into images" error: what to configure so
+    #: that the adapter can read the grouping itself (e.g. the declarative ``declare.tiles_from``).
+    grouping_hint: str = ""
+
+    def seam_not_run(self, handle: GSWAHandle) -> str:
+        """The error message when a forward carried images but GSWA never ran on them (its
+        seam was not on the host's code path): what to fix, naming the setting. Adapters whose
+        seam the user chooses override it."""
+        return (
+            f"the model was called with images but the '{self.name}' adapter's seam never ran, so GSWA did not "
+            "weight anything: this host's code path differs from the one the adapter patches (another "
+            "transformers version, or a modified model class?). Pick the matching adapter with `adapter:` "
+            "(see `gswa adapters`) or describe the seam with `adapter: declarative` (docs page 'Adapters')"
+        )
+
     def use_cls(self, config: GSWAConfig) -> bool:
         """Whether summaries are CLS tokens (else the mean of the view's tokens)."""
         if config.summary == "auto":

@@ -120,3 +120,41 @@ def refuse_cls_summary(adapter_name: str, config: object) -> None:
                 "use `summary: mean` (or `auto`, which picks the mean here)"
             ]
         )
+
+
+def views_joined_by_text(ids: Any, token_id: int, tokens_per_view: int, joiners: list[int] | tuple[int, ...]) -> list[int]:
+    """Views per image where every view is its own run of placeholders (Gemma 3 pan-and-scan:
+    each view opens with its own ``<start_of_image>``) and the views of one image are separated
+    only by the processor's fixed text: two consecutive runs of one row belong to one image when
+    every token between them is one of ``joiners``; any other token (the user's text, another
+    image's "Here is the original image") starts a new image, and so does a new row. Computed on
+    the host.
+
+    Args:
+        ids: ``[batch, seq]`` token ids of the forward (a tensor or a host array).
+        token_id: the image placeholder token.
+        tokens_per_view: placeholder tokens of one view.
+        joiners: the token ids the processor writes between the views of one image (end and
+            start tokens of a view, newlines, the words of its fixed sentence).
+
+    Returns:
+        The number of views of each image, in the order images appear in the batch.
+    """
+    a = host_array(ids)
+    a = a if a.ndim == 2 else a[None]
+    rows, starts, lengths = host_token_runs(a, token_id)
+    if rows.size == 0:
+        return []
+    # Tokens that break a join, counted cumulatively along each row: a gap holds only joiners
+    # when the count does not change over it.
+    breaks = np.cumsum(~np.isin(a, np.asarray(list(joiners))) & (a != token_id), axis=1)
+    ends = starts + lengths  # first position after each run
+    new_image = np.ones(rows.size, dtype=bool)
+    if rows.size > 1:
+        same_row = rows[1:] == rows[:-1]
+        before_next = breaks[rows[1:], np.maximum(starts[1:] - 1, 0)]
+        at_end = breaks[rows[:-1], np.maximum(ends[:-1] - 1, 0)]
+        new_image[1:] = ~same_row | (before_next != at_end)
+    image_of_run = np.cumsum(new_image) - 1
+    views = np.bincount(image_of_run, weights=lengths // tokens_per_view)
+    return [int(v) for v in views]

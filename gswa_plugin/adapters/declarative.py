@@ -29,13 +29,19 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from gswa_plugin.adapters._base import Adapter, install_input_ids_capture, patch_method, resolve_path
-from gswa_plugin.adapters._layout import views_closed_by_marker, views_opened_by_marker, views_per_run
+from gswa_plugin.adapters._layout import (
+    views_closed_by_marker,
+    views_joined_by_text,
+    views_opened_by_marker,
+    views_per_run,
+)
 from gswa_plugin.config import DECLARATIVE, HostDeclaration
-from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError
+from gswa_plugin.errors import AdapterNotFoundError, ConfigError, LayoutError, MissingModuleError, SeamNotRunError
 from gswa_plugin.hookspecs import hookimpl
 
 NAME = DECLARATIVE
@@ -66,6 +72,8 @@ class Declaration:
     start_token: int | str | None = None
     marker_token: int | str | None = "auto"
     views_per_image: int | None = None
+    joiner_tokens: tuple[int | str, ...] = ()
+    expect_tiles: bool = True
 
 
 def _is_int(v: Any) -> bool:
@@ -103,6 +111,8 @@ def parse_declaration(data: HostDeclaration | dict[str, Any]) -> Declaration:
             start_token=tiles.start_token,
             marker_token=tiles.marker_token,
             views_per_image=tiles.views_per_image,
+            joiner_tokens=tuple(tiles.joiner_tokens or ()),
+            expect_tiles=tiles.expect_tiles,
         )
     return Declaration(
         model_types=names(spec.match.model_type),
@@ -154,6 +164,22 @@ def _put(output: Any, where: str | int, value: Any) -> Any:
     return output
 
 
+def _output_width(module: nn.Module | None) -> int | None:
+    """The width the last registered norm, linear or convolution layer of ``module`` gives
+    (its summarised output, for the encoders in transformers); ``None`` if it has none."""
+    width = None
+    for sub in module.modules() if module is not None else ():
+        if isinstance(sub, nn.Linear):
+            width = sub.out_features
+        elif isinstance(sub, nn.modules.conv._ConvNd):
+            width = sub.out_channels
+        elif isinstance(sub, (nn.LayerNorm, nn.GroupNorm)) or type(sub).__name__.endswith(("LayerNorm", "RMSNorm", "LayerNorm2d")):
+            weight = getattr(sub, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() == 1:
+                width = weight.shape[0]
+    return width
+
+
 def _config_value(model: nn.Module, ref: int | str | None) -> Any:
     if ref is None or _is_int(ref):
         return ref
@@ -169,6 +195,31 @@ class DeclarativeAdapter(Adapter):
     global_position = "declared"
     has_cls = False
     auto_match = False
+
+    grouping_hint = (
+        "or declare `declare.tiles_from` (how the views group into images in `input_ids`) so that the adapter "
+        "reads the grouping of every call itself"
+    )
+    _decl: Declaration | None = None
+
+    def seam_not_run(self, handle: Any) -> str:
+        decl = self._decl
+        if decl is None:  # pragma: no cover - only the bound copy is installed
+            return super().seam_not_run(handle)
+        if not handle.state.get("declarative_seam_calls"):
+            return (
+                f"the model was called with images but declare.seam `{decl.seam}` never ran, so GSWA weighted "
+                "nothing: the host computes its image features elsewhere. Point declare.seam at the method the "
+                "model's forward calls for them (print the model, or read its forward: usually "
+                "`model.get_image_features`)"
+            )
+        if decl.apply == "before_projector":
+            return (
+                f"declare.seam `{decl.seam}` ran but declare.projector `{decl.projector}` did not run inside it, so "
+                "GSWA weighted nothing: with `apply: before_projector` the projector must be called within the seam "
+                "call. Name a seam that also runs the projector, or use `apply: after_projector`"
+            )
+        return f"declare.seam `{decl.seam}` ran but handed GSWA no views; check declare.features `{decl.features}`"
 
     def matches(self, model: nn.Module) -> bool:
         # Any model can be described; the declaration's own `match` is checked at enable time.
@@ -199,12 +250,18 @@ class DeclarativeAdapter(Adapter):
         if decl.projector:
             paths["declare.projector"] = decl.projector
         missing = [f"{key} `{path}`" for key, path in paths.items() if resolve_path(model, path) is None]
-        if resolve_path(model, decl.seam) is not None and not callable(resolve_path(model, decl.seam)):
+        target = resolve_path(model, decl.seam)
+        if isinstance(target, nn.Module):
+            raise MissingModuleError(
+                f"declare.seam `{decl.seam}` names a module ({type(target).__name__}), not a method: the seam is the "
+                f"method whose output holds every view's features. Name a method, e.g. `{decl.seam}.forward` (the "
+                "module's own output) or the method of its owner that calls it (`model.get_image_features`)"
+            )
+        if target is not None and not callable(target):
             missing.append(f"declare.seam `{decl.seam}` (not a method)")
-        for key, ref in (
-            ("declare.tiles_from.token", decl.tiles_token),
-            ("declare.tiles_from.start_token", decl.start_token),
-        ):
+        refs = [("declare.tiles_from.token", decl.tiles_token), ("declare.tiles_from.start_token", decl.start_token)]
+        refs += [(f"declare.tiles_from.joiner_tokens[{i}]", ref) for i, ref in enumerate(decl.joiner_tokens)]
+        for key, ref in refs:
             if isinstance(ref, str) and not _is_int(_config_value(model, ref)):
                 missing.append(f"{key} `{ref}` (no such integer in model.config)")
         if isinstance(decl.marker_token, str) and decl.marker_token != "auto" and decl.tiles_group == "global_marker":
@@ -235,6 +292,16 @@ class DeclarativeAdapter(Adapter):
                     f"declare.summary.dim: `{ref}` is not an integer in model.config; give the summary width as an integer"
                 ]
             )
+        if decl.summary_from == "module" and decl.summary_output in ("last_hidden_state", "return"):
+            width = _output_width(resolve_path(model, decl.summary_module))
+            if width is not None and width != dim:
+                raise ConfigError(
+                    [
+                        f"declare.summary.dim resolves to {dim} (`{ref}`) but the last layer of "
+                        f"declare.summary.module `{decl.summary_module}` gives width {width} (a strided or "
+                        f"narrowing encoder?); set declare.summary.dim to {width} or to the config key that holds it"
+                    ]
+                )
         return dim
 
     def reference_parameter(self, model: nn.Module) -> torch.Tensor:
@@ -253,11 +320,13 @@ class DeclarativeAdapter(Adapter):
         tiles_token = _config_value(model, decl.tiles_token)
         start_token = _config_value(model, decl.start_token)
         marker = None if decl.marker_token in (None, "auto") else _config_value(model, decl.marker_token)
+        joiners = [_config_value(model, ref) for ref in decl.joiner_tokens]
         dim = handle.module.summary_dim
         # The registered adapter is shared by every model; the handle gets a copy that carries
         # this declaration's global position (read by handle.layout_for).
         bound = copy.copy(self)
         bound.global_position = decl.global_view
+        bound._decl = decl
         handle.adapter = bound
 
         def summaries_of(features: torch.Tensor) -> torch.Tensor:
@@ -294,8 +363,39 @@ class DeclarativeAdapter(Adapter):
             if decl.tiles_group == "run":
                 return views_per_run(ids, tiles_token, n)
             if decl.tiles_group == "start_token":
+                rows = ids if ids.ndim == 2 else ids[None]
+                is_image, is_start = rows == tiles_token, rows == start_token
+                has_image = is_image.any(1)
+                first_image = np.where(has_image, is_image.argmax(1), rows.shape[1])
+                opened = (is_start & (np.arange(rows.shape[1])[None] < first_image[:, None])).any(1) | ~has_image
+                if not bool(opened.all()):
+                    raise LayoutError(
+                        f"declare.tiles_from.start_token ({start_token}) does not open the images: placeholders "
+                        f"({tiles_token}) come before any start token in row(s) "
+                        f"{np.nonzero(~opened)[0].tolist()}; name the token the processor writes before each "
+                        "image's placeholders"
+                    )
                 return views_opened_by_marker(ids, tiles_token, n, start_token)
+            if decl.tiles_group == "joined_views":
+                return views_joined_by_text(ids, tiles_token, n, joiners)
             return views_closed_by_marker(ids, tiles_token, n, marker)
+
+        def plausible(layout: Any, from_ids: bool) -> None:
+            # Checked on the first batch with images: a grouping that makes every view its own
+            # image (a start token per view read as one per image, a run per view) is a silent
+            # no-op, since single-view images are left unchanged.
+            if handle.state.get("declarative_plausible") or not from_ids or not decl.expect_tiles:
+                return
+            views = layout.views_per_image
+            if decl.global_view != "none" and len(views) > 1 and all(v == 1 for v in views):
+                raise SeamNotRunError(
+                    f"declare.tiles_from (group `{decl.tiles_group}`) splits the {len(views)} views of this batch into "
+                    f"{len(views)} images of one view each, so GSWA leaves every one unchanged. If the images are "
+                    "tiled, the grouping is wrong: with one start token per view use `group: joined_views` (Gemma 3 "
+                    "pan-and-scan), with one run per view `group: global_marker`; check `declare.tiles_from.token`. "
+                    "If this data is really untiled, set `declare.tiles_from.expect_tiles: false`"
+                )
+            handle.state["declarative_plausible"] = True
 
         def weigh(features: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
             if features.dim() != 3:
@@ -309,7 +409,9 @@ class DeclarativeAdapter(Adapter):
                     f"declare.summary gives summaries of width {summaries.shape[-1]} but `dim` resolved to {dim}; "
                     "set declare.summary.dim to the width of the summarised output"
                 )
-            layout = handle.layout_for(features.shape[0], counts(features.shape[0], features.shape[1]))
+            found = counts(features.shape[0], features.shape[1])
+            layout = handle.layout_for(features.shape[0], found)
+            plausible(layout, found is not None and handle.views_override is None)
             return handle.process(features, summaries, layout, **extra)
 
         def weigh_any(value: Any, extra: dict[str, Any]) -> Any:
@@ -351,6 +453,7 @@ class DeclarativeAdapter(Adapter):
 
         def make_wrapper(original: Callable) -> Callable:
             def seam(*args: Any, **kwargs: Any) -> Any:
+                handle.state["declarative_seam_calls"] = handle.state.get("declarative_seam_calls", 0) + 1
                 seen().clear()
                 seen()["active"] = True
                 try:

@@ -58,6 +58,13 @@ BUILTIN_ADAPTERS: tuple[AdapterInfo, ...] = (
         "transformers AyaVisionForConditionalGeneration / AyaVisionModel",
     ),
     AdapterInfo(
+        "mllama",
+        _A + "mllama",
+        "none",
+        False,
+        "transformers MllamaForConditionalGeneration (Llama 3.2 Vision): weights act on the cross-attention states",
+    ),
+    AdapterInfo(
         "llava_next",
         _A + "llava_next",
         "first",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -74,8 +74,23 @@ def _print_rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]
 
 
 @app.command("check")
-def check_cmd(config: Path = typer.Argument(..., help="YAML file with a top-level `gswa:` block.")) -> None:
-    """Validate a GSWA config file; exits non-zero listing every problem."""
+def check_cmd(
+    config: Path = typer.Argument(..., help="YAML file with a top-level `gswa:` block."),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        help="Also run the adapter contract as a dry run on this model (a local checkpoint, a cached hub id, or a "
+        "host built in code such as `tiny-aya-vision`): what holds and what does not.",
+    ),
+    image: Optional[list[str]] = typer.Option(
+        None,
+        "--image",
+        help="With --model: two images the processor cuts into different numbers of views (files or scikit-image "
+        "samples; default: astronaut and a wide crop of coffee).",
+    ),
+) -> None:
+    """Validate a GSWA config file; exits non-zero listing every problem. With ``--model``, also
+    run the adapter contract on that model (``gswa_plugin.testing.check_model``)."""
     cfg = None
     if _catalog.builtin_only():
         from gswa_plugin.config import resolve_config
@@ -97,6 +112,32 @@ def check_cmd(config: Path = typer.Argument(..., help="YAML file with a top-leve
             err_console.print(f"[bold red]{exc}[/]", highlight=False)
             raise typer.Exit(code=1) from exc
     console.print(f"[green]ok[/] {config}: variant={cfg.variant} mode={cfg.mode} adapter={cfg.adapter or 'auto'}")
+    if model is not None:
+        _dry_run(cfg, model, image)
+
+
+def _dry_run(cfg: Any, model: str, images: Optional[list[str]]) -> None:
+    """``gswa check --model``: the adapter contract on the user's model, printed; exit 1 on a failure."""
+    from gswa_plugin.cli.influence import load_host, load_image
+    from gswa_plugin.testing import check_model
+
+    if images and len(images) != 2:
+        err_console.print(f"[bold red]--image must be given twice (two images), got {len(images)}[/]")
+        raise typer.Exit(code=1)
+    if images:
+        pictures = [load_image(i) for i in images]
+    else:
+        pictures = [load_image("astronaut"), load_image("coffee").resize((300, 100))]
+    try:
+        host, processor = load_host(model)
+        block = cfg.to_dict()
+        report = check_model(host, processor, pictures, config={k: v for k, v in block.items() if v is not None})
+    except GSWAError as exc:
+        err_console.print(f"[bold red]{exc}[/]", highlight=False)
+        raise typer.Exit(code=1) from exc
+    console.print(str(report), highlight=False, soft_wrap=True)
+    if not report.passed:
+        raise typer.Exit(code=1)
 
 
 class SchemaKind(str, Enum):

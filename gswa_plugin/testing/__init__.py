@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["CHECKS", "AdapterCase", "CheckResult", "ContractReport", "check_adapter", "view_of_position"]
+__all__ = [
+    "CHECKS",
+    "AdapterCase",
+    "CheckResult",
+    "ContractReport",
+    "check_adapter",
+    "check_model",
+    "view_of_position",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from gswa_plugin.testing.contract import (
@@ -29,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
         CheckResult,
         ContractReport,
         check_adapter,
+        check_model,
         view_of_position,
     )
 

@@ -59,7 +59,15 @@ from gswa_plugin.handle import MODULE_ATTR, GSWAHandle, get_handle, is_enabled
 from gswa_plugin.hookspecs import hookimpl
 from gswa_plugin.layout import TileBatch
 
-__all__ = ["CHECKS", "AdapterCase", "CheckResult", "ContractReport", "check_adapter", "view_of_position"]
+__all__ = [
+    "CHECKS",
+    "AdapterCase",
+    "CheckResult",
+    "ContractReport",
+    "check_adapter",
+    "check_model",
+    "view_of_position",
+]
 
 #: A small GSWA so that every check stays fast (GSWA's own width, not the host's).
 SMALL: dict[str, Any] = {"hidden_size": 32, "num_heads": 4}
@@ -262,6 +270,105 @@ def check_adapter(
         global_position=global_position,
     )
     return _run_case(case, checks, raise_on_failure)
+
+
+def _views_of(processor: Any, image: Any, kwargs: Mapping[str, Any]) -> int:
+    """Views the processor's image processor makes of one image on its own (independent of any
+    adapter): the rows of ``pixel_values`` (``[views, C, H, W]``, or ``[1, views, C, H, W]``)."""
+    ip = getattr(processor, "image_processor", processor)
+    pixels = ip(images=[image], return_tensors="pt", **kwargs)["pixel_values"]
+    if pixels.dim() == 4:
+        return int(pixels.shape[0])
+    if pixels.dim() == 5 and pixels.shape[0] == 1:
+        return int(pixels.shape[1])
+    raise ValueError(
+        f"cannot count the views of an image from pixel_values of shape {tuple(pixels.shape)}; pass views_per_image="
+    )
+
+
+def _default_language_model(model: nn.Module) -> nn.Module:
+    for path in ("model.language_model", "language_model"):
+        module: Any = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(
+        f"{type(model).__name__} has no `model.language_model` or `language_model`; pass language_model= (the module "
+        "whose forward receives inputs_embeds)"
+    )
+
+
+def check_model(
+    model: nn.Module,
+    processor: Any,
+    images: Sequence[Any],
+    *,
+    config: Mapping[str, Any] | None = None,
+    prompt: str = "describe the image",
+    processor_kwargs: Mapping[str, Any] | None = None,
+    views_per_image: Sequence[int] | None = None,
+    language_model: Callable[[nn.Module], nn.Module] | str | None = None,
+    supports_generate: bool = True,
+    global_position: str | None = None,
+    checks: Sequence[str] | None = None,
+) -> ContractReport:
+    """A dry run of the adapter contract on your own model, processor and two images, before
+    training: what holds and what does not (``print(report)``).
+
+    Every check runs on its own deep copy of ``model`` (GSWA must not be enabled on it), so the
+    model is left as it was; the copies cost the model's memory once per check, so use a small
+    checkpoint or [`check_adapter`][gswa_plugin.testing.contract.check_adapter] with a factory
+    for large ones.
+
+    Args:
+        model: the host model, GSWA not enabled.
+        processor: its processor; it is called with one prompt per image (``image_token``
+            before ``prompt``).
+        images: two images the processor cuts into different numbers of views.
+        config: the ``gswa:`` block to check (e.g. a declarative adapter's ``adapter`` and
+            ``declare``); empty: the adapter ``enable()`` picks.
+        prompt: the text after each image placeholder.
+        processor_kwargs: extra arguments of the processor call (e.g. ``do_pan_and_scan=True``).
+        views_per_image: views the processor makes of each image; by default counted by running
+            the image processor on each image alone (independent of the adapter).
+        language_model: the module whose forward receives ``inputs_embeds`` (default
+            ``model.language_model`` or ``language_model``).
+        supports_generate: whether to check ``generate()`` too.
+        global_position: where the processor puts the thumbnail, compared when given.
+        checks: a subset of [`CHECKS`][gswa_plugin.testing.contract.CHECKS].
+
+    Raises:
+        ValueError: GSWA is already enabled on ``model``, or not two images.
+    """
+    if is_enabled(model):
+        raise ValueError("check_model needs the model without GSWA: call gswa_plugin.disable(model) first")
+    if len(images) != 2:
+        raise ValueError(f"check_model needs two images with different view counts, got {len(images)}")
+    extra = dict(processor_kwargs or {})
+    token = getattr(processor, "image_token", None) or "<image>"
+    pristine = copy.deepcopy(model).eval()
+
+    def make_inputs() -> dict[str, Any]:
+        texts = [f"{token} {prompt}", f"{prompt} {token}"]
+        return dict(processor(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True, **extra))
+
+    if views_per_image is None:
+        ip_kwargs = {k: v for k, v in extra.items() if k not in ("padding", "padding_side", "truncation")}
+        views_per_image = [_views_of(processor, im, ip_kwargs) for im in images]
+    cfg = dict(config or {})
+    case = AdapterCase(
+        make_model=lambda: copy.deepcopy(pristine),
+        make_inputs=make_inputs,
+        views_per_image=views_per_image,
+        language_model=language_model or _default_language_model,
+        config={k: v for k, v in cfg.items() if k != "adapter"},
+        supports_generate=supports_generate,
+        adapter=cfg.get("adapter"),
+        global_position=global_position,
+        id=f"{type(model).__name__}",
+    )
+    return _run_case(case, checks, False)
 
 
 # --- running ----------------------------------------------------------------------------------

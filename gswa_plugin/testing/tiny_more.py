@@ -299,3 +299,207 @@ def got_ocr2_inputs(images: list[Any], max_patches: int = 6) -> dict[str, Any]:
             padding=True,
         )
     )
+
+
+# --- Gemma 3 (no built-in adapter: pan-and-scan retrofitted with the declarative adapter) ----
+GEMMA3_SPECIALS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+GEMMA3_TILE = 32
+#: Words of the sentence Gemma 3's processor writes around pan-and-scan crops.
+GEMMA3_CROP_WORDS = "Here is the original image and here are some crops to help you see better".split()
+
+
+def gemma3_tokenizer() -> Any:
+    return word_tokenizer(
+        GEMMA3_SPECIALS,
+        {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+        WORDS + GEMMA3_CROP_WORDS,
+    )
+
+
+def tiny_gemma3(seed: int = 0, tile: int = GEMMA3_TILE) -> Any:
+    """A tiny ``Gemma3ForConditionalGeneration``: SigLIP tower (``tile`` px, 8 px patches, 16
+    patches), average-pooled to 4 tokens per view, Gemma 3 text model. The projection weight,
+    which Gemma 3 initialises to zero, is drawn at random so that views differ."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    tok = gemma3_tokenizer()
+    cfg = Gemma3Config(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=tile,
+            patch_size=8,
+            vision_use_head=False,
+        ),
+        text_config=_text_config(
+            "gemma3_text", len(tok), head_dim=16, sliding_window=64, layer_types=["full_attention"] * 2
+        ),
+        mm_tokens_per_image=4,
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(cfg)
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
+    return _finish(model)
+
+
+def tiny_gemma3_processor(tile: int = GEMMA3_TILE) -> Any:
+    """The real ``Gemma3Processor`` with the real Gemma 3 image processor (PIL), pan-and-scan on:
+    an image wider or taller than 1.2:1 gets up to 4 crops after its original (global) view."""
+    from transformers import Gemma3ImageProcessor, Gemma3Processor
+
+    image_processor = image_processor_class(Gemma3ImageProcessor)(
+        size={"height": tile, "width": tile},
+        do_pan_and_scan=True,
+        pan_and_scan_min_crop_size=tile // 2,
+        pan_and_scan_max_num_crops=4,
+        pan_and_scan_min_ratio_to_activate=1.2,
+    )
+    return processor_class(Gemma3Processor)(image_processor=image_processor, tokenizer=gemma3_tokenizer(), image_seq_length=4)
+
+
+def gemma3_inputs(images: list[Any], texts: list[str]) -> dict[str, Any]:
+    """Gemma 3 pan-and-scan inputs: one prompt per image (``texts`` hold ``<start_of_image>``)."""
+    proc = tiny_gemma3_processor()
+    out = proc(
+        text=texts,
+        images=[[im] for im in images],
+        do_pan_and_scan=True,  # the processor's own default (False) overrides the image processor's
+        pan_and_scan_min_crop_size=GEMMA3_TILE // 2,
+        return_tensors="pt",
+        padding=True,
+    )
+    return dict(out)
+
+
+# --- Llama 3.2 Vision (mllama): a cross-attention host --------------------------------------
+MLLAMA_SPECIALS = ["<|image|>", "<|python_tag|>"]
+MLLAMA_TILE = 32
+
+
+def mllama_tokenizer() -> Any:
+    return word_tokenizer(MLLAMA_SPECIALS, {"image_token": "<|image|>"})
+
+
+def tiny_mllama(seed: int = 0, tile: int = MLLAMA_TILE) -> Any:
+    """A tiny ``MllamaForConditionalGeneration``: vision model with 32 px tiles (8 px patches,
+    up to 4 tiles per image), a Llama-style text model whose layer 1 is a cross-attention layer
+    (its gates, which Mllama initialises to 0, set to 1 so that the images reach the logits)."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    tok = mllama_tokenizer()
+    cfg = MllamaConfig(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_global_layers=1,
+            attention_heads=2,
+            intermediate_layers_indices=[0],
+            vision_output_dim=64,
+            image_size=tile,
+            patch_size=8,
+            max_num_tiles=4,
+            supported_aspect_ratios=[[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]],
+        ),
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tok) + 8,
+            cross_attention_layers=[1],
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            max_position_embeddings=4096,
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<|image|>"),
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = MllamaForConditionalGeneration(cfg)
+    with torch.no_grad():  # Mllama initialises its cross-attention gates to 0 (images ignored)
+        for name, p in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                p.fill_(1.0)
+    return _finish(model)
+
+
+def mllama_inputs(images: list[Any], texts: list[str]) -> dict[str, Any]:
+    """Inputs of the real ``MllamaProcessor`` (PIL image processor, ``tile`` px tiles, at most 4
+    per image, no thumbnail) for one image per prompt."""
+    from transformers import MllamaImageProcessor, MllamaProcessor
+
+    image_processor = image_processor_class(MllamaImageProcessor)(
+        size={"height": MLLAMA_TILE, "width": MLLAMA_TILE}, max_image_tiles=4
+    )
+    proc = processor_class(MllamaProcessor)(image_processor=image_processor, tokenizer=mllama_tokenizer())
+    return dict(proc(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True))
+
+
+# --- Cohere2 Vision (no built-in adapter: retrofitted with the declarative adapter) ----------
+COHERE2_SPECIALS = ["<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "<image>"]
+
+
+def cohere2_vision_tokenizer() -> Any:
+    return word_tokenizer(
+        COHERE2_SPECIALS,
+        {
+            "image_token": "<|IMG_PATCH|>",
+            "boi_token": "<|START_OF_IMG|>",
+            "eoi_token": "<|END_OF_IMG|>",
+            "img_line_break_token": "<|IMG_LINE_BREAK|>",
+        },
+    )
+
+
+def tiny_cohere2_vision(seed: int = 0, tile: int = TILE) -> Any:
+    """A tiny ``Cohere2VisionForConditionalGeneration``: SigLIP tower (``tile`` px, 16 px patches),
+    pixel shuffle 2 (4 tokens per view), SwiGLU projector, Cohere2 text model."""
+    from transformers import Cohere2VisionConfig, Cohere2VisionForConditionalGeneration
+
+    tok = cohere2_vision_tokenizer()
+    cfg = Cohere2VisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=tile,
+            patch_size=16,
+            vision_use_head=False,
+        ),
+        text_config=_text_config("cohere2", len(tok), layer_types=["full_attention", "full_attention"]),
+        image_token_id=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        downsample_factor=2,
+        alignment_intermediate_size=64,
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return _finish(Cohere2VisionForConditionalGeneration(cfg))
+
+
+def cohere2_vision_inputs(images: list[Any], texts: list[str], tile: int = TILE, max_patches: int = 6) -> dict[str, Any]:
+    """Inputs of the real ``Cohere2VisionProcessor`` (the prompt format: ``<|START_OF_IMG|>``, per
+    view its placeholders and a line break, ``<|END_OF_IMG|>``). Cohere2 Vision's own image
+    processor needs torchvision, which is not installed here: the GotOcr2 image processor (PIL)
+    stands in for it. Both cut row-major crops with the thumbnail LAST; the grid each picks for
+    an aspect ratio may differ."""
+    from transformers import Cohere2VisionProcessor, GotOcr2ImageProcessor
+
+    image_processor = image_processor_class(GotOcr2ImageProcessor)(
+        size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=max_patches
+    )
+    image_processor.patch_size = tile // 16 // 2  # placeholders per view side after the pixel shuffle
+    proc = processor_class(Cohere2VisionProcessor)(image_processor=image_processor, tokenizer=cohere2_vision_tokenizer())
+    return dict(proc(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True))
