@@ -13,7 +13,8 @@ integration run unchanged):
   ``torch.cuda.current_device()``: it answers ``"cpu"``; its loss runs under
   ``torch.autocast(device_type="cuda")``: the autocast is made on ``"cpu"`` (bf16).
 * every 10 steps the Hugging Face trainer's MFU logging puts a tensor on ``device=local_rank``
-  (a CUDA index; -1 without torchrun): an integer device given to ``torch.tensor`` is ``"cpu"``.
+  (a CUDA index; -1 without torchrun): in that module only, an integer device given to
+  ``torch.tensor`` is ``"cpu"``.
 * lmms-engine's ``TrainRunner`` reads ``trainer_args.only_save_mm_adapter``, a field its own
   ``TrainingArguments`` lacks in 0.1.4 (an AttributeError after training on any device): the
   field is given its default, ``False``.
@@ -56,12 +57,21 @@ def _adapt_cuda_to_cpu() -> None:
         return real_autocast("cpu" if device_type == "cuda" else device_type, *args, **kwargs)
 
     torch.autocast = autocast
+    # Only the trainer module's `torch.tensor` (replacing it in torch itself broke SigLIP's
+    # position embeddings in the LLaVA-OneVision run: an IndexError in its vision tower).
+    import types
+
+    import lmms_engine.train.hf.trainer as hf_trainer_module
+
     real_tensor = torch.tensor
 
     def tensor(*args, device=None, **kwargs):
         return real_tensor(*args, device="cpu" if isinstance(device, int) else device, **kwargs)
 
-    torch.tensor = tensor
+    scoped_torch = types.ModuleType("torch")
+    scoped_torch.__dict__.update(torch.__dict__)
+    scoped_torch.tensor = tensor
+    hf_trainer_module.torch = scoped_torch
     if not hasattr(TrainingArguments, "only_save_mm_adapter"):
         TrainingArguments.only_save_mm_adapter = False
 
