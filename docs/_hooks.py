@@ -457,16 +457,19 @@ def render_compatibility() -> str:
     """The compatibility matrix of gswa_plugin.testing.compat, as tests/test_compat.py runs it:
     which modes each built-in adapter supports, then one row per setting with the cells that do
     not hold (a table of adapters x settings is too wide to read at 1280 px)."""
-    from gswa_plugin.testing.compat import SETTINGS, cell_status, supported_modes
+    from gswa_plugin.testing.compat import OUTSIDE_MATRIX, SETTINGS, cell_status, supported_modes
 
     registry = builtin_adapters()
-    modes_of = {name: supported_modes(adapter) for name, adapter in registry.items()}
+    modes_of = {name: supported_modes(a) for name, a in registry.items() if name not in OUTSIDE_MATRIX}
     n_cells = sum(len(m) for m in modes_of.values())
     lines = ["| adapter | modes it supports |", "|---|---|"]
     lines += [f"| `{name}` | {', '.join(modes)} |" for name, modes in modes_of.items()]
+    outside = [f"- `{name}`: {why}." for name, why in OUTSIDE_MATRIX.items() if name in registry]
+    if outside:
+        lines += ["", "Built-in adapters outside the matrix:", "", *outside]
     lines += [
         "",
-        f"Each setting runs on every adapter above in every mode it supports ({n_cells} cells per setting).",
+        f"Each setting runs on every adapter of the table above in every mode it supports ({n_cells} cells per setting).",
         "",
         "| setting | what runs | what the test asserts | result |",
         "|---|---|---|---|",
