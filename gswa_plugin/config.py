@@ -178,8 +178,9 @@ class HostDeclaration(Settings):
     features: int | Name = Field(
         "pooler_output",
         description="Where the views are in the seam's output: an attribute name, an integer index into a "
-        "tuple, or `return` (the output itself). `[views, tokens, dim]`, a list of such tensors, or a list of "
-        "flat `[views_i * tokens, dim]` blocks (needs `tiles_from.tokens_per_view`).",
+        "tuple, or `return` (the output itself). `[views, tokens, dim]`, a list of such tensors, a list of "
+        "flat `[views_i * tokens, dim]` blocks (needs `tiles_from.tokens_per_view`), or more dimensions "
+        "(needs `features_layout`).",
     )
     features_layout: list[Literal["views", "tokens", "dim"]] | None = Field(
         None,
