@@ -178,8 +178,17 @@ class HostDeclaration(Settings):
     features: int | Name = Field(
         "pooler_output",
         description="Where the views are in the seam's output: an attribute name, an integer index into a "
-        "tuple, or `return` (the output itself). `[views, tokens, dim]`, a list of such tensors, or a list of "
-        "flat `[views_i * tokens, dim]` blocks (needs `tiles_from.tokens_per_view`).",
+        "tuple, or `return` (the output itself). `[views, tokens, dim]`, a list of such tensors, a list of "
+        "flat `[views_i * tokens, dim]` blocks (needs `tiles_from.tokens_per_view`), or more dimensions "
+        "(needs `features_layout`).",
+    )
+    features_layout: list[Literal["views", "tokens", "dim"]] | None = Field(
+        None,
+        description="For features of more than three dimensions: the role of each axis of the feature tensor, "
+        "in order: one or more `views` axes, then one or more `tokens` axes, then `dim` (e.g. `[views, tokens, "
+        "tokens, dim]` for `[views, h, w, dim]`, `[views, views, views, tokens, dim]` for `[batch, images, "
+        "tiles, patches, dim]`). The adapter reshapes the features to `[views, tokens, dim]` (the views in "
+        "row-major order) for weighting and back to their shape for the host. Empty: `[views, tokens, dim]`.",
     )
     global_view: Literal["first", "last", "none"] = Field(
         description="Where each multi-view image's whole-image view sits among its views; `none`: tiles only (the "
@@ -212,6 +221,14 @@ class HostDeclaration(Settings):
                             "`apply: before_projector`")
         if apply == "after_projector" and projector is not None:
             problems.append(f"`{where}projector` is only read with `apply: before_projector`")
+        layout = data.get("features_layout")
+        if isinstance(layout, list) and all(isinstance(a, str) for a in layout):
+            roles = [a for i, a in enumerate(layout) if i == 0 or a != layout[i - 1]]
+            if roles != ["views", "tokens", "dim"] or layout.count("dim") != 1:
+                problems.append(
+                    f"`{where}features_layout` must be one or more `views`, then one or more `tokens`, then one "
+                    f"`dim` (a reshape, not a transpose, to [views, tokens, dim]); got {layout}"
+                )
         tiles = data.get("tiles_from")
         if isinstance(tiles, dict) and tiles.get("group") == "global_marker" and data.get("global_view") != "last":
             problems.append(f"`{where}tiles_from.group` `global_marker` needs `global_view: last` "

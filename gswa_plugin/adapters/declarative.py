@@ -26,6 +26,7 @@ once, naming the ``declare.*`` key.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -74,6 +75,7 @@ class Declaration:
     views_per_image: int | None = None
     joiner_tokens: tuple[int | str, ...] = ()
     expect_tiles: bool = True
+    features_layout: tuple[str, ...] | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -129,6 +131,7 @@ def parse_declaration(data: HostDeclaration | dict[str, Any]) -> Declaration:
         summary_layer=s.layer,
         apply=spec.apply,
         projector=spec.projector,
+        features_layout=None if spec.features_layout is None else tuple(spec.features_layout),
         **read_tiles,
     )
 
@@ -397,12 +400,51 @@ class DeclarativeAdapter(Adapter):
                 )
             handle.state["declarative_plausible"] = True
 
-        def weigh(features: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
-            if features.dim() != 3:
+        def as_views(features: torch.Tensor) -> torch.Tensor:
+            # `declare.features_layout`: views axes, tokens axes, dim -> [views, tokens, dim] (a view
+            # of the same memory; the caller reshapes the result back to the host's shape).
+            roles = decl.features_layout
+            if roles is None:
+                if features.dim() != 3:
+                    raise LayoutError(
+                        f"declare.features must give [views, tokens, dim] (or a list of such tensors); got a tensor "
+                        f"of shape {tuple(features.shape)} at `{decl.seam}`. For more dimensions, declare the role "
+                        "of each axis in declare.features_layout (e.g. `[views, tokens, tokens, dim]`)"
+                    )
+                return features
+            if features.dim() != len(roles):
                 raise LayoutError(
-                    f"declare.features must give [views, tokens, dim] (or a list of such tensors); got a tensor of shape "
-                    f"{tuple(features.shape)} at `{decl.seam}`"
+                    f"declare.features_layout {list(roles)} names {len(roles)} axes but `{decl.seam}` gave features "
+                    f"of shape {tuple(features.shape)} ({features.dim()} axes); give one role per axis"
                 )
+            n_views, n_tokens = roles.count("views"), roles.count("tokens")
+            return features.reshape(
+                math.prod(features.shape[:n_views]), math.prod(features.shape[n_views : n_views + n_tokens]), -1
+            )
+
+        def check_views(raw: torch.Tensor, features: torch.Tensor, found: Any, pixels: Any) -> None:
+            # The views the layout reads must be the views the images hold: counted by set_tiles(),
+            # by `input_ids` with a declared `tokens_per_view` (with `auto` the count follows the
+            # layout's own tokens per view), else by the leading axes of `pixel_values` (one image
+            # [C, H, W] per view).
+            told, what = None, ""
+            if handle.views_override is not None:
+                told, what = handle.views_override, "set_tiles()"
+            elif found is not None and (per_view is not None or decl.tiles_group == "fixed"):
+                told, what = found, "declare.tiles_from"
+            elif isinstance(pixels, torch.Tensor) and pixels.dim() >= 4:
+                told, what = [math.prod(pixels.shape[:-3])], f"pixel_values of shape {tuple(pixels.shape)}"
+            if told is not None and sum(told) != features.shape[0]:
+                raise LayoutError(
+                    f"declare.features_layout {list(decl.features_layout)} reads features of shape "
+                    f"{tuple(raw.shape)} as {features.shape[0]} views of {features.shape[1]} tokens, but the images "
+                    f"hold {sum(told)} views (counted by {what}); fix which axes are `views` and "
+                    "which are `tokens` (a host that pads `pixel_values` with empty images: declare "
+                    "tiles_from.tokens_per_view, and the views are counted from input_ids instead)"
+                )
+
+        def weigh(raw: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+            features = as_views(raw)
             summaries = summaries_of(features)
             if summaries.shape[-1] != dim:
                 raise LayoutError(
@@ -410,9 +452,11 @@ class DeclarativeAdapter(Adapter):
                     "set declare.summary.dim to the width of the summarised output"
                 )
             found = counts(features.shape[0], features.shape[1])
+            if decl.features_layout is not None:
+                check_views(raw, features, found, extra.get("pixel_values"))
             layout = handle.layout_for(features.shape[0], found)
             plausible(layout, found is not None and handle.views_override is None)
-            return handle.process(features, summaries, layout, **extra)
+            return handle.process(features, summaries, layout, **extra).reshape(raw.shape)
 
         def weigh_any(value: Any, extra: dict[str, Any]) -> Any:
             if not isinstance(value, (list, tuple)):

@@ -301,6 +301,33 @@ def got_ocr2_inputs(images: list[Any], max_patches: int = 6) -> dict[str, Any]:
     )
 
 
+
+def tiny_got_ocr2_grid(seed: int = 0, batch_axis: bool = False) -> Any:
+    """STAND-IN for a host whose image features have more than three dimensions: the tiny
+    ``GotOcr2ForConditionalGeneration`` of [`tiny_got_ocr2`][gswa_plugin.testing.tiny_more.tiny_got_ocr2]
+    (same weights for the same seed), with ``model.model`` switched to a one-method subclass whose
+    ``get_image_features`` returns ``pooler_output`` as the projector's token grid
+    ``[views, h, w, dim]`` (``[1, views, h, w, dim]`` with ``batch_axis``) instead of
+    ``[views, h * w, dim]``. No host in transformers 5.24 that reaches its language model through
+    embeddings has such a seam (Llama 3.2 Vision's 5-D features feed cross-attention and have a Python
+    adapter); this one keeps every other part real: GOT-OCR2's forward places the features at the
+    placeholders in memory order, so the language model receives exactly what the unchanged host
+    gives, and the real GotOcr2 processor lays out the views."""
+    from transformers.models.got_ocr2.modeling_got_ocr2 import GotOcr2Model
+
+    class GridFeaturesGotOcr2Model(GotOcr2Model):
+        def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+            out = super().get_image_features(pixel_values, **kwargs)
+            views, tokens, dim = out.pooler_output.shape
+            side = int(tokens**0.5)
+            grid = out.pooler_output.reshape(views, side, tokens // side, dim)
+            out.pooler_output = grid[None] if batch_axis else grid
+            return out
+
+    model = tiny_got_ocr2(seed)
+    model.model.__class__ = GridFeaturesGotOcr2Model
+    return model
+
 # --- Gemma 3 (no built-in adapter: pan-and-scan retrofitted with the declarative adapter) ----
 GEMMA3_SPECIALS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 GEMMA3_TILE = 32
