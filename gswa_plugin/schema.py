@@ -190,13 +190,16 @@ def describe(tp: Any, meta: list[Any] | None = None) -> str:
         parts = [describe(a) for a in args if a is not type(None)]
         if type(None) in args:
             parts.append("null")
-        return " or ".join(parts)
+        return (", or " if any(" or " in p for p in parts) else " or ").join(parts)
     origin = typing.get_origin(tp)
     if origin is Literal:
         values = typing.get_args(tp)
         return repr(values[0]) if len(values) == 1 else "one of " + ", ".join(repr(v) for v in values)
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
+        if typing.get_origin(item) is Literal and len(typing.get_args(item)) > 1:
+            *head, last = (repr(v) for v in typing.get_args(item))
+            return f"a list of {', '.join(head)} or {last}"
         return f"a list of {describe(item)}"
     if origin is dict or tp is dict:
         return "a mapping"
