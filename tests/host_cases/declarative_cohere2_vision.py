@@ -5,6 +5,7 @@ for the tiling (row-major crops, thumbnail last), see ``cohere2_vision_inputs``.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import yaml
@@ -18,9 +19,24 @@ from . import HostCase
 YAML_PATH = Path(__file__).resolve().parents[2] / "docs" / "examples" / "declarative_cohere2_vision.yaml"
 
 
+@functools.lru_cache(maxsize=1)
+def features_rank() -> int:
+    """The rank of ``get_image_features(...).pooler_output`` in the installed transformers: 3
+    (``[views, tokens, dim]``) in 5.24, 4 (``[views, h, w, dim]``, before the flatten) in older
+    releases such as 5.8 (the lmms-engine CI step's), where the YAML needs ``features_layout``."""
+    import torch
+
+    model = tiny_cohere2_vision()
+    with torch.no_grad():
+        out = model.model.get_image_features(inputs()["pixel_values"][:1], return_dict=True)
+    return out.pooler_output.dim()
+
+
 def gswa_block() -> dict:
     block = yaml.safe_load(YAML_PATH.read_text(encoding="utf-8"))["gswa"]
     block.pop("variant", None)
+    if features_rank() == 4:  # the docs' YAML note: older transformers give [views, h, w, dim]
+        block["declare"]["features_layout"] = ["views", "tokens", "tokens", "dim"]
     return block
 
 
