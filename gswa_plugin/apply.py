@@ -179,6 +179,34 @@ def gather_weights(weights: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return torch.cat([weights.new_ones(1), weights])[slots]
 
 
+def placeholder_weights(handle: Any, ids: torch.Tensor, token: int, no_features: str) -> torch.Tensor | None:
+    """``[batch, seq]`` per-position weights of a call whose placeholder tokens (``token`` in
+    ``ids``) hold the views GSWA weighted in this forward (``handle.last_batch``): 1 at text, the
+    view's weight at its tokens (rows repeated by beam search included). Reuses the index the
+    seam's host step prepared for exactly these ``ids``
+    ([`cached_slots`][gswa_plugin.handle.GSWAHandle.cached_slots]).
+
+    Returns:
+        The weights, or ``None`` when the call holds no placeholder token.
+
+    Raises:
+        LayoutError: ``no_features`` when the call holds placeholders but GSWA weighted nothing.
+    """
+    batch = handle.last_batch
+    weights = None if batch is None else batch.weights
+    found, slots = handle.cached_slots(ids)
+    if not found or weights is None:
+        slots = image_slots(
+            ids, token, None if weights is None else weights.shape[0], ids.device,
+            1 if batch is None else batch.features.shape[1], handle=handle,
+        )
+    if slots is None:
+        return None
+    if weights is None:
+        raise LayoutError(no_features)
+    return gather_weights(weights.float(), slots)
+
+
 def fill_image_positions(input_ids: Any, mask: Any, per_token: torch.Tensor, what: str) -> torch.Tensor:
     """Per-position weights ``[batch, seq]``: the image positions (``mask``) get ``per_token``
     in order, text gets 1.

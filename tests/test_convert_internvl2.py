@@ -283,15 +283,13 @@ def test_not_internlm2_is_refused(tmp_path):
         convert(d, tmp_path / "out")
 
 
-def test_sentencepiece_tokenizer_is_converted_id_for_id(tmp_path):
-    spm = pytest.importorskip("sentencepiece", reason="InternLM2's tokenizer.model needs the `convert` extra")
+def _released_with_sentencepiece(spm, src, **options) -> bytes:
+    """Write a released-layout checkpoint to ``src`` and return a SentencePiece BPE model (320
+    pieces, byte fallback) trained on the tiny vocabulary's words; ``options`` go to the trainer."""
     import io
-
-    from transformers import AutoTokenizer
 
     from gswa_plugin.testing.tiny import WORDS
 
-    src = tmp_path / "spm_src"
     src.mkdir()
     (src / "config.json").write_text(json.dumps(released_config()), encoding="utf-8")
     save_file(released_state(), str(src / "model.safetensors"))
@@ -299,9 +297,17 @@ def test_sentencepiece_tokenizer_is_converted_id_for_id(tmp_path):
     sentences = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 5
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=buf, vocab_size=320, model_type="bpe", byte_fallback=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2, **options,
     )
-    (src / "tokenizer.model").write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def test_sentencepiece_tokenizer_is_converted_id_for_id(tmp_path):
+    spm = pytest.importorskip("sentencepiece", reason="InternLM2's tokenizer.model needs the `convert` extra")
+    from transformers import AutoTokenizer
+
+    src = tmp_path / "spm_src"
+    (src / "tokenizer.model").write_bytes(_released_with_sentencepiece(spm, src))
     added = ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
     (src / "tokenizer_config.json").write_text(json.dumps({
         "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
@@ -327,25 +333,14 @@ def _internlm2_layout(root, add_dummy_prefix: bool):
     tokenizer_config.json names <|im_end|> and <|im_start|> (92542/92543 in InternVL2-2B), then
     <img>, </img>, <IMG_CONTEXT> added after the vocabulary. Identity normalisation, byte fallback."""
     spm = pytest.importorskip("sentencepiece", reason="InternLM2's tokenizer.model needs the `convert` extra")
-    import io
-
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from gswa_plugin.testing.tiny import WORDS
-
     src = root / "src"
-    src.mkdir()
-    (src / "config.json").write_text(json.dumps(released_config()), encoding="utf-8")
-    save_file(released_state(), str(src / "model.safetensors"))
-    buf = io.BytesIO()
-    sentences = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 5
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=buf, vocab_size=320, model_type="bpe", byte_fallback=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=add_dummy_prefix,
+    model = _released_with_sentencepiece(
+        spm, src, normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=add_dummy_prefix
     )
     proto = pb.ModelProto()
-    proto.ParseFromString(buf.getvalue())
+    proto.ParseFromString(model)
     for name in ("[UNUSED_TOKEN_145]", "[UNUSED_TOKEN_146]"):
         piece = proto.pieces.add()
         piece.piece, piece.score, piece.type = name, 0.0, pb.ModelProto.SentencePiece.USER_DEFINED

@@ -18,6 +18,12 @@ import torch
 from gswa_plugin._host import host_array
 
 
+def _rows(ids: Any) -> np.ndarray:
+    """``ids`` as a ``[batch, seq]`` host array (a 1-D sequence is one row)."""
+    a = host_array(ids)
+    return a if a.ndim == 2 else a[None]
+
+
 def host_token_runs(ids: Any, token_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The contiguous runs of ``token_id`` in ``ids`` ``[batch, seq]`` (a tensor, read once to the
     host, or a host array), in row-major order, computed on the host.
@@ -26,9 +32,7 @@ def host_token_runs(ids: Any, token_id: int) -> tuple[np.ndarray, np.ndarray, np
         ``(rows, starts, lengths)``: the row of each run, the position of its first token in that
         row, and its length (three int64 numpy arrays).
     """
-    a = host_array(ids)
-    a = a if a.ndim == 2 else a[None]
-    mask = a == token_id
+    mask = _rows(ids) == token_id
     padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
     padded[:, 1:-1] = mask
     edges = np.diff(padded, axis=1)  # +1 where a run starts, -1 just after it ends
@@ -73,8 +77,7 @@ def views_closed_by_marker(ids: Any, token_id: int, tokens_per_view: int, marker
     Returns:
         The number of views of each image, in the order images appear in the batch.
     """
-    a = host_array(ids)
-    a = a if a.ndim == 2 else a[None]
+    a = _rows(ids)
     rows, starts, lengths = host_token_runs(a, token_id)
     if rows.size == 0:
         return []
@@ -140,8 +143,7 @@ def views_joined_by_text(ids: Any, token_id: int, tokens_per_view: int, joiners:
     Returns:
         The number of views of each image, in the order images appear in the batch.
     """
-    a = host_array(ids)
-    a = a if a.ndim == 2 else a[None]
+    a = _rows(ids)
     rows, starts, lengths = host_token_runs(a, token_id)
     if rows.size == 0:
         return []

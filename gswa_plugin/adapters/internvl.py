@@ -30,8 +30,7 @@ from gswa_plugin.adapters._base import (
     wants_tuple,
 )
 from gswa_plugin.adapters._layout import views_per_run
-from gswa_plugin.apply import gather_weights, image_slots
-from gswa_plugin.errors import LayoutError
+from gswa_plugin.apply import placeholder_weights
 from gswa_plugin.hookspecs import hookimpl
 
 
@@ -77,22 +76,11 @@ class InternVLAdapter(Adapter):
         token = model.config.image_token_id
         if ids is None or ids.shape[-1] != seq_len:
             return None
-        batch = handle.last_batch
-        weights = None if batch is None else batch.weights
-        found, slots = handle.cached_slots(ids)  # prepared by the seam's host step
-        if not found or weights is None:
-            slots = image_slots(
-                ids, token, None if weights is None else weights.shape[0], ids.device,
-                1 if batch is None else batch.features.shape[1], handle=handle,
-            )
-        if slots is None:
-            return None
-        if weights is None:
-            raise LayoutError(
-                "the input holds image tokens but GSWA saw no image features in this forward; pass pixel_values "
-                "with the input_ids (precomputed image features bypass GSWA)"
-            )
-        return gather_weights(weights.float(), slots)
+        return placeholder_weights(
+            handle, ids, token,
+            "the input holds image tokens but GSWA saw no image features in this forward; pass pixel_values "
+            "with the input_ids (precomputed image features bypass GSWA)",
+        )
 
     def views_from_ids(self, model: nn.Module, input_ids: Any, tokens_per_view: int) -> list[int]:
         """Views per image read off ``input_ids`` (a tensor or its host copy): one run of

@@ -30,8 +30,7 @@ from torch import nn
 
 from gswa_plugin.adapters._base import Adapter, model_type, patch_method, summarise
 from gswa_plugin.adapters._layout import views_per_run
-from gswa_plugin.apply import gather_weights, image_slots
-from gswa_plugin.errors import LayoutError
+from gswa_plugin.apply import placeholder_weights
 from gswa_plugin.hookspecs import hookimpl
 
 _IDS = "internvl_chat_input_ids"
@@ -74,20 +73,11 @@ class InternVLChatAdapter(Adapter):
         token = getattr(model, "img_context_token_id", None)
         if ids is None or token is None or ids.shape[-1] != seq_len:
             return None
-        batch = handle.last_batch
-        weights = None if batch is None else batch.weights
-        slots = image_slots(
-            ids, token, None if weights is None else weights.shape[0], ids.device,
-            1 if batch is None else batch.features.shape[1], handle=handle,
+        return placeholder_weights(
+            handle, ids, token,
+            "the input holds image-context tokens but GSWA saw no image features in this call; pass "
+            "pixel_values with the input_ids (visual_features given to generate() bypass GSWA)",
         )
-        if slots is None:
-            return None
-        if weights is None:
-            raise LayoutError(
-                "the input holds image-context tokens but GSWA saw no image features in this call; pass "
-                "pixel_values with the input_ids (visual_features given to generate() bypass GSWA)"
-            )
-        return gather_weights(weights.float(), slots)
 
     def install(self, model: nn.Module, handle: Any) -> None:
         use_cls = self.use_cls(handle.config)

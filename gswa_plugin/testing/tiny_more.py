@@ -116,6 +116,20 @@ def aya_tokenizer() -> Any:
     return word_tokenizer(AYA_SPECIALS, {"image_token": "<image>"}, WORDS + AYA_TILE_WORDS)
 
 
+def _siglip_config(tile: int) -> dict[str, Any]:
+    """The tiny SigLIP tower of Aya Vision and Cohere2 Vision: ``tile`` px, 16 px patches, no head."""
+    return dict(
+        model_type="siglip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=tile,
+        patch_size=16,
+        vision_use_head=False,
+    )
+
+
 def tiny_aya_vision(seed: int = 0, tile: int = TILE) -> Any:
     """A tiny ``AyaVisionForConditionalGeneration``: SigLIP tower (``tile`` px, 16 px patches),
     pixel shuffle 2 (4 tokens per view), Cohere2 text model."""
@@ -123,16 +137,7 @@ def tiny_aya_vision(seed: int = 0, tile: int = TILE) -> Any:
 
     tok = aya_tokenizer()
     cfg = AyaVisionConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=tile,
-            patch_size=16,
-            vision_use_head=False,
-        ),
+        vision_config=_siglip_config(tile),
         text_config=_text_config("cohere2", len(tok), layer_types=["full_attention", "full_attention"]),
         image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
         downsample_factor=2,
@@ -496,16 +501,7 @@ def tiny_cohere2_vision(seed: int = 0, tile: int = TILE) -> Any:
 
     tok = cohere2_vision_tokenizer()
     cfg = Cohere2VisionConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=tile,
-            patch_size=16,
-            vision_use_head=False,
-        ),
+        vision_config=_siglip_config(tile),
         text_config=_text_config("cohere2", len(tok), layer_types=["full_attention", "full_attention"]),
         image_token_id=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
         downsample_factor=2,
