@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from gswa_plugin import apply
+from gswa_plugin.adapters import _budget
 from gswa_plugin.adapters._base import patch_method
 from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import (
@@ -130,6 +131,7 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
     handle.adapter.install(model, handle)
     _install_seam_watch(model, handle)
     apply.install(model, handle)
+    _budget.install(model, handle)  # outermost: shortens the call before everything else sees it
     _install_deepcopy(model, handle)
     if callable(getattr(model, "save_pretrained", None)):
         handle.add_undo(patch_method(model, "save_pretrained", _saving_config(handle)))
