@@ -38,6 +38,18 @@ METHODS: tuple[str, ...] = ("gswa", "uniform", "random", "globalcom")
 IN_TILE: tuple[str, ...] = ("norm", "summary", "thumbnail")
 
 
+def parse_keep(keep: float | int | str) -> float | int:
+    """``keep`` as a command line or ``--model_args`` gives it: digits only is a token count, any
+    other number a fraction (``"0.5"``, ``"1.0"``)."""
+    if isinstance(keep, str):
+        text = keep.strip()
+        try:
+            return int(text) if text.isdigit() else float(text)
+        except ValueError:
+            raise ConfigError([f"`keep` must be a fraction such as 0.5 or a token count, got {keep!r}"]) from None
+    return keep
+
+
 def image_budget(keep: float | int, n_tokens: int) -> int:
     """Tokens kept of an image with ``n_tokens`` visual tokens: ``round(keep * n_tokens)`` for a
     fraction (at least 1), ``min(keep, n_tokens)`` for a count."""
@@ -48,14 +60,17 @@ def image_budget(keep: float | int, n_tokens: int) -> int:
     return min(n_tokens, max(1, int(math.floor(keep * n_tokens + 0.5))))
 
 
-def allocate(total: int, shares: Sequence[float], capacity: Sequence[int]) -> list[int]:
+def allocate(
+    total: int, shares: Sequence[float], capacity: Sequence[int], tiebreak: Sequence[float] | None = None
+) -> list[int]:
     """Integer quotas that add up to ``min(total, sum(capacity))``, proportional to ``shares``
     with no quota above its capacity.
 
     Water-filling: the budget is split in proportion to the shares of the items not yet full;
     an item that would exceed its capacity is filled and the rest split again. The fractional
     quotas are then floored and the missing units go to the largest remainders (ties to the
-    earlier item). Items of share 0 get 0 unless every open item has share 0 (then equal shares).
+    larger ``tiebreak``, then to the earlier item; with equal shares and one token per item the
+    tie-break decides alone). Items of share 0 get 0 unless every open item has share 0 (then equal shares).
     """
     n = len(shares)
     if len(capacity) != n:
@@ -83,7 +98,8 @@ def allocate(total: int, shares: Sequence[float], capacity: Sequence[int]) -> li
     quota = [min(caps[i], int(math.floor(alloc[i] + 1e-9))) for i in range(n)]
     missing = total - sum(quota)
     order = sorted(
-        (i for i in range(n) if quota[i] < caps[i]), key=lambda i: (-(alloc[i] - quota[i]), i)
+        (i for i in range(n) if quota[i] < caps[i]),
+        key=lambda i: (-round(alloc[i] - quota[i], 9), -(tiebreak[i] if tiebreak is not None else 0.0), i),
     )
     for i in order[:missing]:
         quota[i] += 1
@@ -227,6 +243,7 @@ def select(
         scores = torch.rand(n_views, n_tokens, generator=g).to(features.device)
     else:
         scores = token_scores(features, layout, in_tile)
+    best = scores.max(dim=1).values.tolist()  # breaks ties between equal remainders
     quotas = [0] * n_views
     budgets = []
     start = 0
@@ -235,14 +252,14 @@ def select(
         b = image_budget(keep, n * n_tokens)
         budgets.append(b)
         if g is None:
-            per = allocate(b, tile_shares, [n_tokens] * len(tiles))
+            per = allocate(b, tile_shares, [n_tokens] * len(tiles), [best[v] for v in tiles])
         elif thumbnail_share is None:
             mean = sum(tile_shares) / len(tile_shares) if tile_shares else 1.0
-            per = allocate(b, tile_shares + [mean], [n_tokens] * (len(tiles) + 1))
+            per = allocate(b, tile_shares + [mean], [n_tokens] * (len(tiles) + 1), [best[v] for v in tiles + [g]])
             quotas[g] = per.pop()
         else:
             quotas[g] = min(n_tokens, int(math.floor(thumbnail_share * b + 0.5)))
-            per = allocate(b - quotas[g], tile_shares, [n_tokens] * len(tiles))
+            per = allocate(b - quotas[g], tile_shares, [n_tokens] * len(tiles), [best[v] for v in tiles])
             if sum(per) < b - quotas[g]:  # the tiles are full: the thumbnail takes the rest
                 quotas[g] = min(n_tokens, b - sum(per))
         for v, q in zip(tiles, per):

@@ -3,6 +3,7 @@ on a tiny real InternVLForConditionalGeneration with the real processor and real
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,3 +233,76 @@ def test_unsupported_host_is_named():
 
     with pytest.raises(ConfigError, match="not supported with the 'llava_next' adapter"):
         gswa_plugin.enable(tiny_llava_next(), {**CFG, "budget": {"keep": 0.5}})
+
+
+def test_equal_remainders_go_to_the_best_scored_view_not_the_first():
+    assert budget.allocate(1, [1, 1, 1], [1, 1, 1], tiebreak=[0.1, 0.9, 0.5]) == [0, 1, 0]
+    feats, summaries, layout = _toy(tokens=1, views=(6,))
+    norms = feats[:, 0].norm(dim=-1)
+    sel = budget.select(feats, torch.ones(6), summaries, layout, 0.5, method="uniform", thumbnail_share=0.0)
+    kept = [v for v in range(5) if sel.quotas[v]]
+    assert sorted(kept) == sorted(norms[:5].argsort(descending=True)[:3].tolist())
+
+
+def test_set_budget_changes_and_removes_the_budget_keeping_gswa(model, inputs):
+    handle = gswa_plugin.enable(model, CFG)
+    peaked(model)
+    with torch.no_grad():
+        base = model(**inputs).logits
+    gswa_plugin.set_budget(model, 0.5)
+    assert handle.config.budget.keep == 0.5 and "forward" in vars(model)
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[1] < base.shape[1]
+    gswa_plugin.set_budget(model, None)
+    assert handle.config.budget is None and "forward" not in vars(model)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, base)
+    with pytest.raises(ConfigError, match="budget.method"):
+        gswa_plugin.set_budget(model, {"keep": 0.5, "method": "best"})
+    assert handle.config.budget is None  # a bad budget leaves the model as it was
+    assert budget.parse_keep("0.25") == 0.25 and budget.parse_keep("64") == 64
+    with pytest.raises(ConfigError, match="keep"):
+        budget.parse_keep("half")
+
+
+def test_kept_tokens_picture_darkens_exactly_the_dropped_tokens(model, processor):
+    from gswa_plugin.testing.tiny import sample_image
+    from gswa_plugin.tools.budget_map import kept_tokens, kept_tokens_map
+
+    gswa_plugin.enable(model, CFG)
+    peaked(model)
+    image = sample_image("coffee")
+    kept = kept_tokens(model, processor, image, {"keep": 0.25})
+    assert model.gswa is not None and gswa_plugin.get_handle(model).config.budget is None  # restored
+    rows, cols = kept.grid
+    assert len(kept.tile_masks) == rows * cols and kept.thumbnail_mask is not None
+    assert kept.kept == sum(int(m.sum()) for m in kept.tile_masks) + int(kept.thumbnail_mask.sum())
+    assert kept.kept == round(0.25 * kept.total)
+    width = 640
+    pic = np.asarray(kept_tokens_map(image, kept, "t", width=width), dtype=float)
+    cell = (width - width // 4 - 8) // cols
+    ref = np.asarray(image.convert("RGB").resize((cell * cols, cell * rows)), dtype=float)
+    tiles = pic[46 : 46 + cell * rows, : cell * cols]
+    side = kept.tile_masks[0].shape[0]
+    for i, m in enumerate(kept.tile_masks):  # kept cells unchanged, dropped cells darkened
+        r, c = divmod(i, cols)
+        for a in range(side):
+            for b in range(side):
+                ys = slice(r * cell + (a * cell) // side + 1, r * cell + ((a + 1) * cell) // side - 1)
+                xs = slice(c * cell + (b * cell) // side + 1, c * cell + ((b + 1) * cell) // side - 1)
+                ratio = (tiles[ys, xs].sum() + 1) / (ref[ys, xs].sum() + 1)
+                assert (ratio > 0.95) if m[a, b] else (ratio < 0.25), (i, a, b, ratio)
+
+
+def test_gswa_visualize_keep_writes_the_kept_tokens_picture(tmp_path, monkeypatch, processor):
+    from typer.testing import CliRunner
+
+    from gswa_plugin.cli import app
+    from gswa_plugin.tools import hosts
+
+    monkeypatch.setattr(hosts, "tiny_default", lambda max_tiles=None: (tiny_internvl(image_size=TILE), processor))
+    out = tmp_path / "maps"
+    res = CliRunner().invoke(app, ["visualize", "--image", "coffee", "--keep", "0.25", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["coffee-kept.png", "coffee.png"]
+    assert "kept" in res.output
