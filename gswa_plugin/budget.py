@@ -145,19 +145,31 @@ def view_shares(
     return out
 
 
-def token_scores(features: torch.Tensor, layout: TileLayout, in_tile: str) -> torch.Tensor:
-    """In-tile score of every token ``[views, tokens]``; higher is kept first.
+def token_scores(features: torch.Tensor, view_of: torch.Tensor, layout: TileLayout, in_tile: str) -> torch.Tensor:
+    """In-tile score of every token ``[tokens]`` of a flat token list; higher is kept first.
 
     ``norm``: the L2 norm of the token's feature. ``summary``: cosine similarity to the mean of
     its own view's tokens. ``thumbnail``: cosine similarity to the mean of its image's thumbnail
     tokens (its own view's mean where the image has no thumbnail).
+
+    Args:
+        features: ``[tokens, dim]``.
+        view_of: ``[tokens]`` the view of each token (``-1``: a token outside every view, such as
+            a newline; its score is not used).
+        layout: how the views split into images.
+        in_tile: one of [`IN_TILE`][gswa_plugin.budget.IN_TILE].
     """
     f = features.detach().float()
     if in_tile == "norm":
         return f.norm(dim=-1)
     if in_tile not in IN_TILE:
         raise ConfigError([f"`budget.in_tile` must be one of {', '.join(IN_TILE)}, got {in_tile!r}"])
-    means = f.mean(dim=1)  # [views, dim]
+    n_views = layout.num_views
+    inside = view_of >= 0
+    idx = view_of.clamp_min(0)
+    sums = f.new_zeros(n_views, f.shape[1]).index_add_(0, idx[inside], f[inside])
+    counts = f.new_zeros(n_views).index_add_(0, idx[inside], f.new_ones(int(inside.sum())))
+    means = sums / counts.clamp_min(1)[:, None]
     if in_tile == "thumbnail":
         ref = means.clone()
         start = 0
@@ -166,44 +178,53 @@ def token_scores(features: torch.Tensor, layout: TileLayout, in_tile: str) -> to
                 ref[start : start + n] = means[g]
             start += n
         means = ref
-    return F.cosine_similarity(f, means[:, None, :], dim=-1)
+    return F.cosine_similarity(f, means[idx], dim=-1)
 
 
 @dataclass
 class Selection:
-    """Which tokens of the seam's ``[views, tokens, dim]`` features are kept.
+    """Which tokens of the seam's features are kept.
 
     Attributes:
-        keep_mask: ``[views, tokens]`` bool, True where the token is kept.
+        flat_mask: ``[tokens]`` bool, True where the token is kept, in the order the host fills its
+            placeholders.
+        view_of: ``[tokens]`` the view of each token (``-1``: always kept, e.g. a newline).
         quotas: tokens kept per view.
-        budgets: tokens kept per image.
+        budgets: tokens kept per image (tokens outside every view not counted).
+        shape: ``(views, tokens)`` when every view has the same number of tokens in view order
+            (then [`keep_mask`][gswa_plugin.budget.Selection.keep_mask] is that grid).
     """
 
-    keep_mask: torch.Tensor
+    flat_mask: torch.Tensor
+    view_of: torch.Tensor
     quotas: list[int]
     budgets: list[int]
+    shape: tuple[int, int] | None = None
 
     @property
-    def flat_mask(self) -> torch.Tensor:
-        """``[views * tokens]`` kept flags, in the order the host fills its placeholders."""
-        return self.keep_mask.reshape(-1)
+    def keep_mask(self) -> torch.Tensor:
+        """``[views, tokens]`` kept flags (only for a ``[views, tokens, dim]`` selection)."""
+        if self.shape is None:
+            raise ValueError("this selection is over a flat token list, not a [views, tokens] grid")
+        return self.flat_mask.reshape(self.shape)
 
     @property
     def num_kept(self) -> int:
-        return sum(self.quotas)
+        return int(self.flat_mask.sum())
 
     def view_of_kept(self) -> torch.Tensor:
-        """``[kept]`` the view each kept token comes from, in order."""
-        views = torch.arange(self.keep_mask.shape[0], device=self.keep_mask.device)
-        return views[:, None].expand_as(self.keep_mask)[self.keep_mask]
+        """``[kept]`` the view each kept token comes from, in order (``-1`` outside every view)."""
+        return self.view_of[self.flat_mask]
 
     def gather(self, features: torch.Tensor) -> torch.Tensor:
-        """``[kept, dim]`` the kept tokens of ``features`` in order (view by view, token order kept)."""
-        return features[self.keep_mask]
+        """``[kept, dim]`` the kept tokens of ``features`` (``[views, tokens, dim]`` or ``[tokens,
+        dim]``) in order."""
+        return features.reshape(-1, features.shape[-1])[self.flat_mask]
 
 
-def select(
+def select_tokens(
     features: torch.Tensor,
+    view_of: torch.Tensor,
     weights: torch.Tensor,
     summaries: torch.Tensor | None,
     layout: TileLayout,
@@ -215,10 +236,12 @@ def select(
     cosine_temperature: float = 0.1,
     seed: int = 0,
 ) -> Selection:
-    """The tokens to keep of one forward's views.
+    """The tokens to keep of one forward's flat token list.
 
     Args:
-        features: ``[views, tokens, dim]`` the seam's features (every view has the same count).
+        features: ``[tokens, dim]`` every token the host will receive, in its order.
+        view_of: ``[tokens]`` the view of each token; ``-1`` for tokens outside every view (kept
+            always and not counted in the budget, such as LLaVA-NeXT's newline tokens).
         weights: ``[views]`` the GSWA weight of every view.
         summaries: ``[views, dim]`` per-view summaries (``globalcom``).
         layout: how the views split into images.
@@ -234,38 +257,78 @@ def select(
     Returns:
         A [`Selection`][gswa_plugin.budget.Selection].
     """
-    n_views, n_tokens = features.shape[0], features.shape[1]
-    if n_views != layout.num_views:
-        raise ValueError(f"{n_views} views of features but the layout describes {layout.num_views}")
+    n_views = layout.num_views
+    view_of = view_of.to(features.device).long()
+    if features.shape[0] != view_of.shape[0]:
+        raise ValueError(f"{features.shape[0]} tokens but {view_of.shape[0]} view indices")
     shares = view_shares(method, weights, summaries, layout, sharpness=sharpness, cosine_temperature=cosine_temperature)
     if method == "random":
         g = torch.Generator().manual_seed(seed)
-        scores = torch.rand(n_views, n_tokens, generator=g).to(features.device)
+        scores = torch.rand(features.shape[0], generator=g).to(features.device)
     else:
-        scores = token_scores(features, layout, in_tile)
-    best = scores.max(dim=1).values.tolist()  # breaks ties between equal remainders
+        scores = token_scores(features, view_of, layout, in_tile)
+    inside = view_of >= 0
+    caps = torch.bincount(view_of[inside], minlength=n_views).tolist()
+    best = torch.full((n_views,), float("-inf"), device=scores.device)
+    best = best.scatter_reduce(0, view_of[inside], scores[inside].float(), reduce="amax").tolist()
     quotas = [0] * n_views
     budgets = []
     start = 0
     for n, g, tile_shares in zip(layout.views_per_image, layout.global_indices(), shares):
         tiles = [v for v in range(start, start + n) if v != g]
-        b = image_budget(keep, n * n_tokens)
+        b = image_budget(keep, sum(caps[start : start + n]))
         budgets.append(b)
         if g is None:
-            per = allocate(b, tile_shares, [n_tokens] * len(tiles), [best[v] for v in tiles])
+            per = allocate(b, tile_shares, [caps[v] for v in tiles], [best[v] for v in tiles])
         elif thumbnail_share is None:
             mean = sum(tile_shares) / len(tile_shares) if tile_shares else 1.0
-            per = allocate(b, tile_shares + [mean], [n_tokens] * (len(tiles) + 1), [best[v] for v in tiles + [g]])
+            per = allocate(b, tile_shares + [mean], [caps[v] for v in tiles + [g]], [best[v] for v in tiles + [g]])
             quotas[g] = per.pop()
         else:
-            quotas[g] = min(n_tokens, int(math.floor(thumbnail_share * b + 0.5)))
-            per = allocate(b - quotas[g], tile_shares, [n_tokens] * len(tiles), [best[v] for v in tiles])
+            quotas[g] = min(caps[g], int(math.floor(thumbnail_share * b + 0.5)))
+            per = allocate(b - quotas[g], tile_shares, [caps[v] for v in tiles], [best[v] for v in tiles])
             if sum(per) < b - quotas[g]:  # the tiles are full: the thumbnail takes the rest
-                quotas[g] = min(n_tokens, b - sum(per))
+                quotas[g] = min(caps[g], b - sum(per))
         for v, q in zip(tiles, per):
             quotas[v] = q
         start += n
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    rank = order.argsort(dim=1)  # 0 for the best token of each view
-    mask = rank < torch.tensor(quotas, device=features.device)[:, None]
-    return Selection(mask, quotas, budgets)
+    # rank of every token inside its view (0 = best), by a stable sort on (view, -score)
+    order = torch.argsort(scores.float(), descending=True, stable=True)
+    order = order[torch.argsort(view_of[order], stable=True)]
+    first = torch.zeros(n_views + 1, dtype=torch.long, device=scores.device)
+    first[1:] = torch.cumsum(torch.bincount(view_of[inside], minlength=n_views), 0)
+    rank = torch.empty_like(order)
+    pos = torch.arange(order.shape[0], device=scores.device)
+    sorted_views = view_of[order]
+    rank[order] = pos - torch.where(sorted_views >= 0, first[sorted_views.clamp_min(0)] + int((~inside).sum()), pos)
+    quota = torch.tensor(quotas, device=scores.device)
+    mask = torch.where(inside, rank < quota[view_of.clamp_min(0)], torch.ones_like(inside))
+    return Selection(mask, view_of, quotas, budgets)
+
+
+def select(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    summaries: torch.Tensor | None,
+    layout: TileLayout,
+    keep: float | int,
+    method: str = "gswa",
+    in_tile: str = "norm",
+    thumbnail_share: float | None = None,
+    sharpness: float = 1.0,
+    cosine_temperature: float = 0.1,
+    seed: int = 0,
+) -> Selection:
+    """[`select_tokens`][gswa_plugin.budget.select_tokens] for ``[views, tokens, dim]`` features
+    (every view the same number of tokens, in view order: InternVL); the selection's
+    ``keep_mask`` is then ``[views, tokens]``. Arguments as there."""
+    n_views, n_tokens = features.shape[0], features.shape[1]
+    if n_views != layout.num_views:
+        raise ValueError(f"{n_views} views of features but the layout describes {layout.num_views}")
+    view_of = torch.arange(n_views, device=features.device).repeat_interleave(n_tokens)
+    sel = select_tokens(
+        features.reshape(-1, features.shape[-1]), view_of, weights, summaries, layout, keep, method, in_tile,
+        thumbnail_share, sharpness, cosine_temperature, seed,
+    )
+    sel.shape = (n_views, n_tokens)
+    return sel

@@ -39,10 +39,14 @@ def run_seed(seed: int, args: argparse.Namespace, train_data, eval_data) -> dict
     ids = task.prompt_ids(model, tpv)
     row = {"seed": seed, "train_s": time.perf_counter() - t0, "hit_rate": out["hit_rate"]}
     row["uncompressed"] = task.evaluate(model, handle, eval_data, ids)["accuracy"]
-    for keep in args.keeps:
-        for method in METHODS:
-            gswa_plugin.set_budget(model, {"keep": keep, "method": method, "in_tile": args.in_tile, "seed": seed})
-            row[f"{method}@{keep}"] = task.evaluate(model, handle, eval_data, ids)["accuracy"]
+    for in_tile in args.in_tile:
+        for keep in args.keeps:
+            for method in METHODS:
+                if method == "random" and in_tile != args.in_tile[0]:
+                    continue  # random ignores the in-tile score
+                gswa_plugin.set_budget(model, {"keep": keep, "method": method, "in_tile": in_tile, "seed": seed})
+                name = f"{method}@{keep}" + ("" if in_tile == args.in_tile[0] else f"/{in_tile}")
+                row[name] = task.evaluate(model, handle, eval_data, ids)["accuracy"]
     gswa_plugin.set_budget(model, None)
     print(json.dumps(row), flush=True)
     return row
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mode", default="value")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--tile", type=int, default=28)
-    p.add_argument("--in-tile", default="norm")
+    p.add_argument("--in-tile", nargs="+", default=["norm"], help="in-tile scores to compare (the first is the main table's)")
+    p.add_argument("--name", default="budget_quality", help="file name stem of the outputs")
     p.add_argument("--train-images", type=int, default=600)
     p.add_argument("--eval-images", type=int, default=256)
     p.add_argument("--out", type=Path, default=ASSETS)
@@ -72,21 +77,25 @@ def main(argv: list[str] | None = None) -> dict:
 
 def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "budget_quality.json").write_text(json.dumps(result, indent=1))
+    s_name = result["settings"].get("name", "budget_quality")
+    (out / f"{s_name}.json").write_text(json.dumps(result, indent=1))
     s, rows = result["settings"], result["rows"]
     cols = ["uncompressed"] + [f"{m}@{k}" for k in s["keeps"] for m in METHODS]
     lines = [
         f"Needle task, tiny native InternVL, GSWA `{s['mode']}`/`self_attn` trained {s['steps']} steps on "
         f"{s['train_images']} images ({s['tile']} px tiles), accuracy on {s['eval_images']} held-out images "
-        f"(5 answers, chance 0.2), in-tile score `{s['in_tile']}`.",
+        f"(5 answers, chance 0.2), in-tile score `{s['in_tile'][0]}`.",
         "",
-        "| seed | " + " | ".join(c.replace("@", " ") for c in cols) + " |",
-        "|---:|" + "---:|" * len(cols),
+        "| budget | " + " | ".join(f"seed {r['seed']}" for r in rows) + " | mean |",
+        "|---|" + "---:|" * (len(rows) + 1),
     ]
-    for r in rows:
-        lines.append(f"| {r['seed']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
-    lines.append("| mean | " + " | ".join(f"{statistics.mean(r[c] for r in rows):.3f}" for c in cols) + " |")
-    (out / "budget_quality_table.md").write_text("\n".join(lines) + "\n")
+    others = s["in_tile"][1:]
+    extra = [f"gswa@{k}/{t}" for t in others for k in s["keeps"]]
+    for c in cols + extra:
+        label = c if c == "uncompressed" else c.replace("@", " keep ").replace("/", ", in-tile ")
+        values = [r[c] for r in rows]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.mean(values):.3f} |")
+    (out / f"{s_name}_table.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
 
@@ -107,7 +116,7 @@ def write(result: dict, out: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "budget_quality.png")
+    fig.savefig(out / f"{s_name}.png")
 
 
 if __name__ == "__main__":
