@@ -229,10 +229,12 @@ def test_budget_errors_are_clear(model, inputs):
 
 
 def test_unsupported_host_is_named():
-    from gswa_plugin.testing.tiny_hosts import tiny_llava_next
+    from gswa_plugin.testing.tiny_more import tiny_idefics3
 
-    with pytest.raises(ConfigError, match="not supported with the 'llava_next' adapter"):
-        gswa_plugin.enable(tiny_llava_next(), {**CFG, "budget": {"keep": 0.5}})
+    model = tiny_idefics3()
+    with pytest.raises(ConfigError, match="not supported with the 'idefics3' adapter.*internvl, llava_next"):
+        gswa_plugin.enable(model, {**CFG, "budget": {"keep": 0.5}})
+    assert not gswa_plugin.is_enabled(model) and not hasattr(model, "gswa")  # nothing left behind
 
 
 def test_equal_remainders_go_to_the_best_scored_view_not_the_first():

@@ -90,7 +90,7 @@ def write(result: dict, out: Path) -> None:
         "|---|" + "---:|" * (len(rows) + 1),
     ]
     others = s["in_tile"][1:]
-    extra = [f"gswa@{k}/{t}" for t in others for k in s["keeps"]]
+    extra = [f"{m}@{k}/{t}" for t in others for k in s["keeps"] for m in ("gswa", "uniform")]
     for c in cols + extra:
         label = c if c == "uncompressed" else c.replace("@", " keep ").replace("/", ", in-tile ")
         values = [r[c] for r in rows]

@@ -34,45 +34,86 @@ import torch
 from torch import nn
 
 from gswa_plugin import budget as budget_math
+from gswa_plugin.adapters._anyres import _TOKEN_WEIGHTS
 from gswa_plugin.adapters._base import patch_method, wants_tuple
 from gswa_plugin.errors import ConfigError, LayoutError
 from gswa_plugin.layout import TileBatch, TileLayout
 
 
-@dataclass(frozen=True)
-class _Host:
-    """Where a placeholder host keeps what the budget needs."""
-
-    inner: Callable[[nn.Module], nn.Module]  # the module owning the seam method
-    seam: str  # the seam method's name on ``inner``
-    seam_kwargs: Callable[[nn.Module, dict[str, Any]], dict[str, Any]]  # the call's seam arguments
-    features: str  # attribute of the seam's output holding ``[views, tokens, dim]``
-    token: Callable[[nn.Module], int]  # the image placeholder id
-
-
-def _internvl_inner(model: nn.Module) -> nn.Module:
+def _inner(model: nn.Module) -> nn.Module:
+    """The module owning the seam (``model.model`` for the generation classes)."""
     inner = getattr(model, "model", None)
     return inner if inner is not None and hasattr(inner, "vision_tower") else model
 
 
-def _internvl_seam_kwargs(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-    cfg = model.config
-    layer = kwargs.get("vision_feature_layer")
-    strategy = kwargs.get("vision_feature_select_strategy")
-    return {
-        "vision_feature_layer": cfg.vision_feature_layer if layer is None else layer,
-        "vision_feature_select_strategy": cfg.vision_feature_select_strategy if strategy is None else strategy,
-    }
+def _seam_kwargs(model: nn.Module, seam: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The image arguments of the call for the seam ``get_image_features``: those it takes, from
+    the call or else (when empty) from ``model.config``."""
+    out = {}
+    for name in inspect.signature(seam).parameters:
+        if name in ("pixel_values", "kwargs", "return_dict"):
+            continue
+        value = kwargs.get(name)
+        if value is None:
+            value = getattr(model.config, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _grid_tokens(handle: Any, inner: nn.Module, out: Any, call: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """InternVL: ``pooler_output`` is ``[views, tokens, dim]`` filled view after view."""
+    feats = out.pooler_output
+    view_of = torch.arange(feats.shape[0], device=feats.device).repeat_interleave(feats.shape[1])
+    return feats.reshape(-1, feats.shape[-1]), view_of
+
+
+def _packed_tokens(handle: Any, inner: nn.Module, out: Any, call: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaVA-NeXT / OneVision: ``pooler_output`` holds one packed ``[tokens_i, dim]`` per image
+    (unpadded grid, newline tokens, OneVision's shrinking). The view of every packed token is
+    found by running the host's own packing on one-hot view maps (newline: all zero, view -1;
+    where OneVision interpolates between tiles, the view with the larger share)."""
+    packed = torch.cat(list(out.pooler_output), dim=0)
+    pack_call = handle.state.pop("budget_pack_call", None)
+    batch = handle.last_batch
+    if pack_call is None or batch is None:  # pragma: no cover - the seam always packs
+        raise LayoutError("the budget found no packing call in this forward")
+    image_sizes, args, kwargs = pack_call
+    counts = batch.layout.views_per_image
+    n_views, n_tokens = batch.layout.num_views, batch.features.shape[1]
+    onehot = torch.eye(n_views, dtype=packed.dtype, device=packed.device)[:, None, :].expand(n_views, n_tokens, n_views)
+    maps = tuple(torch.split(onehot, list(counts), dim=0))
+    pack = type(inner).pack_image_features.__get__(inner)
+    bound = inspect.signature(pack).bind(maps, image_sizes, *args, **kwargs)
+    if bound.arguments.get("image_newline") is not None:
+        bound.arguments["image_newline"] = packed.new_zeros(n_views)
+    view_maps, _ = pack(*bound.args, **bound.kwargs)
+    shares = torch.cat(list(view_maps), dim=0)
+    view_of = torch.where(shares.sum(-1) > 0.5, shares.argmax(-1), torch.full_like(shares[:, 0], -1).long())
+    return packed, view_of
+
+
+@dataclass(frozen=True)
+class _Host:
+    """How the budget finds a host's visual tokens."""
+
+    tokens: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (out, call) -> flat tokens, view of each
+    set_kept: Callable[[Any, torch.Tensor], None]  # put the kept tokens into the seam's output
+    pack: bool  # the seam packs per image (record the packing call)
+
+
+def _set_grid(out: Any, kept: torch.Tensor) -> None:
+    out.pooler_output = kept[None]
+
+
+def _set_packed(out: Any, kept: torch.Tensor) -> None:
+    out.pooler_output = (kept,)  # the host concatenates the per-image blocks
 
 
 HOSTS: dict[str, _Host] = {
-    "internvl": _Host(
-        inner=_internvl_inner,
-        seam="get_image_features",
-        seam_kwargs=_internvl_seam_kwargs,
-        features="pooler_output",
-        token=lambda model: int(model.config.image_token_id),
-    ),
+    "internvl": _Host(_grid_tokens, _set_grid, pack=False),
+    "llava_next": _Host(_packed_tokens, _set_packed, pack=True),
+    "llava_onevision": _Host(_packed_tokens, _set_packed, pack=True),
 }
 
 
@@ -163,8 +204,8 @@ def install(model: nn.Module, handle: Any) -> None:
             f"`budget` is not supported with the '{handle.adapter.name}' adapter (supported: {', '.join(HOSTS)}); "
             "remove `budget` or set `keep: 1.0`"
         ])
-    inner = host.inner(model)
-    token = host.token(model)
+    inner = _inner(model)
+    token = int(model.config.image_token_id)
 
     def make_seam(original: Callable) -> Callable:
         def seam(*args: Any, **kwargs: Any) -> Any:
@@ -192,15 +233,18 @@ def install(model: nn.Module, handle: Any) -> None:
             )
         handle.state["input_ids"] = ids
         handle.prefetch_ids(ids)
-        out = getattr(inner, host.seam)(pixel_values=pixels, return_dict=True, **host.seam_kwargs(model, kwargs))
+        seam = inner.get_image_features
+        out = seam(pixel_values=pixels, return_dict=True, **_seam_kwargs(model, seam, kwargs))
         batch = handle.last_batch
-        feats = getattr(out, host.features)
-        sel = budget_math.select(
-            feats, batch.weights, batch.summaries, batch.layout, spec.keep, spec.method, spec.in_tile,
+        feats, view_of = host.tokens(handle, inner, out, kwargs)
+        sel = budget_math.select_tokens(
+            feats, view_of, batch.weights, batch.summaries, batch.layout, spec.keep, spec.method, spec.in_tile,
             spec.thumbnail_share, spec.sharpness, handle.config.cosine_temperature, spec.seed,
         )
+        if not host.pack:  # a [views, tokens] grid
+            sel.shape = (batch.layout.num_views, batch.features.shape[1])
         kept = sel.gather(feats)
-        setattr(out, host.features, kept[None])
+        host.set_kept(out, kept)
         mask = kwargs.get("attention_mask")
         if mask is not None and bool((mask[:, 0] == 0).any()):
             left = True
@@ -218,11 +262,16 @@ def install(model: nn.Module, handle: Any) -> None:
         call = dict(kwargs)
         call.update({k: v for k, v in new.items() if k in kwargs or k == "attention_mask"})
         handle.state["budget_output"] = out
-        # value/attn_bias: one weight per kept token (its view's), for the shortened placeholders
+        # value/attn_bias: one weight per kept token (its view's; 1 outside every view), for the
+        # shortened placeholders
+        views = sel.view_of_kept()
+        weights = torch.where(views >= 0, batch.weights[views.clamp_min(0)], torch.ones_like(batch.weights[:1]))
         per_token = TileBatch(
             features=kept[:, None], summaries=kept.new_zeros(kept.shape[0], 1),
-            layout=TileLayout((1,) * kept.shape[0], "none"), weights=batch.weights[sel.view_of_kept()],
+            layout=TileLayout((1,) * kept.shape[0], "none"), weights=weights,
         ) if kept.shape[0] else batch
+        if host.pack and handle.config.mode != "embed":
+            handle.state[_TOKEN_WEIGHTS] = weights.float()
         handle.last_budget = BudgetPlan(sel, new["input_ids"], positions)
         return call, handle.last_budget, per_token
 
@@ -277,7 +326,16 @@ def install(model: nn.Module, handle: Any) -> None:
 
         return generate
 
-    handle.add_undo(patch_method(inner, host.seam, make_seam))
+    def make_pack(original: Callable) -> Callable:
+        def pack_image_features(image_features: Any, image_sizes: Any, *args: Any, **kwargs: Any) -> Any:
+            handle.state["budget_pack_call"] = (image_sizes, args, kwargs)  # replayed on view maps
+            return original(image_features, image_sizes, *args, **kwargs)
+
+        return pack_image_features
+
+    if host.pack:
+        handle.add_undo(patch_method(inner, "pack_image_features", make_pack))
+    handle.add_undo(patch_method(inner, "get_image_features", make_seam))
     handle.add_undo(patch_method(model, "forward", make_forward))
     if callable(getattr(model, "generate", None)):
         handle.add_undo(patch_method(model, "generate", make_generate))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from gswa_plugin.errors import UnsupportedRequestError
 from gswa_plugin.handle import get_handle
 
 
@@ -55,6 +56,11 @@ def kept_tokens(model: Any, processor: Any, image: Image.Image, budget: dict[str
         layout = handle.last_batch.layout
     finally:
         set_budget(model, before)
+    if plan.selection.shape is None:
+        raise UnsupportedRequestError(
+            f"the kept-token picture draws square token grids per tile (InternVL); the '{handle.adapter.name}' "
+            "host packs its tokens (unpadding, newlines), which this picture does not draw yet"
+        )
     mask = plan.selection.keep_mask.cpu().numpy()
     side = int(math.isqrt(mask.shape[1]))
     glob = layout.global_indices()[0]
