@@ -240,7 +240,7 @@ class HostDeclaration(Settings):
 class BudgetSpec(Settings):
     """The ``budget:`` block: keep fewer visual tokens, where the tile weights are low.
 
-    See the docs page 'Token budget' and [`gswa_plugin.budget`][gswa_plugin.budget].
+    See the docs page 'Token budget' and [`select_tokens`][gswa_plugin.budget.select_tokens].
     """
 
     keep: float | int = Field(

@@ -47,6 +47,10 @@ def run_seed(seed: int, args: argparse.Namespace, train_data, eval_data) -> dict
                 gswa_plugin.set_budget(model, {"keep": keep, "method": method, "in_tile": in_tile, "seed": seed})
                 name = f"{method}@{keep}" + ("" if in_tile == args.in_tile[0] else f"/{in_tile}")
                 row[name] = task.evaluate(model, handle, eval_data, ids)["accuracy"]
+    for sharp in args.sharpness:  # a flatter GSWA allocation (weights to a power below 1)
+        for keep in args.keeps:
+            gswa_plugin.set_budget(model, {"keep": keep, "method": "gswa", "in_tile": args.in_tile[0], "sharpness": sharp})
+            row[f"gswa@{keep}^{sharp}"] = task.evaluate(model, handle, eval_data, ids)["accuracy"]
     gswa_plugin.set_budget(model, None)
     print(json.dumps(row), flush=True)
     return row
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tile", type=int, default=28)
     p.add_argument("--in-tile", nargs="+", default=["norm"], help="in-tile scores to compare (the first is the main table's)")
     p.add_argument("--name", default="budget_quality", help="file name stem of the outputs")
+    p.add_argument("--sharpness", type=float, nargs="*", default=[0.5, 0.25],
+                   help="extra gswa rows with the weights raised to these powers (a sweep, on the same held-out set)")
     p.add_argument("--train-images", type=int, default=600)
     p.add_argument("--eval-images", type=int, default=256)
     p.add_argument("--out", type=Path, default=ASSETS)
@@ -91,8 +97,9 @@ def write(result: dict, out: Path) -> None:
     ]
     others = s["in_tile"][1:]
     extra = [f"{m}@{k}/{t}" for t in others for k in s["keeps"] for m in ("gswa", "uniform")]
+    extra += [f"gswa@{k}^{p}" for p in s.get("sharpness", []) for k in s["keeps"]]
     for c in cols + extra:
-        label = c if c == "uncompressed" else c.replace("@", " keep ").replace("/", ", in-tile ")
+        label = c if c == "uncompressed" else c.replace("@", " keep ").replace("/", ", in-tile ").replace("^", ", sharpness ")
         values = [r[c] for r in rows]
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.mean(values):.3f} |")
     (out / f"{s_name}_table.md").write_text("\n".join(lines) + "\n")

@@ -20,8 +20,13 @@ instance, each undone by ``disable()``:
 The ``value``/``attn_bias`` modes see, during the host call, one weight per kept token (its
 tile's weight): their per-position weights follow the shortened placeholders.
 
-Supported hosts are placeholder hosts whose seam returns ``[views, tokens, dim]`` filled into
-the placeholders in order: native InternVL (``internvl``).
+Supported hosts (``HOSTS``): native InternVL (``internvl``:
+``[views, tokens, dim]`` filled into the placeholders view after view) and the anyres hosts
+LLaVA-NeXT and LLaVA-OneVision (``llava_next``, ``llava_onevision``: one packed token list per
+image, after unpadding, newline insertion and OneVision's shrinking). On the anyres hosts the
+view of every packed token is found by replaying the host's own packing on one-hot view maps, and
+the image-newline tokens are always kept (they are not counted in the budget): they mark the rows
+of the grid the language model was trained on, and a few per image cost little.
 """
 
 from __future__ import annotations
