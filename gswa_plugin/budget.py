@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -312,23 +312,17 @@ def select(
     summaries: torch.Tensor | None,
     layout: TileLayout,
     keep: float | int,
-    method: str = "gswa",
-    in_tile: str = "norm",
-    thumbnail_share: float | None = None,
-    sharpness: float = 1.0,
-    cosine_temperature: float = 0.1,
-    seed: int = 0,
+    *options: Any,
+    **named: Any,
 ) -> Selection:
     """[`select_tokens`][gswa_plugin.budget.select_tokens] for ``[views, tokens, dim]`` features
     (every view the same number of tokens, in view order: InternVL); the selection's
-    ``keep_mask`` is then ``[views, tokens]``. Arguments as there."""
+    ``keep_mask`` is then ``[views, tokens]``. The other arguments (``method``, ``in_tile``, ...)
+    as there."""
     n_views, n_tokens = features.shape[0], features.shape[1]
     if n_views != layout.num_views:
         raise ValueError(f"{n_views} views of features but the layout describes {layout.num_views}")
     view_of = torch.arange(n_views, device=features.device).repeat_interleave(n_tokens)
-    sel = select_tokens(
-        features.reshape(-1, features.shape[-1]), view_of, weights, summaries, layout, keep, method, in_tile,
-        thumbnail_share, sharpness, cosine_temperature, seed,
-    )
+    sel = select_tokens(features.reshape(-1, features.shape[-1]), view_of, weights, summaries, layout, keep, *options, **named)
     sel.shape = (n_views, n_tokens)
     return sel

@@ -12,22 +12,10 @@ from gswa_plugin.testing.contract import view_of_position
 
 from .host_cases.llava_next import CASE as NEXT_CASE
 from .host_cases.llava_onevision import CASE as ONEVISION_CASE
+from .test_budget import lm_calls
 
 CASES = {"llava_next": NEXT_CASE, "llava_onevision": ONEVISION_CASE}
 PEAKED = {"hidden_size": 32, "num_heads": 4, "identity_init": False, "temperature": 0.1}
-
-
-def lm_calls(model, fn):
-    seen = []
-    h = model.model.language_model.register_forward_pre_hook(
-        lambda m, a, k: seen.append(k["inputs_embeds"].detach().clone()), with_kwargs=True
-    )
-    try:
-        with torch.no_grad():
-            fn()
-    finally:
-        h.remove()
-    return seen
 
 
 @pytest.mark.parametrize("mode", ["embed", "value", "attn_bias"])

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import gswa_plugin
+from benchmarks.budget import plot_against_keep
 from benchmarks.needle import task
 
 ASSETS = Path(__file__).resolve().parents[2] / "docs" / "assets"
@@ -103,27 +104,16 @@ def write(result: dict, out: Path) -> None:
         values = [r[c] for r in rows]
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.mean(values):.3f} |")
     (out / f"{s_name}_table.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return
     keeps = [1.0] + sorted(s["keeps"], reverse=True)
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
-    for m in METHODS:
-        accs = [[r["uncompressed"] for r in rows]] + [[r[f"{m}@{k}"] for r in rows] for k in keeps[1:]]
-        mean = [statistics.mean(a) for a in accs]
-        ax.errorbar(keeps, mean, yerr=[[mu - min(a) for mu, a in zip(mean, accs)], [max(a) - mu for mu, a in zip(mean, accs)]],
-                    marker="o", capsize=3, label=m)
-    ax.set_xlabel("keep (fraction of visual tokens)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_xscale("log")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / f"{s_name}.png")
+
+    def draw(ax) -> None:
+        for m in METHODS:
+            accs = [[r["uncompressed"] for r in rows]] + [[r[f"{m}@{k}"] for r in rows] for k in keeps[1:]]
+            mean = [statistics.mean(a) for a in accs]
+            spread = [[mu - min(a) for mu, a in zip(mean, accs)], [max(a) - mu for mu, a in zip(mean, accs)]]
+            ax.errorbar(keeps, mean, yerr=spread, marker="o", capsize=3, label=m)
+
+    plot_against_keep(out / f"{s_name}.png", "held-out accuracy", draw)
 
 
 if __name__ == "__main__":

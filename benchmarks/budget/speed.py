@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import gswa_plugin
+from benchmarks.budget import plot_against_keep
 from gswa_plugin.tools.bench import SHAPES, PeakMemory, _make_inputs, host_config
 
 ASSETS = Path(__file__).resolve().parents[2] / "docs" / "assets"
@@ -162,26 +163,15 @@ def write(result: dict, out: Path) -> None:
             f"{r['decode_cpu_median_ms']:.0f} | {r['peak_mb']:.0f} |"
         )
     (out / "budget_speed_table.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return
     keeps = [float(k) for k in result["rows"]]
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
-    for clock, label in (("_cpu", "prefill CPU time"), ("", "prefill wall time")):
-        ups = [result["rows"][k].get(f"speedup{clock}_median", float("nan")) for k in result["rows"]]
-        ax.plot(keeps, ups, "o-", label=f"{label} (through generate)")
-    ax.plot(keeps, [1 / k for k in keeps], ":", color="grey", label="1 / keep")
-    ax.set_xlabel("keep (fraction of visual tokens)")
-    ax.set_ylabel("prefill speed-up vs keep 1.0")
-    ax.set_xscale("log")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "budget_speed.png")
+
+    def draw(ax) -> None:
+        for clock, label in (("_cpu", "prefill CPU time"), ("", "prefill wall time")):
+            ups = [result["rows"][k].get(f"speedup{clock}_median", float("nan")) for k in result["rows"]]
+            ax.plot(keeps, ups, "o-", label=f"{label} (through generate)")
+        ax.plot(keeps, [1 / k for k in keeps], ":", color="grey", label="1 / keep")
+
+    plot_against_keep(out / "budget_speed.png", "prefill speed-up vs keep 1.0", draw)
 
 
 if __name__ == "__main__":
