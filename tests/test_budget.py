@@ -308,3 +308,21 @@ def test_gswa_visualize_keep_writes_the_kept_tokens_picture(tmp_path, monkeypatc
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["coffee-kept.png", "coffee.png"]
     assert "kept" in res.output
+
+
+def test_save_load_and_deepcopy_keep_the_budget(model, inputs, tmp_path):
+    import copy
+
+    gswa_plugin.enable(model, {**CFG, "budget": {"keep": 0.25, "method": "uniform"}})
+    peaked(model)
+    with torch.no_grad():
+        want = model(**inputs).logits
+    gswa_plugin.save(model, tmp_path / "g")
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(twin(**inputs).logits, want)
+    gswa_plugin.disable(model)
+    handle = gswa_plugin.load(model, tmp_path / "g")
+    assert handle.config.budget.keep == 0.25 and handle.config.budget.method == "uniform"
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, want)
