@@ -226,6 +226,8 @@ def test_budget_errors_are_clear(model, inputs):
         model(**inputs, position_ids=torch.arange(inputs["input_ids"].shape[1])[None])
     with pytest.raises(gswa_plugin.LayoutError, match="input_ids"):
         model(inputs_embeds=torch.zeros(2, 3, 64), pixel_values=inputs["pixel_values"])
+    with pytest.raises(gswa_plugin.LayoutError, match="num_beams=2"):
+        model.generate(**inputs, num_beams=2, max_new_tokens=2)
 
 
 def test_unsupported_host_is_named():

@@ -312,6 +312,14 @@ def install(model: nn.Module, handle: Any) -> None:
                 kwargs["input_ids"] = args[0]
             elif "inputs" in kwargs and "input_ids" not in kwargs:
                 kwargs["input_ids"] = kwargs.pop("inputs")
+            gen_cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+            for name in ("num_beams", "num_return_sequences"):
+                value = kwargs.get(name, getattr(gen_cfg, name, 1)) or 1
+                if int(value) > 1 and kwargs.get("pixel_values") is not None:
+                    raise LayoutError(
+                        f"the token budget does not support generate({name}={value}) yet (the host repeats the "
+                        f"rows after the budget shortened them); use {name}=1, or set_budget(model, None)"
+                    )
             prepared = prepare(kwargs, generating=True)
             if prepared is None:
                 return original(**kwargs)
