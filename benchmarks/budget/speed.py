@@ -38,10 +38,10 @@ ASSETS = Path(__file__).resolve().parents[2] / "docs" / "assets"
 KEEPS = (1.0, 0.5, 0.25, 0.1)
 
 
-def build(text_layers: int, seed: int = 0):
+def build(text_layers: int, seed: int = 0, shapes_name: str = "internvl2-2b"):
     from transformers import InternVLForConditionalGeneration
 
-    shapes = replace(SHAPES["internvl2-2b"], vision_hidden=32, vision_heads=2, vision_intermediate=64)
+    shapes = replace(SHAPES[shapes_name], vision_hidden=32, vision_heads=2, vision_intermediate=64)
     cfg = host_config(shapes, vision_layers=1, text_layers=text_layers)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
@@ -91,9 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--decode-tokens", type=int, default=8)
     p.add_argument("--keeps", type=float, nargs="+", default=list(KEEPS))
     p.add_argument("--out", type=Path, default=ASSETS)
+    p.add_argument("--shapes", default="internvl2-2b", choices=sorted(SHAPES), help="host sizes (tiny: smoke test)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    model, shapes = build(args.text_layers)
+    model, shapes = build(args.text_layers, shapes_name=args.shapes)
     inputs = _make_inputs(shapes, 13, torch.device("cpu"), torch.float32, seed=0)
     keeps = list(args.keeps)
     rows = {
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
                 r[f"speedup{clock}_median"] = statistics.median(ups)
     result = {
         "settings": {
-            "text_layers": args.text_layers, "of_layers": 24, "repeats": args.repeats,
+            "shapes": args.shapes, "text_layers": args.text_layers, "of_layers": shapes.text_layers, "repeats": args.repeats,
             "decode_tokens": args.decode_tokens, "threads": 1, "views": 13, "prompt_tokens": shapes.prompt_tokens,
             "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         },
@@ -147,7 +148,8 @@ def write(result: dict, out: Path) -> None:
     (out / "budget_speed.json").write_text(json.dumps(result, indent=1))
     s = result["settings"]
     lines = [
-        f"CPU, 1 thread, random weights, {s['text_layers']} of 24 InternVL2-2B decoder layers, 12+1 tiles, "
+        f"CPU, 1 thread, random weights, {s['text_layers']} of {s.get('of_layers', 24)} "
+        f"{'InternVL2-2B' if s.get('shapes', 'internvl2-2b') == 'internvl2-2b' else s['shapes']} decoder layers, 12+1 tiles, "
         f"{s['repeats']} interleaved repeats: medians, and the speed-up of every repeat against keep 1.0 of "
         "the same repeat. CPU = the thread's CPU time; wall = elapsed time.",
         "",
