@@ -328,3 +328,15 @@ def test_save_load_and_deepcopy_keep_the_budget(model, inputs, tmp_path):
     assert handle.config.budget.keep == 0.25 and handle.config.budget.method == "uniform"
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, want)
+
+
+def test_labels_are_shortened_with_the_call_and_gswa_trains_through_it(model, inputs):
+    handle = gswa_plugin.enable(model, {**CFG, "mode": "value", "budget": {"keep": 0.5}})
+    peaked(model)
+    labels = inputs["input_ids"].clone()
+    out = model(**inputs, labels=labels)
+    plan = handle.last_budget
+    assert out.logits.shape[1] == plan.input_ids.shape[1] < labels.shape[1]
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.gswa.parameters() if p.requires_grad)
