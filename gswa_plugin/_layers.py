@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     ("config", "GSWAConfig and the declaration schema: checks its own fields only", ("gswa_plugin.config",)),
     ("layout", "TileLayout, TileBatch: how views split into images", ("gswa_plugin.layout",)),
-    ("weighting", "the GSWA math: summaries -> one weight per view, no host code", ("gswa_plugin.weighting",)),
+    ("weighting", "the GSWA math: summaries -> one weight per view; the token budget; no host code", ("gswa_plugin.weighting", "gswa_plugin.budget")),
     ("handle", "GSWAHandle: model + adapter + config + module, per-model state", ("gswa_plugin.handle",)),
     (
         "application",

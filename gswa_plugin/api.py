@@ -1,4 +1,4 @@
-"""The public Python API: ``enable``, ``disable``, ``last_weights``, ``set_tiles``, ``tiles``.
+"""The public Python API: ``enable``, ``disable``, ``last_weights``, ``set_tiles``, ``tiles``, ``set_budget``.
 
 GSWA's parameters live in a submodule named ``gswa`` attached to the model, so they move with
 ``model.to()``, appear in ``model.state_dict()`` under the ``gswa.`` prefix, and are saved by
@@ -19,8 +19,9 @@ import yaml
 from torch import nn
 
 from gswa_plugin import apply
+from gswa_plugin.adapters import _budget
 from gswa_plugin.adapters._base import patch_method
-from gswa_plugin.config import GSWAConfig
+from gswa_plugin.config import BudgetSpec, GSWAConfig
 from gswa_plugin.errors import (
     AdapterNotFoundError,
     AlreadyEnabledError,
@@ -130,6 +131,7 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
     handle.adapter.install(model, handle)
     _install_seam_watch(model, handle)
     apply.install(model, handle)
+    _budget.install(model, handle)  # outermost: shortens the call before everything else sees it
     _install_deepcopy(model, handle)
     if callable(getattr(model, "save_pretrained", None)):
         handle.add_undo(patch_method(model, "save_pretrained", _saving_config(handle)))
@@ -301,3 +303,39 @@ def tiles(model: nn.Module, views_per_image: Sequence[int]) -> Iterator[None]:
         yield
     finally:
         handle.views_override = before
+
+
+def set_budget(model: nn.Module, budget: BudgetSpec | dict[str, Any] | float | int | None) -> GSWAHandle:
+    """Set, change or remove (``None``) the token budget of a model with GSWA enabled.
+
+    The same as enabling with a ``budget:`` block (see the docs page 'Token budget'); GSWA's
+    parameters are kept. ``keep: 1.0`` (or ``None``) leaves no budget machinery installed.
+
+    Args:
+        model: a model with GSWA enabled.
+        budget: a [`BudgetSpec`][gswa_plugin.config.BudgetSpec], its dict (``{"keep": 0.25, "method":
+            "globalcom"}``), a bare ``keep`` value, or ``None``.
+
+    Returns:
+        The model's handle (its ``config.budget`` updated).
+
+    Raises:
+        ConfigError: the budget is invalid, or the model's adapter does not support one.
+    """
+    handle = get_handle(model)
+    if isinstance(budget, BudgetSpec):
+        budget = budget.model_dump()
+    elif isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        budget = {"keep": budget}
+    old = handle.config
+    new = old.replace(budget=budget)
+    handle.uninstall()
+    handle.config = new
+    try:
+        install(model, handle)
+    except BaseException:
+        handle.uninstall()
+        handle.config = old
+        install(model, handle)
+        raise
+    return handle

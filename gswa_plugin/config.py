@@ -236,6 +236,56 @@ class HostDeclaration(Settings):
         return problems
 
 
+# --- the `budget:` block -------------------------------------------------------------------------
+class BudgetSpec(Settings):
+    """The ``budget:`` block: keep fewer visual tokens, where the tile weights are low.
+
+    See the docs page 'Token budget' and [`select_tokens`][gswa_plugin.budget.select_tokens].
+    """
+
+    keep: float | int = Field(
+        description="Visual tokens kept per image: a fraction in (0, 1] (a float, `0.5`) or a token count (an "
+        "integer >= 2). `1.0` keeps everything and installs nothing (bit-identical to no budget).",
+    )
+    method: Literal["gswa", "uniform", "random", "globalcom"] = Field(
+        "gswa",
+        description="How the budget is split among tiles: `gswa` (in proportion to the GSWA weights), `uniform` "
+        "(the same fraction of every tile), `random` (uniform split, random tokens), `globalcom` (softmax of the "
+        "thumbnail-to-tile cosine similarity, training-free).",
+    )
+    in_tile: Literal["norm", "summary", "thumbnail"] = Field(
+        "norm",
+        description="Which tokens of a tile are kept: the highest feature `norm`, the most similar to the tile's "
+        "mean token (`summary`) or to the thumbnail's mean token (`thumbnail`).",
+    )
+    thumbnail_share: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of each image's budget given to its thumbnail. Empty: the thumbnail counts as one "
+        "tile of average share.",
+    )
+    sharpness: float = Field(1.0, ge=0.0, description="`gswa`: tile shares are the weights to this power.")
+    seed: int = Field(0, ge=0, description="`random`: seed of the token draw.")
+
+    @classmethod
+    def rules(cls, data: dict[str, Any], where: str) -> list[str]:
+        keep = data.get("keep")
+        if isinstance(keep, bool):
+            return [f"`{where}keep` must be a number, got {keep!r}"]
+        if isinstance(keep, float) and not 0.0 < keep <= 1.0:
+            return [f"`{where}keep` as a fraction must be in (0, 1], got {keep}; for a token count write an integer"]
+        if isinstance(keep, int) and keep < 2:
+            return [f"`{where}keep: {keep}` is ambiguous or empty: write `1.0` to keep every token, or a token "
+                    "count >= 2"]
+        return []
+
+    @property
+    def active(self) -> bool:
+        """Whether the budget drops anything (``keep: 1.0`` does not)."""
+        return not (isinstance(self.keep, float) and self.keep >= 1.0)
+
+
 # --- the `gswa:` block ----------------------------------------------------------------------------
 class GSWAConfig(Settings):
     """Settings of the Global Semantic-guided Weight Allocator.
@@ -307,6 +357,11 @@ class GSWAConfig(Settings):
     identity_init: bool = Field(
         True,
         description="Initialise the scoring layer so that attention is uniform: an untrained GSWA changes no output bit.",
+    )
+    budget: BudgetSpec | None = Field(
+        None,
+        description="Token budget: keep only part of the visual tokens, chosen by the tile weights "
+        "(`{keep: 0.5, method: gswa}`). See the docs page 'Token budget'.",
     )
     seed: int = Field(
         0,

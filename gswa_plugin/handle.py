@@ -36,6 +36,8 @@ class GSWAHandle:
         last_batch: the processed [`TileBatch`][gswa_plugin.layout.TileBatch] of the latest forward
             on the calling thread (or, if it ran none, of any thread).
         state: per-thread scratch space of the forward in progress (adapters, modes).
+        last_budget: with a token budget, the [`BudgetPlan`][gswa_plugin.adapters._budget.BudgetPlan]
+            of the latest call (what was kept, the shortened ``input_ids``); ``None`` before.
     """
 
     def __init__(self, model: nn.Module, config: GSWAConfig, adapter: Any, module: GSWAModule, hook: Any):
@@ -45,6 +47,7 @@ class GSWAHandle:
         self.adapter = adapter
         self.module = module
         self.views_override: tuple[int, ...] | None = None
+        self.last_budget: Any = None
         #: Set once a call carrying images has had GSWA run on them (see ``api._install_seam_watch``).
         self.seam_verified = False
         self._undo: list[Callable[[], None]] = []

@@ -215,3 +215,21 @@ def test_gswa_visualize_and_diagnose_load_a_saved_checkpoint(family, checkpoints
     assert (tmp_path / "coffee.png").is_file()
     res = runner.invoke(app, ["diagnose", "--model", str(host), "--gswa", str(identity), "-i", "coffee", "-i", "chelsea", "--fail"])
     assert res.exit_code == 1 and "uniform" in res.output, res.output
+
+
+def test_keep_model_argument_sets_the_token_budget(workdir, checkpoints, monkeypatch):
+    from gswa_plugin.errors import GSWAError
+    from gswa_plugin.integrations.lmms_eval import GSWAInternVL
+
+    host, cosine, _ = checkpoints["internvl"]
+    monkeypatch.chdir(workdir)
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    lm = GSWAInternVL(pretrained=str(host), gswa=str(cosine), keep="0.5", budget_method="uniform")
+    assert (lm.handle.config.budget.keep, lm.handle.config.budget.method) == (0.5, "uniform")
+    assert GSWAInternVL(pretrained=str(host), gswa=str(cosine), keep="64").handle.config.budget.keep == 64
+    with pytest.raises(GSWAError, match="gswa=none"):
+        GSWAInternVL(pretrained=str(host), gswa="none", keep="0.5")
+    args = {"pretrained": str(host), "gswa": str(cosine), "max_tiles": 4, "max_new_tokens": 4, "keep": 0.5}
+    answers = it.task_answers(it.run_lmms_eval(args, ["mme"], "gswa_internvl"))["mme"]
+    assert len(answers) == 6 and all(a.strip() for a in answers)

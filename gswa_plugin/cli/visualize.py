@@ -39,8 +39,13 @@ def visualize_cmd(
     cmap: str = typer.Option("magma", help="Matplotlib colormap of the shading."),
     dtype: str = typer.Option("float32", help="dtype of a loaded checkpoint."),
     device: str = typer.Option("cpu", help="Device of a loaded checkpoint."),
+    keep: Optional[str] = typer.Option(
+        None, help="Also draw which visual tokens a token budget keeps (a fraction such as 0.25, or a token count)."
+    ),
+    budget_method: str = typer.Option("gswa", help="With --keep: gswa, uniform, random or globalcom."),
 ) -> None:
-    """Draw each image with its tiles shaded by GSWA weight and the weights written on them."""
+    """Draw each image with its tiles shaded by GSWA weight and the weights written on them
+    (with ``--keep``: also ``NAME-kept.png``, the tokens a budget keeps)."""
     from gswa_plugin.tools.hosts import is_tiny, load_host
     from gswa_plugin.tools.visualize import RANDOM_WEIGHTS_NOTE, check_image_sources, visualize_paths
 
@@ -53,8 +58,25 @@ def visualize_cmd(
             raise typer.Exit(code=2)
         note = f"model: {model}" if not is_tiny(model) else RANDOM_WEIGHTS_NOTE.format(name=model or "tiny")
         results = visualize_paths(net, processor, image, out, width=width, cmap=cmap, note=note)
+        kept = _kept_pictures(net, processor, results, keep, budget_method, width) if keep is not None else {}
     for path, w in results:
         thumb = f", thumbnail {w.thumbnail_weight:.2f}" if w.thumbnail_weight is not None else ""
         console.print(
             f"{path}  ({w.grid[0]}x{w.grid[1]} tiles, weights {min(w.tile_weights):.2f}..{max(w.tile_weights):.2f}{thumb})"
         )
+        if path in kept:
+            console.print(f"{kept[path][0]}  (kept {kept[path][1]} of {kept[path][2]} visual tokens)")
+
+
+def _kept_pictures(net, processor, results, keep: str, method: str, width: int) -> dict:
+    """``NAME-kept.png`` beside each weight picture: which tokens the budget keeps."""
+    from gswa_plugin.budget import parse_keep
+    from gswa_plugin.tools.budget_map import kept_tokens, kept_tokens_map
+
+    out = {}
+    for path, w in results:
+        k = kept_tokens(net, processor, w.image, {"keep": parse_keep(keep), "method": method})
+        target = path.with_name(f"{path.stem}-kept.png")
+        kept_tokens_map(w.image, k, f"token budget keep={keep}, method {method}, on {w.name}", width).save(target)
+        out[path] = (target, k.kept, k.total)
+    return out

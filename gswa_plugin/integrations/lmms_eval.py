@@ -17,6 +17,9 @@ Model arguments (``--model_args``, comma-separated ``key=value``):
 * ``max_tiles``: tile cap per image (changes scores; InternVL's ``max_patches``, the anyres
   grids of LLaVA-NeXT/OneVision); the checkpoint's own setting when unset.
 * ``dtype`` (``float32``, ``bfloat16``, ...), ``max_new_tokens`` (caps the task's value).
+* ``keep`` (a fraction such as ``0.5``, or a token count per image) and ``budget_method``
+  (``gswa``, ``uniform``, ``random``, ``globalcom``): the token budget (docs page 'Token budget');
+  needs a GSWA (not ``gswa=none``).
 * ``remove_k``, ``remove_by``, ``remove_which``, ``remove_threshold``, ``remove_mode``: the tile
   removal experiment ([`gswa_plugin.tools.inspect.RemovalSpec`][gswa_plugin.tools.inspect.RemovalSpec]).
 
@@ -67,6 +70,8 @@ class GSWALmms(lmms):
         remove_which: str = "highest",
         remove_threshold: float | None = None,
         remove_mode: str = "zero",
+        keep: float | int | str | None = None,
+        budget_method: str = "gswa",
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -105,6 +110,13 @@ class GSWALmms(lmms):
         self.handle = enable_gswa(self._model, gswa)
         if self.handle is None and self.removal.active:
             raise GSWAError("tile removal ranks tiles by GSWA: it needs gswa=DIR/YAML/default, not gswa=none")
+        if keep is not None:
+            if self.handle is None:
+                raise GSWAError("the token budget (keep=...) is chosen by GSWA: it needs gswa=DIR/YAML/default, not gswa=none")
+            from gswa_plugin.api import set_budget
+            from gswa_plugin.budget import parse_keep
+
+            set_budget(self._model, {"keep": parse_keep(keep), "method": str(budget_method)})
         self.gswa = gswa
         self._tokenizer = getattr(self.processor, "tokenizer", self.processor)
 
