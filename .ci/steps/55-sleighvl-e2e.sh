@@ -24,4 +24,6 @@ for framework in transformers lmms-engine; do
   grep -E "^metric +published +baseline +trained +delta +paper" "$tmp/$framework.log"
   test "$(grep -cE '^(mme|realworldqa|ocrbench) ' "$tmp/$framework.log")" -eq 6
 done
+# the parquet export (needs pyarrow/datasets, which the lmms-eval environment has) and the rest of the file
+"$EVAL_PY" -m pytest -q -p no:cacheprovider tests/test_recipes_e2e.py
 echo "55-sleighvl-e2e took $(( $(date +%s) - start )) s"
