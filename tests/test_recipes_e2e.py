@@ -155,3 +155,22 @@ def test_a_json_out_path_gets_one_list_as_llava_reads(tmp_path):
     data = json.loads(out.read_text())  # what llava.train.train.LazySupervisedDataset does
     # one image per record: a string, which the original LLaVA code joins to its image folder
     assert isinstance(data, list) and len(data) == 4 and all(Path(r["image"]).is_absolute() for r in data)
+
+
+def test_the_trained_model_check_needs_moved_weights_and_gswa(tmp_path):
+    from safetensors.torch import save_file
+
+    base, run = tmp_path / "base", tmp_path / "run"
+    for d in (base, run, run / "gswa"):
+        d.mkdir()
+    weights = {"model.vision_tower.w": torch.ones(2), "model.language_model.w": torch.ones(2)}
+    save_file(weights, str(base / "model.safetensors"))
+    save_file(weights, str(run / "model.safetensors"))
+    with pytest.raises(SystemExit, match="0 host tensors moved"):
+        e2e.check_trained(base, run)
+    save_file({**weights, "model.language_model.w": torch.full((2,), 2.0)}, str(run / "model.safetensors"))
+    with pytest.raises(SystemExit, match="GSWA saved: False"):
+        e2e.check_trained(base, run)
+    (run / "gswa" / "gswa.safetensors").write_bytes(b"")
+    assert "1 of 2 host tensors moved" in e2e.check_trained(base, run)
+    assert "1 of 1 vision-tower tensors unchanged" in e2e.check_trained(base, run)

@@ -23,6 +23,8 @@ for framework in transformers lmms-engine; do
   # the deltas table: published, baseline, trained, delta, the paper's delta
   grep -E "^metric +published +baseline +trained +delta +paper" "$tmp/$framework.log"
   test "$(grep -cE '^(mme|realworldqa|ocrbench) ' "$tmp/$framework.log")" -eq 6
+  # the evaluated run is the trained one: host weights moved from the baseline, GSWA saved beside them
+  grep -E "^trained model .* host tensors moved from the baseline" "$tmp/$framework.log"
 done
 # the parquet export (needs pyarrow/datasets, which the lmms-eval environment has) and the rest of the file
 "$EVAL_PY" -m pytest -q -p no:cacheprovider tests/test_recipes_e2e.py

@@ -211,10 +211,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines.append(f"echo {shlex.quote('    tiny run: ' + changed)}")
         if run is not None:
             lines.append(run)
+    lines.append('printf "%s\\n%s\\n" "$M" "$R" > e2e-models.txt')  # the README's baseline and trained model
     script = work / "e2e.sh"
     script.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"running {script} (the {args.framework} README's sequence on a tiny checkpoint)", flush=True)
-    return subprocess.run(["bash", str(script)], env=_env()).returncode
+    rc = subprocess.run(["bash", str(script)], env=_env()).returncode
+    if rc == 0:
+        base, trained = (work / p for p in (work / "e2e-models.txt").read_text(encoding="utf-8").split("\n")[:2])
+        print(check_trained(base, trained))
+    return rc
+
+
+def check_trained(base: Path, trained: Path) -> str:
+    """The evaluated run is a trained one: its host weights moved away from the converted baseline's
+    and its GSWA was saved beside them. Raises SystemExit otherwise."""
+    import torch
+    from safetensors.torch import load_file
+
+    before, after = load_file(str(base / "model.safetensors")), load_file(str(trained / "model.safetensors"))
+    common = sorted(set(before) & set(after))
+    if not common:
+        raise SystemExit(f"{trained} and {base} share no tensor names; is {trained} the trained host?")
+    # compared in the trained file's dtype (lmms-engine writes bf16 when its output_dtype says so)
+    moved = [k for k in common if not torch.equal(before[k].to(after[k].dtype), after[k])]
+    if not moved or not (trained / "gswa" / "gswa.safetensors").is_file():
+        raise SystemExit(f"{trained}: {len(moved)} host tensors moved, GSWA saved: "
+                         f"{(trained / 'gswa' / 'gswa.safetensors').is_file()}; training did not reach the evaluated model")  # fmt: skip
+    frozen = [k for k in common if "vision_tower" in k]
+    still = sum(k not in moved for k in frozen)
+    return (f"trained model {trained}: {len(moved)} of {len(common)} host tensors moved from the baseline "
+            f"({still} of {len(frozen)} vision-tower tensors unchanged, as the recipe freezes it); GSWA saved")  # fmt: skip
 
 
 if __name__ == "__main__":
