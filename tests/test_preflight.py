@@ -51,7 +51,7 @@ def test_the_sleighvl_recipe_on_a_machine_without_its_model_and_data(tmp_path):
     text = " ".join(res.stderr.split())
     assert f"recipe {recipe} cannot run on this machine" in text
     assert "`model.name_or_path`: no such directory /models/InternVL2-2B-native" in text
-    assert "`data.image_root`: no such directory data/images" in text
+    assert "`data.train_files`: data file not found: data/sleighvl_mix.jsonl" in text
     if not torch.cuda.is_available():
         assert "`training_args.bf16: true` needs a GPU with bfloat16" in text and "`training_args.bf16: false`" in text
     assert "Traceback" not in res.stderr and "FutureWarning" not in res.stderr

@@ -7,7 +7,10 @@ OpenAI (``messages``) format with its image folder. Every record is checked with
 the trainer uses (malformed records stop the run, naming file and line), image files are checked
 (missing ones are counted and left out), text-only records are left out unless asked, then
 ``--total`` records are drawn (each source in proportion to its size, or its own ``COUNT``),
-shuffled with ``--seed`` and written with absolute image paths.
+shuffled with ``--seed`` and written with absolute image paths, in LLaVA format (the transformers
+recipes) or, with ``--format messages``, in the OpenAI-style ``messages`` format that lmms-engine's
+datasets read (``image_url`` parts; the lmms-engine recipe); one JSON list instead of JSON Lines
+when ``--out`` ends in ``.json`` (llava's training code reads a list).
 
 Example (our default mix, see README.md)::
 
@@ -50,13 +53,36 @@ def to_llava(rec: Record, source: str) -> dict[str, Any]:
     """A checked record as a LLaVA-format dict with absolute image paths."""
     out: dict[str, Any] = {"id": f"{source}:{rec.id if rec.id is not None else rec.source}"}
     if rec.images:
-        out["image"] = [str(p.resolve()) for p in rec.images]
+        paths = [str(p.resolve()) for p in rec.images]
+        # one image as a string: the original LLaVA code joins it to its image folder as a path
+        out["image"] = paths[0] if len(paths) == 1 else paths
     out["conversations"] = [{"from": _FROM[t.role], "value": t.text} for t in rec.turns]
     return out
 
 
+def to_messages(rec: Record, source: str) -> dict[str, Any]:
+    """A checked record in lmms-engine's format: OpenAI-style ``messages`` whose content is a list of
+    ``text`` and ``image_url`` parts (absolute paths), each image where its placeholder was; text
+    parts stripped, as InternVL's preprocessing strips each turn."""
+    images = iter(rec.images)
+    messages = []
+    for turn in rec.turns:
+        pieces = turn.text.split(IMAGE_PLACEHOLDER)
+        content: list[dict[str, Any]] = []
+        for i, piece in enumerate(pieces):
+            if i:
+                content.append({"type": "image_url", "image_url": {"url": str(next(images).resolve())}})
+            if piece.strip():
+                content.append({"type": "text", "text": piece.strip()})
+        messages.append({"role": turn.role, "content": content})
+    return {"id": f"{source}:{rec.id if rec.id is not None else rec.source}", "messages": messages}
+
+
+FORMATS = {"llava": to_llava, "messages": to_messages}
+
+
 def read_source(
-    name: str, path: Path, image_root: Path, keep_text_only: bool, stats: Counter
+    name: str, path: Path, image_root: Path, keep_text_only: bool, stats: Counter, fmt: str = "llava"
 ) -> list[dict[str, Any]]:
     records = []
     for where, obj in tqdm(iter_raw_records(path), desc=f"checking {name}", unit=" records"):
@@ -68,7 +94,7 @@ def read_source(
             stats[f"{name}: missing image, left out"] += 1
             continue
         stats[f"{name}: usable"] += 1
-        records.append(to_llava(rec, name))
+        records.append(FORMATS[fmt](rec, name))
     return records
 
 
@@ -100,7 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--total", type=int, default=None, help="records in the mix (paper: 602000); default: all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-text-only", action="store_true", help="keep records without images")
-    parser.add_argument("--out", type=Path, required=True, help="output JSONL")
+    parser.add_argument("--out", type=Path, required=True, help="output: JSON Lines, or one JSON list if it ends in .json")
+    parser.add_argument(
+        "--format", choices=sorted(FORMATS), default="llava",
+        help="llava: `conversations` (transformers recipes); messages: OpenAI-style (lmms-engine recipes)",
+    )
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -110,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for spec in args.source:
             name, path, root, count = parse_source(spec)
-            pools[name] = read_source(name, path, root, args.keep_text_only, stats)
+            pools[name] = read_source(name, path, root, args.keep_text_only, stats, args.format)
             counts[name] = count
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -118,15 +148,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     mix = draw(pools, counts, args.total, rng)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as f:
-        for rec in tqdm(mix, desc=f"writing {args.out.name}", unit=" records"):
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        if args.out.suffix == ".json":  # one JSON list, as llava's LazySupervisedDataset reads (json.load)
+            json.dump(mix, f, ensure_ascii=False)
+        else:
+            for rec in tqdm(mix, desc=f"writing {args.out.name}", unit=" records"):
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     by_source = Counter(r["id"].split(":", 1)[0] for r in mix)
     for key in sorted(stats):
         print(f"{key}: {stats[key]}")
     for name in pools:
         print(f"{name}: {by_source[name]} in the mix")
-    images = sum(len(r.get("image", [])) for r in mix)
-    print(f"wrote {len(mix)} records ({images} images, {IMAGE_PLACEHOLDER} placeholders kept) to {args.out}")
+    images = sum(len([r["image"]] if isinstance(r.get("image"), str) else r.get("image", [])) for r in mix) + sum(
+        part.get("type") == "image_url" for r in mix for m in r.get("messages", []) for part in m["content"]
+    )
+    kept = f", {IMAGE_PLACEHOLDER} placeholders kept" if args.format == "llava" else ""
+    print(f"wrote {len(mix)} records ({images} images{kept}) to {args.out}")
     return 0
 
 
