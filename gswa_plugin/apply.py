@@ -88,6 +88,7 @@ class CallWeights:
     seen: torch.Tensor
     current: torch.Tensor | None
     unit: bool = False
+    bias: _KeyBias | None = None
 
 
 @dataclass
@@ -365,6 +366,16 @@ def _with_bias(mask: torch.Tensor | None, log_w: torch.Tensor, q_len: int, dtype
     return mask + log_w[:, None, None, : mask.shape[-1]].to(mask.dtype)
 
 
+class _KeyBias:
+    """``log(w)`` of the keys ``[batch, keys]`` of one language-model call, handed to the attention
+    function; without autograd, the extra dimensions built from it are kept for the call's other
+    layers (``cache``; ``None`` while differentiating, so that every layer builds its own graph)."""
+
+    def __init__(self, seen: torch.Tensor) -> None:
+        self.log_w = torch.log(seen.clamp_min(torch.finfo(torch.float32).tiny))
+        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None if torch.is_grad_enabled() else {}
+
+
 def _bias_head_dim(d: int) -> int:
     """Head size of the fast path: ``d`` plus two bias dimensions, rounded up to a multiple of 8."""
     return (d + 2 + 7) // 8 * 8
@@ -372,7 +383,8 @@ def _bias_head_dim(d: int) -> int:
 
 def biased_attention(
     inner: Callable, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    attention_mask: torch.Tensor | None, log_w: torch.Tensor, scaling: float | None = None, **kwargs: Any,
+    attention_mask: torch.Tensor | None, log_w: torch.Tensor, scaling: float | None = None,
+    cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None, **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """Run the attention function ``inner`` with ``log_w`` ``[batch, keys]`` added to the logits of
     every query against each key, without an additive mask: two extra head dimensions carry it.
@@ -381,23 +393,29 @@ def biased_attention(
     attention-interface layout). The logits ``q.k * scaling`` are unchanged (``scaling`` is passed
     explicitly, so the wider head does not change it), and ``1 * log_w / scaling`` (high plus low
     part in the keys' dtype) times ``scaling`` adds ``log_w``. Keys beyond ``log_w`` (a static
-    cache longer than the sequence) get no bias.
+    cache longer than the sequence) get no bias. ``cache`` (a dict) keeps the extra dimensions
+    for further calls with the same shapes (the other layers of one language-model call).
     """
     d = query.shape[-1]
     scale = float(scaling) if scaling is not None else d**-0.5
     extra = _bias_head_dim(d) - d
     k_len = key.shape[-2]
-    lw = log_w.float()
-    if lw.shape[-1] < k_len:
-        lw = torch.nn.functional.pad(lw, (0, k_len - lw.shape[-1]))
-    lw = lw[:, :k_len] / scale
-    hi = lw.to(key.dtype)
-    lo = (lw - hi.float()).to(key.dtype)
-    k_extra = torch.nn.functional.pad(torch.stack([hi, lo], dim=-1), (0, extra - 2))  # [b, k, extra]
-    k_extra = k_extra[:, None].expand(key.shape[0], key.shape[1], k_len, extra)
-    q_extra = query.new_zeros(extra)
-    q_extra[:2] = 1
-    q_extra = q_extra.expand(*query.shape[:-1], extra)
+    cache_key = (tuple(query.shape), tuple(key.shape), key.dtype, key.device, scale)
+    found = None if cache is None else cache.get(cache_key)
+    if found is None:
+        lw = log_w.float()
+        if lw.shape[-1] < k_len:
+            lw = torch.nn.functional.pad(lw, (0, k_len - lw.shape[-1]))
+        lw = lw[:, :k_len] / scale
+        hi = lw.to(key.dtype)
+        lo = (lw - hi.float()).to(key.dtype)
+        k_extra = torch.nn.functional.pad(torch.stack([hi, lo], dim=-1), (0, extra - 2))  # [b, k, extra]
+        k_extra = k_extra[:, None].expand(key.shape[0], key.shape[1], k_len, extra)
+        q_extra = torch.nn.functional.pad(query.new_ones(2), (0, extra - 2)).expand(*query.shape[:-1], extra)
+        found = (q_extra, k_extra)
+        if cache is not None:
+            cache[cache_key] = found
+    q_extra, k_extra = found
     out, attn = inner(
         module,
         torch.cat([query, q_extra], dim=-1),
@@ -416,10 +434,10 @@ def _fast_attention(base: str) -> Callable:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         inner = ALL_ATTENTION_FUNCTIONS[base]
-        log_w = kwargs.pop(_BIAS_KWARG, None)
-        if log_w is None or args:  # no image position in this call (or weights exactly 1): the host's kernel
+        bias = kwargs.pop(_BIAS_KWARG, None)
+        if bias is None or args:  # no image position in this call (or weights exactly 1): the host's kernel
             return inner(module, query, key, value, attention_mask, *args, **kwargs)
-        return biased_attention(inner, module, query, key, value, attention_mask, log_w, **kwargs)
+        return biased_attention(inner, module, query, key, value, attention_mask, bias.log_w, cache=bias.cache, **kwargs)
 
     attention.__name__ = attention.__qualname__ = f"{FAST_PREFIX}{base}_attention"
     return attention
@@ -645,10 +663,15 @@ def _bias_hook(handle: GSWAHandle) -> Callable:
             return None
         if call.unit:  # every weight exactly 1: the host's attention, bit for bit
             return None
-        log_w = torch.log(call.seen.clamp_min(torch.finfo(torch.float32).tiny))
+        bias = call.bias
+        if bias is None or torch.is_grad_enabled():  # one per call without autograd, else one per layer
+            bias = _KeyBias(call.seen)
+            if not torch.is_grad_enabled():
+                call.bias = bias
+        log_w = bias.log_w
         impl = getattr(getattr(module, "config", None), "_attn_implementation", None)
         if isinstance(impl, str) and impl.startswith(FAST_PREFIX):
-            kwargs[_BIAS_KWARG] = log_w
+            kwargs[_BIAS_KWARG] = bias
             return args, kwargs
         _check_kernel(module)
         hidden = kwargs.get("hidden_states", args[0] if args else None)
