@@ -437,7 +437,9 @@ def _fast_attention(base: str) -> Callable:
         bias = kwargs.pop(_BIAS_KWARG, None)
         if bias is None or args:  # no image position in this call (or weights exactly 1): the host's kernel
             return inner(module, query, key, value, attention_mask, *args, **kwargs)
-        return biased_attention(inner, module, query, key, value, attention_mask, bias.log_w, cache=bias.cache, **kwargs)
+        return biased_attention(
+            inner, module, query, key, value, attention_mask, bias.log_w, cache=bias.cache, **kwargs
+        )
 
     attention.__name__ = attention.__qualname__ = f"{FAST_PREFIX}{base}_attention"
     return attention
@@ -468,8 +470,9 @@ def _fast_kernel(language_model: nn.Module, attn: nn.Module) -> str | None:
     name = FAST_PREFIX + impl
     if name not in ALL_ATTENTION_FUNCTIONS._global_mapping:
         AttentionInterface.register(name, _fast_attention(impl))
-    if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping and impl in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[impl])
+    masks = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    if name not in masks and impl in masks:  # the host kernel's own mask
+        AttentionMaskInterface.register(name, masks[impl])
     return name
 
 

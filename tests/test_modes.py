@@ -160,7 +160,7 @@ def test_attn_bias_fast_path_keeps_the_hosts_mask_and_adds_log_w(internvl_model,
     peaked(internvl_model)
     with _Spy() as spy, torch.no_grad():
         internvl_model(**internvl_inputs)
-    (q0, k0, v0_shape, m0, kw0), (q1, k1, v1_shape, m1, kw1) = plain.calls[0], spy.calls[0]
+    (q0, k0, _, m0, _), (q1, k1, v1_shape, m1, kw1) = plain.calls[0], spy.calls[0]
     d = q0.shape[-1]
     assert q1.shape[-1] == k1.shape[-1] == v1_shape[-1] == 8 * ((d + 9) // 8) > d
     assert k1.shape[1] == k0.shape[1] < q1.shape[1] or k0.shape[1] == q0.shape[1]  # KV heads not repeated
@@ -215,8 +215,9 @@ def test_biased_attention_equals_sdpa_with_a_dense_bias(dtype):
     out, _ = biased_attention(sdpa_attention_forward, module, q, k, v, None, log_w, scaling=d**-0.5)
     causal = torch.ones(s, s, dtype=torch.bool).tril()
     dense = torch.where(causal, log_w[:, None, None, :], float("-inf")).to(dtype)
+    k_all, v_all = (t.float().repeat_interleave(h // kv, 1) for t in (k, v))
     ref = torch.nn.functional.scaled_dot_product_attention(
-        q.float(), k.float().repeat_interleave(h // kv, 1), v.float().repeat_interleave(h // kv, 1), attn_mask=dense.float(), scale=d**-0.5
+        q.float(), k_all, v_all, attn_mask=dense.float(), scale=d**-0.5
     ).transpose(1, 2)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
