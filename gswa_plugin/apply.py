@@ -435,8 +435,15 @@ def _fast_attention(base: str) -> Callable:
 
         inner = ALL_ATTENTION_FUNCTIONS[base]
         bias = kwargs.pop(_BIAS_KWARG, None)
-        if bias is None or args:  # no image position in this call (or weights exactly 1): the host's kernel
+        if bias is None:  # no image position in this call (or weights exactly 1): the host's kernel
             return inner(module, query, key, value, attention_mask, *args, **kwargs)
+        if len(args) > 2:
+            raise UnsupportedModeError(
+                f"{type(module).__name__} calls its attention function with {len(args)} positional arguments after "
+                "the mask; `mode: attn_bias` knows `dropout` and `scaling` there. Load the model with "
+                "attn_implementation='eager' (a dense mask carries the bias), or use `mode: value`"
+            )
+        kwargs.update(zip(("dropout", "scaling"), args))  # transformers' order after the mask
         return biased_attention(
             inner, module, query, key, value, attention_mask, bias.log_w, cache=bias.cache, **kwargs
         )

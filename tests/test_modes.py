@@ -223,6 +223,26 @@ def test_biased_attention_equals_sdpa_with_a_dense_bias(dtype):
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
 
 
+def test_fast_attention_takes_dropout_and_scaling_positionally():
+    """The wrapper maps positional ``dropout``/``scaling`` (transformers' order) and refuses more,
+    rather than dropping the bias."""
+    from gswa_plugin.apply import _fast_attention, _KeyBias
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, n, 6, 8, generator=g) for n in (4, 2, 2))
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    attention = _fast_attention("sdpa")
+    with torch.no_grad():
+        bias = _KeyBias(torch.rand(1, 6, generator=g) + 0.5)
+        by_name, _ = attention(module, q, k, v, None, dropout=0.0, scaling=0.3, gswa_log_w=bias)
+        by_position, _ = attention(module, q, k, v, None, 0.0, 0.3, gswa_log_w=bias)
+        plain, _ = attention(module, q, k, v, None, 0.0, 0.3)
+        assert torch.equal(by_name, by_position) and not torch.allclose(by_name, plain)
+        with pytest.raises(UnsupportedModeError, match="positional arguments"):
+            attention(module, q, k, v, None, 0.0, 0.3, None, gswa_log_w=bias)
+
+
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("mode", ["embed", "value", "attn_bias"])
 def test_generate_with_kv_cache_matches_recomputation(internvl_model, internvl_inputs, mode, impl):
