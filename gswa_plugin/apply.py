@@ -10,9 +10,14 @@ The two other modes act inside the language model's self-attention, where no nor
     attention's value projection), so every later token reads tile ``i`` scaled by ``w_i``. It
     acts outside the attention kernel, so it works with eager, SDPA and FlashAttention alike.
 ``attn_bias``
-    ``log(w_i)`` is added to the attention logits of every key of tile ``i`` (a pre-hook that
-    adds it to the additive attention mask), so attention mass moves towards heavy tiles. It
-    needs a kernel that takes an additive mask: ``eager`` or ``sdpa``.
+    ``log(w_i)`` is added to the attention logits of every key of tile ``i``, so attention mass
+    moves towards heavy tiles. With a transformers attention function (``sdpa``,
+    ``flash_attention_2``/``_3``) the bias rides on two extra head dimensions: queries get 1, keys
+    get ``log(w) / scale`` (split into a high and a low part so that bf16 keys carry it to about
+    float32 precision), and queries, keys and values are zero-padded to the next multiple of 8
+    (64 -> 72); the kernel runs with the host's own mask, so the implicit causal mask, GQA and
+    memory linear in the sequence length are kept. The ``eager`` kernel (and attention modules
+    that do not call transformers' attention interface) gets the bias in a dense additive mask.
 
 Both are the identity when every weight is 1, and both keep working with a KV cache: the
 weights of every position seen so far are kept, so during ``generate()`` the cached (already
@@ -51,10 +56,18 @@ from gswa_plugin.layout import _image_slots, image_slots  # noqa: F401  (image_s
 if TYPE_CHECKING:  # pragma: no cover
     from gswa_plugin.handle import GSWAHandle
 
-#: Attention implementations that accept an additive float mask (needed by ``attn_bias``).
+#: Attention implementations that accept an additive float mask (``attn_bias``'s dense path).
 BIAS_KERNELS: tuple[str, ...] = ("eager", "sdpa")
+#: Attention implementations ``attn_bias`` wraps with its extra-dimension fast path.
+FAST_BIAS_KERNELS: tuple[str, ...] = ("sdpa", "flash_attention_2", "flash_attention_3")
+#: Prefix of the attention implementations ``attn_bias`` registers (``gswa_sdpa``, ...).
+FAST_PREFIX = "gswa_"
+#: Keyword argument that carries ``log(w)`` of the keys from the attention pre-hook to the kernel.
+_BIAS_KWARG = "gswa_log_w"
 
 _STATE_KEY = "mode_state"
+#: ``handle.state`` key of the weights tensor last read as all exactly 1 (see ``unit_weights``).
+UNIT_KEY = "unit_weights"
 #: Language-model calls whose weights are kept for recomputation under gradient checkpointing.
 RECOMPUTE_CALLS = 64
 
@@ -68,10 +81,14 @@ class CallWeights:
             positions included): the keys' weights for ``attn_bias``.
         current: ``[batch, q_len]`` weights of this call's positions: the values' for ``value``;
             ``None`` where they are all 1 (a call without image positions, such as a decode step).
+        unit: every weight in ``seen`` is exactly 1 and nothing is differentiated: ``attn_bias``
+            leaves the attention to the host's kernel (bit-identical logits at identity).
     """
 
     seen: torch.Tensor
     current: torch.Tensor | None
+    unit: bool = False
+    bias: _KeyBias | None = None
 
 
 @dataclass
@@ -81,6 +98,8 @@ class ModeState:
     Attributes:
         seen: ``[batch, positions]`` weight of every position of the current sequence seen so
             far (prefill plus generated tokens); ``None`` while no image position was seen.
+        unit: every weight in ``seen`` is known to be exactly 1 (see
+            [`unit_weights`][gswa_plugin.apply.unit_weights]).
         in_call: whether a language-model call is running on this thread.
         call: the weights of that call (``None``: no image position, nothing to change).
         layer: the weights of the decoder layer running on this thread (set by each layer's
@@ -88,6 +107,7 @@ class ModeState:
     """
 
     seen: torch.Tensor | None = None
+    unit: bool = True
     in_call: bool = False
     call: CallWeights | None = None
     layer: CallWeights | None = None
@@ -325,7 +345,8 @@ def _check_kernel(module: nn.Module) -> None:
     if impl not in BIAS_KERNELS:
         raise UnsupportedModeError(
             f"`mode: attn_bias` adds log(w) to the attention logits, which the '{impl}' attention kernel cannot "
-            f"take (it accepts no additive bias); load the model with attn_implementation='sdpa' or 'eager', "
+            f"take (it accepts no additive bias); load the model with attn_implementation='sdpa', "
+            "'flash_attention_2' or 'eager', "
             "or use `mode: value`, which scales the tiles' value vectors and works with every kernel"
         )
 
@@ -343,6 +364,132 @@ def _with_bias(mask: torch.Tensor | None, log_w: torch.Tensor, q_len: int, dtype
     if mask.shape[-1] > k_len:  # a static cache longer than the sequence: unseen keys weigh 1
         log_w = torch.nn.functional.pad(log_w, (0, mask.shape[-1] - k_len))
     return mask + log_w[:, None, None, : mask.shape[-1]].to(mask.dtype)
+
+
+class _KeyBias:
+    """``log(w)`` of the keys ``[batch, keys]`` of one language-model call, handed to the attention
+    function; without autograd, the extra dimensions built from it are kept for the call's other
+    layers (``cache``; ``None`` while differentiating, so that every layer builds its own graph)."""
+
+    def __init__(self, seen: torch.Tensor) -> None:
+        self.log_w = torch.log(seen.clamp_min(torch.finfo(torch.float32).tiny))
+        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None if torch.is_grad_enabled() else {}
+
+
+def _bias_head_dim(d: int) -> int:
+    """Head size of the fast path: ``d`` plus two bias dimensions, rounded up to a multiple of 8."""
+    return (d + 2 + 7) // 8 * 8
+
+
+def biased_attention(
+    inner: Callable, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, log_w: torch.Tensor, scaling: float | None = None,
+    cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None, **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """Run the attention function ``inner`` with ``log_w`` ``[batch, keys]`` added to the logits of
+    every query against each key, without an additive mask: two extra head dimensions carry it.
+
+    ``query`` ``[b, heads, q, d]``, ``key``/``value`` ``[b, kv_heads, k, d]`` (transformers'
+    attention-interface layout). The logits ``q.k * scaling`` are unchanged (``scaling`` is passed
+    explicitly, so the wider head does not change it), and ``1 * log_w / scaling`` (high plus low
+    part in the keys' dtype) times ``scaling`` adds ``log_w``. Keys beyond ``log_w`` (a static
+    cache longer than the sequence) get no bias. ``cache`` (a dict) keeps the extra dimensions
+    for further calls with the same shapes (the other layers of one language-model call).
+    """
+    d = query.shape[-1]
+    scale = float(scaling) if scaling is not None else d**-0.5
+    extra = _bias_head_dim(d) - d
+    k_len = key.shape[-2]
+    cache_key = (tuple(query.shape), tuple(key.shape), key.dtype, key.device, scale)
+    found = None if cache is None else cache.get(cache_key)
+    if found is None:
+        lw = log_w.float()
+        if lw.shape[-1] < k_len:
+            lw = torch.nn.functional.pad(lw, (0, k_len - lw.shape[-1]))
+        lw = lw[:, :k_len] / scale
+        hi = lw.to(key.dtype)
+        lo = (lw - hi.float()).to(key.dtype)
+        k_extra = torch.nn.functional.pad(torch.stack([hi, lo], dim=-1), (0, extra - 2))  # [b, k, extra]
+        k_extra = k_extra[:, None].expand(key.shape[0], key.shape[1], k_len, extra)
+        q_extra = torch.nn.functional.pad(query.new_ones(2), (0, extra - 2)).expand(*query.shape[:-1], extra)
+        found = (q_extra, k_extra)
+        if cache is not None:
+            cache[cache_key] = found
+    q_extra, k_extra = found
+    out, attn = inner(
+        module,
+        torch.cat([query, q_extra], dim=-1),
+        torch.cat([key, k_extra], dim=-1),
+        torch.nn.functional.pad(value, (0, extra)),
+        attention_mask,
+        scaling=scale,
+        **kwargs,
+    )
+    return out[..., :d], attn
+
+
+def _fast_attention(base: str) -> Callable:
+    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        inner = ALL_ATTENTION_FUNCTIONS[base]
+        bias = kwargs.pop(_BIAS_KWARG, None)
+        if bias is None:  # no image position in this call (or weights exactly 1): the host's kernel
+            return inner(module, query, key, value, attention_mask, *args, **kwargs)
+        if len(args) > 2:
+            raise UnsupportedModeError(
+                f"{type(module).__name__} calls its attention function with {len(args)} positional arguments after "
+                "the mask; `mode: attn_bias` knows `dropout` and `scaling` there. Load the model with "
+                "attn_implementation='eager' (a dense mask carries the bias), or use `mode: value`"
+            )
+        kwargs.update(zip(("dropout", "scaling"), args))  # transformers' order after the mask
+        return biased_attention(
+            inner, module, query, key, value, attention_mask, bias.log_w, cache=bias.cache, **kwargs
+        )
+
+    attention.__name__ = attention.__qualname__ = f"{FAST_PREFIX}{base}_attention"
+    return attention
+
+
+def _fast_kernel(language_model: nn.Module, attn: nn.Module) -> str | None:
+    """The attention implementation ``attn_bias`` can wrap for ``attn`` (``None``: dense path)."""
+    import inspect
+    import sys
+
+    config = getattr(attn, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in FAST_BIAS_KERNELS:
+        return None
+    try:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+    except ImportError:  # pragma: no cover - transformers without the interfaces
+        return None
+    # the attention module must look its kernel up in transformers' interface and pass on its
+    # keyword arguments (Llama/Qwen2/Mistral-style modules do; remote code often does not)
+    owner = sys.modules.get(type(attn).__module__)
+    if getattr(owner, "ALL_ATTENTION_FUNCTIONS", None) is None or impl not in ALL_ATTENTION_FUNCTIONS:
+        return None
+    params = inspect.signature(type(attn).forward).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    name = FAST_PREFIX + impl
+    if name not in ALL_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionInterface.register(name, _fast_attention(impl))
+    masks = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    if name not in masks and impl in masks:  # the host kernel's own mask
+        AttentionMaskInterface.register(name, masks[impl])
+    return name
+
+
+def unit_weights(handle: Any) -> bool:
+    """Whether the weights of the latest forward (``handle.last_batch``) are all exactly 1, as
+    the finite-weights check read them (one value read for both; see
+    [`check_processed`][gswa_plugin.plugins.check_processed]). ``False`` when unknown."""
+    batch = handle.last_batch
+    unit = handle.state.get(UNIT_KEY)
+    return batch is not None and unit is not None and unit is batch.weights
 
 
 def _state(handle: GSWAHandle) -> ModeState:
@@ -381,7 +528,15 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
     layers = layers if k is None else layers[:k]
     attns = [layer.self_attn for layer in layers]
     if mode == "attn_bias":
-        _check_kernel(attns[0])
+        fast = _fast_kernel(language_model, attns[0])
+        if fast is None:
+            _check_kernel(attns[0])
+        else:  # the language model's attention runs through the wrapper; disable() restores the host's
+            configs = {id(c): c for c in (getattr(a, "config", None) for a in attns) if c is not None}
+            for cfg in configs.values():
+                old = cfg._attn_implementation
+                cfg._attn_implementation = fast
+                handle.add_undo(lambda cfg=cfg, old=old: setattr(cfg, "_attn_implementation", old))
     recompute = _Recompute()
     handle.add_undo(lambda: handle.state.pop(_STATE_KEY, None))
 
@@ -397,8 +552,10 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
             k = rows // new.shape[0]
             new = new[:, None].expand(-1, k, -1).reshape(rows, new.shape[1])
         text_only = new is None
+        unit = text_only or unit_weights(handle)
         if past == 0:
             state.seen = new
+            state.unit = unit
         elif state.seen is not None or new is not None:
             old = state.seen
             if old is None or old.shape[1] < past:
@@ -411,6 +568,7 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
             if new is None:
                 new = torch.ones(old.shape[0], q_len or 0, dtype=old.dtype, device=old.device)
             state.seen = torch.cat([old, new], dim=1)
+            state.unit = state.unit and unit
         state.in_call = True
         state.call = None
         state.layer = None
@@ -423,7 +581,7 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
         if not (torch.is_grad_enabled() and seen.requires_grad):
             # a call without image positions (a text-only decode step) has weight 1 throughout:
             # `value` skips its multiply (`current` None); `attn_bias` still biases the cached keys
-            state.call = CallWeights(seen=seen, current=None if text_only else seen[:, -q_len:])
+            state.call = CallWeights(seen=seen, current=None if text_only else seen[:, -q_len:], unit=state.unit)
             return None
         # Training: the layers use detached leaves (so a reentrant checkpoint's recomputation and
         # a non-reentrant one's both see plain tensors), and the bridge on the input embeddings
@@ -513,10 +671,21 @@ def _bias_hook(handle: GSWAHandle) -> Callable:
         call = _state(handle).layer
         if call is None:
             return None
+        if call.unit:  # every weight exactly 1: the host's attention, bit for bit
+            return None
+        bias = call.bias
+        if bias is None or torch.is_grad_enabled():  # one per call without autograd, else one per layer
+            bias = _KeyBias(call.seen)
+            if not torch.is_grad_enabled():
+                call.bias = bias
+        log_w = bias.log_w
+        impl = getattr(getattr(module, "config", None), "_attn_implementation", None)
+        if isinstance(impl, str) and impl.startswith(FAST_PREFIX):
+            kwargs[_BIAS_KWARG] = bias
+            return args, kwargs
         _check_kernel(module)
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         q_len = hidden.shape[1]
-        log_w = torch.log(call.seen.clamp_min(torch.finfo(torch.float32).tiny))
         kwargs["attention_mask"] = _with_bias(kwargs.get("attention_mask"), log_w, q_len, hidden.dtype)
         return args, kwargs
 

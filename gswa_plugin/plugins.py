@@ -273,7 +273,16 @@ def check_processed(batch: Any, handle: Any = None, plugin: str | None = None) -
             plugin,
             hook,
         )
-    if bool(w.detach().isfinite().all()):
+    wd = w.detach()
+    # one value read for two facts: 2 = not finite, 1 = finite but not all exactly 1, 0 = all 1
+    # (the `attn_bias` mode leaves the host's attention untouched when every weight is 1)
+    code = int((~wd.isfinite()).any().byte() * 2 + (wd != 1).any().byte())
+    if handle is not None and hasattr(handle, "state"):
+        if code == 0:
+            handle.state["unit_weights"] = w
+        else:
+            handle.state.pop("unit_weights", None)
+    if code < 2:
         return
     bad = int((~w.detach().isfinite()).sum())
     if plugin is not None:

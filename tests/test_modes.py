@@ -78,13 +78,7 @@ def test_untrained_mode_is_identity(internvl_model, internvl_inputs, mode, impl)
     with torch.no_grad():
         out = internvl_model(**internvl_inputs).logits
     gen1 = generate(internvl_model, internvl_inputs)
-    if mode == "attn_bias" and impl == "sdpa":
-        # SDPA's boolean/implicit causal mask becomes an additive one (+ log 1 = 0): same maths on every
-        # real position (a fully masked padding query is undefined either way), another kernel path
-        real = internvl_inputs["attention_mask"].bool()
-        torch.testing.assert_close(out[real], base[real], rtol=0, atol=1e-5)
-    else:
-        assert torch.equal(out, base)
+    assert torch.equal(out, base)  # weights exactly 1: the host's own kernel, bit for bit
     assert torch.equal(gen0.sequences, gen1.sequences)
 
 
@@ -105,8 +99,9 @@ def test_value_mode_scales_each_tiles_values_by_its_weight(internvl_model, inter
     assert torch.equal(current_position_weights(handle), pos_w)
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_attn_bias_adds_log_w_to_the_keys_of_each_tile(internvl_model, internvl_inputs, impl):
+def test_attn_bias_adds_log_w_to_the_keys_of_each_tile(internvl_model, internvl_inputs):
+    """The dense path (``eager``): the additive mask the kernel receives holds log(w) on the keys."""
+    impl = "eager"
     set_attn(internvl_model, impl)
     plain, _ = capture(internvl_model, internvl_inputs)
     handle = gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
@@ -128,6 +123,124 @@ def test_attn_bias_adds_log_w_to_the_keys_of_each_tile(internvl_model, internvl_
         expected = expected + base
     torch.testing.assert_close(mask[allowed], expected[allowed])
     assert bool((mask[~allowed] < -1e30).all())
+
+
+class _Spy:
+    """Stands in for transformers' ``sdpa`` attention function (then calls the real one) to record
+    what the kernel receives in layer 0."""
+
+    def __init__(self):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        self.mapping = ALL_ATTENTION_FUNCTIONS._global_mapping
+        self.real = self.mapping["sdpa"]
+        self.calls = []
+
+    def __call__(self, module, query, key, value, attention_mask, **kwargs):
+        if getattr(module, "layer_idx", None) == 0 and hasattr(module, "num_key_value_groups"):
+            self.calls.append((query.detach().clone(), key.detach().clone(), value.shape, attention_mask, kwargs))
+        return self.real(module, query, key, value, attention_mask, **kwargs)
+
+    def __enter__(self):
+        self.mapping["sdpa"] = self
+        return self
+
+    def __exit__(self, *exc):
+        self.mapping["sdpa"] = self.real
+
+
+def test_attn_bias_fast_path_keeps_the_hosts_mask_and_adds_log_w(internvl_model, internvl_inputs):
+    """SDPA: the kernel receives the host's own mask (so the implicit causal mask and GQA stay),
+    the host's queries and keys plus two bias dimensions (padded to a multiple of 8), and
+    ``scale`` such that every logit gets exactly + log(w) of its key."""
+    set_attn(internvl_model, "sdpa")
+    with _Spy() as plain, torch.no_grad():
+        internvl_model(**internvl_inputs)
+    handle = gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+    peaked(internvl_model)
+    with _Spy() as spy, torch.no_grad():
+        internvl_model(**internvl_inputs)
+    (q0, k0, _, m0, _), (q1, k1, v1_shape, m1, kw1) = plain.calls[0], spy.calls[0]
+    d = q0.shape[-1]
+    assert q1.shape[-1] == k1.shape[-1] == v1_shape[-1] == 8 * ((d + 9) // 8) > d
+    assert k1.shape[1] == k0.shape[1] < q1.shape[1] or k0.shape[1] == q0.shape[1]  # KV heads not repeated
+    assert (m0 is None and m1 is None) or torch.equal(m0, m1)
+    torch.testing.assert_close(q1[..., :d], q0, rtol=0, atol=0)
+    torch.testing.assert_close(k1[..., :d], k0, rtol=0, atol=0)
+    attn = internvl_model.model.language_model.layers[0].self_attn
+    assert kw1["scaling"] == attn.scaling
+    ids = internvl_inputs["input_ids"]
+    pos_w = placeholder_position_weights(ids, internvl_model.config.image_token_id, handle.last_batch.weights, 4)
+    rep = q1.shape[1] // k1.shape[1]
+    extra = q1[..., d:] @ k1[..., d:].repeat_interleave(rep, dim=1).transpose(-1, -2) * attn.scaling
+    torch.testing.assert_close(extra, torch.log(pos_w)[:, None, None, :].expand_as(extra), rtol=1e-5, atol=1e-5)
+
+
+def test_attn_bias_fast_path_matches_the_dense_mask(internvl_model, internvl_inputs):
+    """The same weights through ``eager`` (dense additive mask) and ``sdpa`` (extra dimensions)
+    give the same logits, left padding included; disable() restores the host's kernel."""
+    lm_config = internvl_model.model.language_model.config
+    handle = gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+    peaked(internvl_model)
+    outs = {}
+    for impl in ("eager", "sdpa"):
+        gswa_plugin.disable(internvl_model)
+        set_attn(internvl_model, impl)
+        state = {k: v.clone() for k, v in handle.module.state_dict().items()}
+        handle = gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+        handle.module.load_state_dict(state)
+        assert lm_config._attn_implementation == {"eager": "eager", "sdpa": "gswa_sdpa"}[impl]
+        with torch.no_grad():
+            outs[impl] = internvl_model(**internvl_inputs).logits
+    real = internvl_inputs["attention_mask"].bool()
+    torch.testing.assert_close(outs["sdpa"][real], outs["eager"][real], rtol=1e-4, atol=1e-4)
+    gswa_plugin.disable(internvl_model)
+    assert lm_config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_biased_attention_equals_sdpa_with_a_dense_bias(dtype):
+    """Direct check of the extra-dimension trick on random tensors: GQA (14 heads, 2 KV heads),
+    causal, head size 64 -> 72, against SDPA with the dense additive mask."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from gswa_plugin.apply import biased_attention
+
+    g = torch.Generator().manual_seed(0)
+    b, h, kv, s, d = 2, 14, 2, 40, 64
+    q, k, v = (torch.randn(b, n, s, d, generator=g).to(dtype) for n in (h, kv, kv))
+    log_w = torch.log(torch.rand(b, s, generator=g) * 3 + 0.05)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = h // kv, True
+    out, _ = biased_attention(sdpa_attention_forward, module, q, k, v, None, log_w, scaling=d**-0.5)
+    causal = torch.ones(s, s, dtype=torch.bool).tril()
+    dense = torch.where(causal, log_w[:, None, None, :], float("-inf")).to(dtype)
+    k_all, v_all = (t.float().repeat_interleave(h // kv, 1) for t in (k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k_all, v_all, attn_mask=dense.float(), scale=d**-0.5
+    ).transpose(1, 2)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+
+
+def test_fast_attention_takes_dropout_and_scaling_positionally():
+    """The wrapper maps positional ``dropout``/``scaling`` (transformers' order) and refuses more,
+    rather than dropping the bias."""
+    from gswa_plugin.apply import _fast_attention, _KeyBias
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, n, 6, 8, generator=g) for n in (4, 2, 2))
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    attention = _fast_attention("sdpa")
+    with torch.no_grad():
+        bias = _KeyBias(torch.rand(1, 6, generator=g) + 0.5)
+        by_name, _ = attention(module, q, k, v, None, dropout=0.0, scaling=0.3, gswa_log_w=bias)
+        by_position, _ = attention(module, q, k, v, None, 0.0, 0.3, gswa_log_w=bias)
+        plain, _ = attention(module, q, k, v, None, 0.0, 0.3)
+        assert torch.equal(by_name, by_position) and not torch.allclose(by_name, plain)
+        with pytest.raises(UnsupportedModeError, match="positional arguments"):
+            attention(module, q, k, v, None, 0.0, 0.3, None, gswa_log_w=bias)
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -188,8 +301,18 @@ def test_text_only_call_is_untouched(internvl_model, internvl_processor):
         assert torch.equal(internvl_model(**inputs).logits, base)
 
 
-def test_attn_bias_with_a_kernel_without_bias_names_the_alternative(internvl_model):
+def test_attn_bias_wraps_flash_attention(internvl_model):
+    """FlashAttention takes no additive mask; ``attn_bias`` wraps it with the extra-dimension path
+    (run only where flash-attn is installed: benchmarks/gpu/run.sh)."""
     set_attn(internvl_model, "flash_attention_2")
+    gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+    assert internvl_model.model.language_model.config._attn_implementation == "gswa_flash_attention_2"
+    gswa_plugin.disable(internvl_model)
+    assert internvl_model.model.language_model.config._attn_implementation == "flash_attention_2"
+
+
+def test_attn_bias_with_a_kernel_without_bias_names_the_alternative(internvl_model):
+    set_attn(internvl_model, "flex_attention")
     with pytest.raises(UnsupportedModeError, match="mode: value"):
         gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
     assert not hasattr(internvl_model, "gswa")  # nothing left behind

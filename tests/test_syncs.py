@@ -10,7 +10,8 @@ tensor method calls. Each mode is compared with the bare host on the same inputs
 
 What GSWA may add per forward: one read of ``input_ids`` to the host (the layout and image
 positions of the whole forward come from it) and the check that the weights are finite (one
-``item``). Graph breaks: at most the host's plus 2.
+``item``, which also tells whether every weight is exactly 1: then ``attn_bias`` leaves the host's
+kernel untouched). Graph breaks: at most the host's plus 2.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Sections, each recorded in one JSON file and one Markdown table:
    ([`gswa_plugin.tools.bench.run`][gswa_plugin.tools.bench.run], synchronised clocks).
 3. ``modes``: image encoding, prefill, decode step and training step per mode, host and GSWA
    side by side, with ``sdpa`` and, where ``flash_attn`` is installed, ``flash_attention_2``
-   (``attn_bias`` is refused there, and recorded so).
+   (``attn_bias`` wraps either kernel: two extra head dimensions carry ``log w``).
 4. ``training``: 20 steps of the SleighVL recipe (vision encoder frozen; projector, language model
    and GSWA train; AdamW; bf16; gradient checkpointing) per mode (``embed``, ``value``) and for the
    host alone: steps per second and peak memory.
@@ -180,7 +180,7 @@ def run(device: str, smoke: bool, out_dir: Path) -> dict[str, Any]:
     result["modes"] = {}
     modes_md = []
     for kernel in kernels:
-        modes = ("embed", "value") if kernel == "flash_attention_2" else ("embed", "value", "attn_bias")
+        modes = ("embed", "value", "attn_bias")
         r = run_modes(
             shapes, tiles=2 if smoke else 12, repeats=1 if smoke else 3, vision_layers=full[0],
             text_layers=full[1], dtype="bfloat16", device=device, attn_implementation=kernel, modes=modes,

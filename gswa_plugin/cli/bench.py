@@ -22,7 +22,9 @@ def _tile_counts(text: str) -> list[int]:
 
 @app.command("bench")
 def bench_cmd(
-    shapes: str = typer.Option("internvl2-2b", help="Host shapes: internvl2-2b (the real sizes) or tiny (smoke test)."),
+    shapes: str = typer.Option(
+        "internvl2-2b", help="Host shapes: internvl2-2b, internvl2-1b (the real sizes) or tiny (smoke test)."
+    ),
     tiles: Optional[str] = typer.Option(
         None, help="Tile counts per image (a thumbnail is added above 1). Default 1,4,12; with --full 1,2,4,6,9,12."
     ),

@@ -88,6 +88,16 @@ class HostShapes:
 #: Named host shapes: the real InternVL2-2B sizes and a tiny set for smoke tests.
 SHAPES: dict[str, HostShapes] = {
     "internvl2-2b": HostShapes("internvl2-2b"),
+    # InternVL2-1B: InternViT-300M + a Qwen2-0.5B-shaped language model (built as Llama: same
+    # attention and MLP shapes, without Qwen2's q/k/v biases)
+    "internvl2-1b": HostShapes(
+        "internvl2-1b",
+        text_hidden=896,
+        text_heads=14,
+        text_kv_heads=2,
+        text_intermediate=4864,
+        vocab_size=151655,
+    ),
     "tiny": HostShapes(
         "tiny",
         vision_hidden=32,

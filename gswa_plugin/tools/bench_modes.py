@@ -52,7 +52,7 @@ class ModesResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["ratios"] = {m: {s: self.ratios(m, s) for s in STAGES} for m in self.gswa}
+        d["ratios"] = {m: {s: self.ratios(m, s) for s in self.gswa[m]} for m in self.gswa}
         return d
 
 
@@ -71,8 +71,10 @@ def _build(shapes: HostShapes, vision_layers: int, text_layers: int, dtype: torc
     return model
 
 
-def _stages(model: Any, inputs: dict[str, Any], sync: Callable[[], None], gswa: Any) -> dict[str, float]:
-    """Seconds of each stage on ``model`` (with GSWA when ``gswa`` is its handle)."""
+def _stages(
+    model: Any, inputs: dict[str, Any], sync: Callable[[], None], gswa: Any, stages: tuple[str, ...] = STAGES
+) -> dict[str, float]:
+    """Seconds of each of ``stages`` on ``model`` (with GSWA when ``gswa`` is its handle)."""
 
     def timed(fn: Callable[[], Any]) -> float:
         sync()
@@ -90,14 +92,21 @@ def _stages(model: Any, inputs: dict[str, Any], sync: Callable[[], None], gswa: 
                 gswa.state["input_ids"] = ids  # as the forward's capture hook does
             model.model.get_image_features(pixel_values=pixels)
 
-        out["encode"] = timed(encode)
+        if "encode" in stages:
+            out["encode"] = timed(encode)
         res: dict[str, Any] = {}
-        out["prefill"] = timed(
-            lambda: res.setdefault("o", model(input_ids=ids, pixel_values=pixels, use_cache=True, logits_to_keep=1))
-        )
-        cache = res["o"].past_key_values
-        token = res["o"].logits[:, -1:].argmax(-1)
-        out["decode"] = timed(lambda: model(input_ids=token, cache=cache, use_cache=True))
+        if "prefill" in stages or "decode" in stages:
+            out["prefill"] = timed(
+                lambda: res.setdefault(
+                    "o", model(input_ids=ids, pixel_values=pixels, use_cache=True, logits_to_keep=1)
+                )
+            )
+        if "decode" in stages:
+            cache = res["o"].past_key_values
+            token = res["o"].logits[:, -1:].argmax(-1)
+            out["decode"] = timed(lambda: model(input_ids=token, cache=cache, use_cache=True))
+    if "train" not in stages:
+        return out
     model.train()
     try:
 
@@ -112,6 +121,15 @@ def _stages(model: Any, inputs: dict[str, Any], sync: Callable[[], None], gswa: 
     return out
 
 
+def _trained(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give GSWA fixed non-identity parameters (as after training): at identity every weight is
+    exactly 1 and ``attn_bias`` leaves the host's attention untouched, which would hide its cost."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_((torch.randn(p.shape, generator=g) * 0.5).to(p.device, p.dtype))
+
+
 def run_modes(
     shapes: HostShapes | str = "internvl2-2b",
     tiles: int = 2,
@@ -123,6 +141,7 @@ def run_modes(
     config: GSWAConfig | dict[str, Any] | str | None = None,
     attn_implementation: str = "sdpa",
     modes: tuple[str, ...] = MODES[1:],
+    stages: tuple[str, ...] = STAGES,
 ) -> ModesResult:
     """Time every mode against its host (see the module docstring).
 
@@ -135,9 +154,10 @@ def run_modes(
         dtype: torch dtype name.
         device: torch device.
         config: GSWA settings (its ``mode`` is replaced by each mode in turn).
-        attn_implementation: the language model's attention kernel (``attn_bias`` needs
-            ``sdpa`` or ``eager``).
+        attn_implementation: the language model's attention kernel (``sdpa`` and
+            FlashAttention keep their fast path in ``attn_bias``; ``eager`` gets a dense mask).
         modes: the GSWA modes to measure.
+        stages: the stages to time (e.g. ``("prefill", "decode")`` for a deep language model).
     """
     from gswa_plugin import api
 
@@ -157,20 +177,21 @@ def run_modes(
         repeats=repeats, attn_implementation=attn_implementation,
     )
     for mode in modes:
-        result.host[mode] = {s: [] for s in STAGES}
-        result.gswa[mode] = {s: [] for s in STAGES}
+        result.host[mode] = {s: [] for s in STAGES if s in stages}
+        result.gswa[mode] = {s: [] for s in STAGES if s in stages}
     for i in range(1 + repeats):
         for mode in modes:
-            host_t = _stages(model, inputs, sync, None)
+            host_t = _stages(model, inputs, sync, None, stages)
             handle = api.enable(model, {**base, "mode": mode})
             try:
                 handle.module.to(device=dev, dtype=torch_dtype)
-                gswa_t = _stages(model, inputs, sync, handle)
+                _trained(handle.module)
+                gswa_t = _stages(model, inputs, sync, handle, stages)
             finally:
                 api.disable(model)
             if i == 0:
                 continue  # warm-up
-            for s in STAGES:
+            for s in result.host[mode]:
                 result.host[mode][s].append(host_t[s])
                 result.gswa[mode][s].append(gswa_t[s])
     result.wall_s = time.perf_counter() - start
@@ -202,6 +223,9 @@ def modes_table(result: ModesResult) -> str:
     for mode in result.gswa:
         cells = []
         for stage in STAGES:
+            if stage not in result.gswa[mode]:
+                cells.append("not run")
+                continue
             r = result.ratios(mode, stage)
             h = statistics.median(result.host[mode][stage])
             cells.append(f"{statistics.median(r):.3f}x [{min(r):.3f}] ({h * 1e3:.3g} ms)")
