@@ -1,0 +1,149 @@
+"""The question-aware variants (``text_guided``, ``text_cross_attn``): contract, compatibility,
+and that the request's text is what moves the weights.
+
+Every check runs on the tiny real hosts of ``tests/host_cases`` through the public contract
+(identity at initialisation bit-exact including ``generate``, exact weighting, layout,
+save/load), plus ``disable`` bit-exact with a non-identity question-aware GSWA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import gswa_plugin
+from gswa_plugin.config import MODES
+from gswa_plugin.errors import LayoutError
+from gswa_plugin.handle import get_handle
+from gswa_plugin.testing.contract import PEAKED
+from gswa_plugin.testing.tiny import tiny_tokenizer
+
+from .host_cases import all_cases
+from .host_cases.internvl import CASE as INTERNVL
+
+TEXT_VARIANTS = ("text_guided", "text_cross_attn")
+CASES = {c.id: c for c in all_cases()}
+
+
+@pytest.mark.parametrize("variant", TEXT_VARIANTS)
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_contract_holds_for_the_question_aware_variants(case_id, variant):
+    case = CASES[case_id]
+    case = dataclasses.replace(case, config={**case.config, "variant": variant})
+    report = case.check(["identity", "exact_weighting", "layout", "save_load"])
+    assert report.passed, str(report)
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.mark.parametrize("variant", TEXT_VARIANTS)
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_disable_restores_the_host_bit_exactly(case_id, variant):
+    case = CASES[case_id]
+    model, inputs = case.make_model(), case.make_inputs()
+    base = _logits(model, inputs)
+    cfg = {**case.config, **PEAKED, "variant": variant}
+    if case.adapter:
+        cfg["adapter"] = case.adapter
+    gswa_plugin.enable(model, cfg)
+    assert not torch.equal(_logits(model, inputs), base)
+    gswa_plugin.disable(model)
+    assert torch.equal(_logits(model, inputs), base)
+
+
+def _question(inputs, word_from: str, word_to: str):
+    """The same inputs with one text word swapped (the image tokens untouched)."""
+    tok = tiny_tokenizer()
+    a, b = tok.convert_tokens_to_ids(word_from), tok.convert_tokens_to_ids(word_to)
+    ids = inputs["input_ids"].clone()
+    assert (ids == a).any(), f"no '{word_from}' in the prompt"
+    ids[ids == a] = b
+    return {**inputs, "input_ids": ids}
+
+
+def _internvl(mode="embed", **cfg):
+    model, inputs = INTERNVL.make_model(), INTERNVL.make_inputs()
+    gswa_plugin.enable(model, {**PEAKED, "variant": "text_guided", "mode": mode, **cfg})
+    return model, inputs
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_question_moves_the_weights_and_the_answer_in_every_mode(mode):
+    model, inputs = _internvl(mode)
+    first = _logits(model, inputs)
+    w1 = gswa_plugin.last_weights(model)
+    other = _question(inputs, "describe", "what")
+    second = _logits(model, other)
+    w2 = gswa_plugin.last_weights(model)
+    # image 0's prompt changed: its weights move; image 1's prompt did not: its weights stay
+    assert not torch.allclose(w1[0], w2[0])
+    assert torch.equal(w1[1], w2[1])
+    assert not torch.equal(first[0], second[0])
+    for w in w2:
+        assert abs(float(w.double().mean()) - 1.0) < 1e-5
+
+
+def test_image_placeholders_and_padding_do_not_enter_the_text():
+    from gswa_plugin.adapters._text import pooled_text
+
+    model = INTERNVL.make_model()
+    tok = tiny_tokenizer()
+    ctx = model.config.image_token_id
+    words = tok.convert_tokens_to_ids(["what", "is", "the", "square"])
+    short = torch.tensor([[ctx, ctx, *words]])
+    long = torch.tensor([[ctx] * 7 + words + [0]])
+    mask = torch.tensor([[1] * 11 + [0]])
+    assert torch.allclose(pooled_text(model, short), pooled_text(model, long, mask), atol=1e-6)
+
+
+def test_generate_computes_the_weights_once_at_prefill():
+    model, inputs = _internvl("value")
+    seen = []
+    handle = get_handle(model)
+    original = handle.process
+
+    def counting(*args, **kwargs):
+        seen.append(1)
+        return original(*args, **kwargs)
+
+    handle.process = counting
+    model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert len(seen) == 1
+    w_gen = gswa_plugin.last_weights(model)
+    _logits(model, inputs)
+    assert all(torch.equal(a, b) for a, b in zip(w_gen, gswa_plugin.last_weights(model)))
+
+
+def test_a_call_without_text_is_an_error_unless_gswa_is_the_identity():
+    model, inputs = _internvl()
+    with pytest.raises(LayoutError, match="carries no `input_ids`"):
+        with gswa_plugin.tiles(model, [5, 4]):
+            model.get_image_features(pixel_values=inputs["pixel_values"])
+    ident = INTERNVL.make_model()
+    gswa_plugin.enable(ident, {"variant": "text_guided", "hidden_size": 32, "num_heads": 4})
+    plain = INTERNVL.make_model()
+    got = ident.get_image_features(pixel_values=inputs["pixel_values"])
+    want = plain.get_image_features(pixel_values=inputs["pixel_values"])
+    got, want = (getattr(x, "pooler_output", x) for x in (got, want))
+    assert torch.equal(torch.cat(list(got)), torch.cat(list(want)))
+
+
+def test_more_samples_than_one_per_image_is_a_clear_error():
+    model, inputs = _internvl()
+    two = {**inputs, "pixel_values": inputs["pixel_values"][:5]}
+    with pytest.raises(LayoutError):
+        _logits(model, two)
+
+
+def test_the_text_gets_gradients_and_training_moves_the_text_query():
+    model, inputs = _internvl(identity_init=True)
+    model.train()
+    out = model(**inputs, labels=inputs["input_ids"].clone())
+    out.loss.backward()
+    scorer = model.gswa.scorer
+    assert scorer.text_query.weight.grad is not None and scorer.text_query.weight.grad.abs().sum() > 0
