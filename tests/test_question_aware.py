@@ -147,3 +147,30 @@ def test_the_text_gets_gradients_and_training_moves_the_text_query():
     out.loss.backward()
     scorer = model.gswa.scorer
     assert scorer.text_query.weight.grad is not None and scorer.text_query.weight.grad.abs().sum() > 0
+
+
+def test_gswa_visualize_draws_two_questions_side_by_side(tmp_path, monkeypatch):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from gswa_plugin.cli import app
+    from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.tools import hosts
+    from gswa_plugin.tools import visualize as vis
+
+    monkeypatch.setattr(hosts, "tiny_default", lambda max_tiles=None: (tiny_internvl(image_size=56), tiny_internvl_processor(56, max_tiles or 6)))
+    cfg = tmp_path / "gswa.yaml"
+    cfg.write_text("gswa:\n  variant: text_guided\n  identity_init: false\n  temperature: 0.1\n")
+    sample_image("coffee").save(tmp_path / "coffee.png")
+    questions = ["what colour is the cup ?", "what is in the picture ?"]
+    args = ["visualize", "--image", str(tmp_path / "coffee.png"), "--gswa", str(cfg), "--out", str(tmp_path / "maps"), "--width", "300"]
+    for q in questions:
+        args += ["--question", q]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    picture = Image.open(tmp_path / "maps" / "coffee.png")
+    assert picture.width == 2 * 300 + 16
+    net, proc, _ = hosts.load_host(None, str(cfg))
+    _, (first, second) = vis.question_weights(net, proc, Image.open(tmp_path / "coffee.png"), questions, width=300)
+    assert first.tile_weights != second.tile_weights  # the question moves the weights of the same photograph
+    assert abs(sum(first.tile_weights) / len(first.tile_weights) - 1) < 1e-5

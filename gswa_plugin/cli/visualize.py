@@ -39,6 +39,13 @@ def visualize_cmd(
     cmap: str = typer.Option("magma", help="Matplotlib colormap of the shading."),
     dtype: str = typer.Option("float32", help="dtype of a loaded checkpoint."),
     device: str = typer.Option("cpu", help="Device of a loaded checkpoint."),
+    question: Optional[List[str]] = typer.Option(
+        None,
+        "--question",
+        "-q",
+        help="A question asked about each image (repeatable): one panel per question, side by side. "
+        "Only the question-aware variants (text_guided, text_cross_attn) give different weights.",
+    ),
 ) -> None:
     """Draw each image with its tiles shaded by GSWA weight and the weights written on them."""
     from gswa_plugin.tools.hosts import is_tiny, load_host
@@ -52,7 +59,7 @@ def visualize_cmd(
             err_console.print("[bold red]error:[/] gswa=none leaves GSWA off: there are no weights to draw")
             raise typer.Exit(code=2)
         note = f"model: {model}" if not is_tiny(model) else RANDOM_WEIGHTS_NOTE.format(name=model or "tiny")
-        results = visualize_paths(net, processor, image, out, width=width, cmap=cmap, note=note)
+        results = visualize_paths(net, processor, image, out, width=width, cmap=cmap, note=note, questions=question)
     for path, w in results:
         thumb = f", thumbnail {w.thumbnail_weight:.2f}" if w.thumbnail_weight is not None else ""
         console.print(
