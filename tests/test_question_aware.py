@@ -202,3 +202,34 @@ def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
     assert seen_asked == {0, 1}
     ids = tn.prompts(1)
     assert ids.shape[0] == 2 and (ids[0] != ids[1]).sum() == 1  # the prompts differ only in the shape word
+
+
+def test_gswa_train_moves_the_text_query(tmp_path):
+    """A tiny `gswa train` run (the console command, transformers Trainer) with `text_guided`:
+    the text reaches GSWA in training and its text query leaves zero."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from gswa_plugin.integrations.transformers import read_gswa_state, smoke
+
+    model_dir = smoke.write_model(tmp_path / "model")
+    files = smoke.write_data(tmp_path / "data", formats=("llava",))
+    out = tmp_path / "out"
+    recipe = smoke.smoke_recipe(model_dir, files, out)
+    recipe["gswa"] = {**recipe.get("gswa", {}), "variant": "text_guided", "mode": "value"}
+    recipe["training_args"].update({"max_steps": 4, "save_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 0.01})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    exe = Path(sys.executable).with_name("gswa")
+    cmd = [str(exe) if exe.exists() else shutil.which("gswa") or "gswa", "train", str(path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trained = read_gswa_state(out / "checkpoint-4")
+    key = next(k for k in trained if k.endswith("text_query.weight"))
+    assert float(trained[key].float().abs().max()) > 0

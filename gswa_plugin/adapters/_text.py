@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gswa_plugin.adapters._base import _input_ids_from_call, patch_method
@@ -73,6 +74,9 @@ def _pad_id(model: nn.Module) -> int | None:
 def pooled_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean input embedding of each row's text positions: ``[batch, embedding_dim]``.
 
+    The rows of the table's ``weight`` are averaged (a host that scales its embeddings, such as
+    Gemma 3, differs by that constant factor, which the scorer's LayerNorm removes).
+
     Image placeholders are left out, and so is padding (``attention_mask == 0``; without a mask,
     the config's ``pad_token_id``). A row without a text position gets zeros.
     """
@@ -87,9 +91,11 @@ def pooled_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         pad = _pad_id(model)
         if pad is not None:
             keep &= ids != pad
-    emb = table(ids.clamp_min(0))  # [batch, seq, dim]
-    k = keep.to(emb.dtype)[..., None]
-    return (emb * k).sum(1) / k.sum(1).clamp_min(1.0)
+    weight = table.weight
+    share = keep.to(weight.dtype)
+    share = share / share.sum(1, keepdim=True).clamp_min(1.0)
+    # the weighted mean of the table's rows, without materialising [batch, seq, dim]
+    return F.embedding_bag(ids.clamp_min(0), weight, per_sample_weights=share, mode="sum")
 
 
 def install_text_capture(model: nn.Module, handle: Any) -> None:
