@@ -284,12 +284,12 @@ def question_weights(
     handle = _handle(model)
     if not questions:
         raise ValueError("question_weights needs at least one question")
-    reads = "reads the question" if handle.module.uses_text else "image-only: the same weights for every question"
+    same = "" if handle.module.uses_text else " (image-only: same weights for any question)"
     panels, found = [], []
     for q in questions:
         w = image_weights(model, processor, image, name=name, question=q)
         found.append(w)
-        title = f"GSWA ({handle.config.variant}, {reads}); question: {q}"
+        title = f'{handle.config.variant}, question "{q}"{same}'
         panels.append(draw(w, title=title, width=width, cmap=cmap, note=note))
     canvas = Image.new("RGB", (sum(p.width for p in panels) + 16 * (len(panels) - 1), max(p.height for p in panels)), "white")
     x = 0
