@@ -233,3 +233,26 @@ def test_gswa_train_moves_the_text_query(tmp_path):
     trained = read_gswa_state(out / "checkpoint-4")
     key = next(k for k in trained if k.endswith("text_query.weight"))
     assert float(trained[key].float().abs().max()) > 0
+
+
+#: The compatibility matrix's settings (tests/test_compat.py), run with ``text_guided`` on the
+#: native InternVL in every mode.
+def _compat_cells():
+    from gswa_plugin.testing.compat import SETTINGS
+
+    return [(m, s.name) for m in MODES for s in SETTINGS]
+
+
+@pytest.mark.parametrize(("mode", "setting"), _compat_cells())
+def test_compatibility_matrix_holds_for_text_guided(mode, setting, tmp_path):
+    from .test_compat import CHECKS, _grads
+
+    case = dataclasses.replace(INTERNVL, config={**INTERNVL.config, "variant": "text_guided"})
+    if setting.startswith("gc-"):  # the matrix caches its reference gradients per adapter (self_attn)
+        base = _grads(case, mode, None)
+        got = _grads(case, mode, setting[3:])
+        assert all(g is not None for g in base.values()) and all(g is not None for g in got.values())
+        for n in base:
+            torch.testing.assert_close(got[n], base[n], rtol=1e-5, atol=1e-6)
+        return
+    CHECKS[setting](case, mode, tmp_path)
