@@ -21,6 +21,7 @@ from torch import nn
 from gswa_plugin import apply
 from gswa_plugin.adapters import _budget
 from gswa_plugin.adapters._base import patch_method
+from gswa_plugin.adapters._text import install_text_capture, text_dim
 from gswa_plugin.config import BudgetSpec, GSWAConfig
 from gswa_plugin.errors import (
     AdapterNotFoundError,
@@ -105,7 +106,7 @@ def enable(model: nn.Module, config: GSWAConfig | dict[str, Any] | str | os.Path
     # anything created after enable(), is the same with or without GSWA.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        module = GSWAModule(summary_dim, cfg, _build_variant(registry[cfg.variant], summary_dim, cfg))
+        module = GSWAModule(summary_dim, cfg, _build_variant(registry[cfg.variant], summary_dim, cfg, model))
     module.to(device=ref.device, dtype=ref.dtype)
     handle = GSWAHandle(model, cfg, adapter, module, hook=CheckedHooks(get_plugin_manager()))
     model.add_module(MODULE_ATTR, module)
@@ -129,6 +130,8 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
     [`GSWAHandle.uninstall`][gswa_plugin.handle.GSWAHandle.uninstall] returns to."""
     handle.mark_installed()
     handle.adapter.install(model, handle)
+    if handle.module.uses_text:
+        install_text_capture(model, handle)
     _install_seam_watch(model, handle)
     apply.install(model, handle)
     _budget.install(model, handle)  # outermost: shortens the call before everything else sees it
@@ -243,13 +246,19 @@ def _saving_config(handle: GSWAHandle) -> Any:
     return make
 
 
-def _build_variant(factory: Any, summary_dim: int, cfg: GSWAConfig) -> nn.Module:
-    """The variant's module; a third-party factory that raises or returns no module is named."""
+def _build_variant(factory: Any, summary_dim: int, cfg: GSWAConfig, model: nn.Module | None = None) -> nn.Module:
+    """The variant's module; a third-party factory that raises or returns no module is named.
+
+    A factory marked ``needs_text`` (the question-aware variants) also gets ``text_dim``, the
+    width of the host's input embeddings."""
+    extra: dict[str, Any] = {}
+    if getattr(factory, "needs_text", False):
+        extra["text_dim"] = text_dim(model)
     source = variant_sources().get(cfg.variant, "?")
     if source in BUILTIN_PLUGINS:
-        return factory(summary_dim, cfg)
+        return factory(summary_dim, cfg, **extra)
     try:
-        scorer = factory(summary_dim, cfg)
+        scorer = factory(summary_dim, cfg, **extra)
     except Exception as exc:
         raise PluginError(
             f"the factory of variant '{cfg.variant}' (plugin '{source}') raised {type(exc).__name__}: {exc}; "

@@ -10,12 +10,12 @@ from typing import Any, Callable
 from gswa_plugin.apply import apply_weights
 from gswa_plugin.hookspecs import hookimpl
 from gswa_plugin.layout import TileBatch
-from gswa_plugin.weighting import BUILTIN_VARIANTS
+from gswa_plugin.weighting import BUILTIN_VARIANTS, TEXT_VARIANTS
 
 
 @hookimpl
 def gswa_register_variants(register: Callable[[str, Any], None]) -> None:
-    for name, factory in BUILTIN_VARIANTS.items():
+    for name, factory in {**BUILTIN_VARIANTS, **TEXT_VARIANTS}.items():
         register(name, factory)
 
 
@@ -29,6 +29,6 @@ def gswa_process_tiles(batch: TileBatch, handle: Any) -> TileBatch:
 def _weigh(module: Any, batch: TileBatch, embed: bool) -> tuple[Any, Any]:
     # one function for both steps: torch.compile (which does not trace pluggy's dispatch) compiles
     # it as one graph instead of two
-    weights = module(batch.summaries, batch.layout)
+    weights = module(batch.summaries, batch.layout, text=batch.extra.get("text"))
     # the `embed` mode scales the features; the other modes act inside the language model (gswa_plugin.apply)
     return weights, apply_weights(batch.features, weights) if embed else batch.features

@@ -30,7 +30,7 @@ Mode = Literal["embed", "value", "attn_bias"]
 #: Every application mode, in the order the docs present them.
 MODES: tuple[str, ...] = typing.get_args(Mode)
 #: The built-in weighting variants (plugins may register more).
-BUILTIN_VARIANT_NAMES: tuple[str, ...] = ("self_attn", "cross_attn", "cosine")
+BUILTIN_VARIANT_NAMES: tuple[str, ...] = ("self_attn", "cross_attn", "cosine", "text_guided", "text_cross_attn")
 #: Name of the adapter that reads ``declare:``.
 DECLARATIVE = "declarative"
 
@@ -307,8 +307,9 @@ class GSWAConfig(Settings):
         "self_attn",
         description="Weighting variant: `self_attn` (the paper's, tiles and thumbnail interact through "
         "transformer blocks), `cross_attn` (the thumbnail attends to the tiles, no tile-tile "
-        "blocks), `cosine` (training-free: softmax of cosine similarity to the thumbnail), or a "
-        "variant registered by a plugin.",
+        "blocks), `cosine` (training-free: softmax of cosine similarity to the thumbnail), `text_guided` / "
+        "`text_cross_attn` (question-aware: the pooled prompt embedding joins the scoring query; see the docs "
+        "page 'Question-aware weights'), or a variant registered by a plugin.",
     )
     mode: Mode = Field(
         "embed",

@@ -95,6 +95,8 @@ class GSWAHandle:
     ) -> torch.Tensor:
         """Run the ``gswa_process_tiles`` hook on one forward's tiles; returns the weighted features."""
         self.state["process_calls"] = self.state.get("process_calls", 0) + 1
+        if self.module.uses_text and "text" not in extra:
+            extra["text"] = self.text_per_image(layout)
         batch = TileBatch(features=features, summaries=summaries, layout=layout, extra=dict(extra))
         result = self.hook.gswa_process_tiles(batch=batch, handle=self)
         if result is None:
@@ -102,6 +104,34 @@ class GSWAHandle:
         self.last_batch = result
         self.hook.gswa_weights_computed(weights=result.tile_weights(), batch=result, handle=self)
         return result.features
+
+    def text_per_image(self, layout: TileLayout) -> torch.Tensor | None:
+        """For the question-aware variants: the pooled text of the call (kept in
+        ``state['text']``, one row per sample) as one row per image ``[images, dim]``.
+
+        Each sample's row goes to its image when the call has one image per sample, or to every
+        image of a single sample. Without text (e.g. a direct image-feature call) an identity
+        GSWA, whose weights are 1 for any text, gets ``None`` and no error; any other raises."""
+        text = self.state.get("text")
+        if text is None:
+            if self.module.is_identity():
+                return None
+            raise LayoutError(
+                f"the question-aware variant '{self.config.variant}' weighs tiles by the request's text, but this "
+                f"call to the '{self.adapter.name}' seam carries no `input_ids` (e.g. a direct image-feature call, "
+                "or `inputs_embeds` instead of `input_ids`): call the model or `generate()` with `input_ids`, or "
+                "use an image-only variant (`self_attn`, `cross_attn`, `cosine`)"
+            )
+        n = layout.num_images
+        if text.shape[0] == n:
+            return text
+        if text.shape[0] == 1:
+            return text.expand(n, -1)
+        raise LayoutError(
+            f"the question-aware variant '{self.config.variant}' needs one image per sample (or a single "
+            f"sample), but this call has {text.shape[0]} samples and {n} images; split the batch so that "
+            "each sample carries one image"
+        )
 
     def host_ids(self, ids: torch.Tensor) -> np.ndarray:
         """``ids`` on the host as a numpy array, copied once per tensor: the seam's layout and the

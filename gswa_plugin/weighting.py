@@ -140,6 +140,79 @@ class CosineScorer(nn.Module):
         return F.cosine_similarity(t[:, :1], t[:, 1:], dim=-1) / self.tau
 
 
+class TextGuidedScorer(AttentionScorer):
+    """The question-aware variants ``text_guided`` and ``text_cross_attn`` (beyond the paper).
+
+    As [`AttentionScorer`][gswa_plugin.weighting.AttentionScorer] (``self_attn`` blocks for
+    ``text_guided``, thumbnail-only blocks for ``text_cross_attn``), but the scoring query also
+    reads the request's text: ``q = W_q h_g + W_t Linear_up(LayerNorm(t))``, where ``t`` is one
+    vector per image (the adapter's pooled prompt embedding, width ``text_dim``). The tile keys are
+    unchanged, so a question can move the weight between tiles of one image. With
+    ``identity_init`` both query projections start at zero: every logit is 0 and every weight
+    exactly 1, for any image and any text.
+    """
+
+    #: GSWAModule passes ``text`` to variants that set this.
+    uses_text = True
+
+    def __init__(self, summary_dim: int, cfg: Any, text_dim: int, global_only: bool = False):
+        super().__init__(summary_dim, cfg, global_only=global_only)
+        dim = cfg.hidden_size
+        self.text_dim = text_dim
+        self.text_norm = nn.LayerNorm(text_dim)
+        self.text_up = nn.Linear(text_dim, dim)
+        self.text_query = nn.Linear(dim, dim)
+        if cfg.identity_init:
+            nn.init.zeros_(self.text_query.weight)
+            nn.init.zeros_(self.text_query.bias)
+
+    def forward(self, tokens: torch.Tensor, tile_mask: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        if text is None and self.is_identity():  # no text, but every logit is 0 for any text
+            text = tokens.new_zeros(tokens.shape[0], self.text_dim)
+        if text is None or text.shape != (tokens.shape[0], self.text_dim):
+            got = None if text is None else tuple(text.shape)
+            raise LayoutError(
+                f"the question-aware variant needs one text vector of width {self.text_dim} per image "
+                f"({tokens.shape[0]} images), got {got}"
+            )
+        x = self.up(self.in_norm(tokens))
+        pad = torch.cat([torch.zeros_like(tile_mask[:, :1]), ~tile_mask], dim=1)
+        for block in self.blocks:
+            x = block(x, pad)
+        h = self.score_norm(x)
+        b = h.shape[0]
+        t = self.text_up(self.text_norm(text.to(h.dtype)))
+        q = (self.query(h[:, 0]) + self.text_query(t)).view(b, 1, self.heads, self.head_dim).transpose(1, 2)
+        k = self.key(h[:, 1:]).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
+        return (q @ k.transpose(-1, -2)).squeeze(-2) / math.sqrt(self.head_dim)  # [B, H, T]
+
+    def is_identity(self) -> bool:
+        """Whether every logit is 0 for any input and text (both query projections are zero)."""
+        return super().is_identity() and not bool(self.text_query.weight.any()) and not bool(self.text_query.bias.any())
+
+
+def text_guided(summary_dim: int, cfg: Any, text_dim: int) -> nn.Module:
+    """Factory of the ``text_guided`` variant (self-attention blocks, text-conditioned query)."""
+    return TextGuidedScorer(summary_dim, cfg, text_dim, global_only=False)
+
+
+def text_cross_attn(summary_dim: int, cfg: Any, text_dim: int) -> nn.Module:
+    """Factory of the ``text_cross_attn`` variant (thumbnail-only blocks, text-conditioned query)."""
+    return TextGuidedScorer(summary_dim, cfg, text_dim, global_only=True)
+
+
+# A factory with ``needs_text`` is called as ``factory(summary_dim, config, text_dim=...)``, with
+# the width of the host's input embeddings (see gswa_plugin.api.enable).
+text_guided.needs_text = True  # type: ignore[attr-defined]
+text_cross_attn.needs_text = True  # type: ignore[attr-defined]
+
+#: The question-aware variants (registered by the built-in plugin beside BUILTIN_VARIANTS).
+TEXT_VARIANTS: dict[str, Callable[..., nn.Module]] = {
+    "text_guided": text_guided,
+    "text_cross_attn": text_cross_attn,
+}
+
+
 #: A variant factory: ``(summary_dim, config) -> nn.Module`` whose ``forward(tokens, tile_mask)``
 #: returns logits ``[images, tiles]`` or ``[images, heads, tiles]``.
 VariantFactory = Callable[[int, Any], nn.Module]
@@ -173,8 +246,16 @@ class GSWAModule(nn.Module):
         check = getattr(self.scorer, "is_identity", None)
         return self.config.global_weight == 1.0 and callable(check) and bool(check())
 
-    def forward(self, summaries: torch.Tensor, layout: TileLayout) -> torch.Tensor:
-        """Weight of every flat view ``[views]`` (float32)."""
+    @property
+    def uses_text(self) -> bool:
+        """Whether the variant reads the request's text (``forward`` then needs ``text``)."""
+        return bool(getattr(self.scorer, "uses_text", False))
+
+    def forward(self, summaries: torch.Tensor, layout: TileLayout, text: torch.Tensor | None = None) -> torch.Tensor:
+        """Weight of every flat view ``[views]`` (float32).
+
+        ``text``: ``[images, text_dim]``, one pooled text vector per image, for variants that
+        read the request (``uses_text``); ignored by the others."""
         if summaries.shape[-1] != self.summary_dim:
             raise LayoutError(
                 f"GSWA was built for summaries of width {self.summary_dim}, got {summaries.shape[-1]}"
@@ -183,7 +264,10 @@ class GSWAModule(nn.Module):
         if ref is not None:
             summaries = summaries.to(ref.dtype)
         padded = pad_summaries(summaries, layout)
-        logits = self.scorer(padded.tokens, padded.tile_mask)
+        if self.uses_text:
+            logits = self.scorer(padded.tokens, padded.tile_mask, text)
+        else:
+            logits = self.scorer(padded.tokens, padded.tile_mask)
         tile_w = logits_to_weights(logits, padded.tile_mask, self.config.temperature, self.config.min_weight)
         # slot 0 holds each image's thumbnail: prepend its weight, then gather every view's
         # weight by (image, slot). A single-view image is one tile whose weight is exactly 1.

@@ -20,5 +20,5 @@ printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$constraints"
 "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 "$VENV/bin/pip" install -q -c "$constraints" -e ".[eval,test]"
 echo "lmms-eval step: environment ready after $(( $(date +%s) - start )) s"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m lmms_eval tests/test_lmms_eval.py
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m lmms_eval tests/test_lmms_eval.py tests/test_question_aware_lmms.py
 echo "lmms-eval step took $(( $(date +%s) - start )) s"

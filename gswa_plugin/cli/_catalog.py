@@ -104,8 +104,8 @@ BUILTIN_ADAPTERS: tuple[AdapterInfo, ...] = (
     ),
 )
 
-#: The built-in weighting variants (``gswa_plugin.weighting.BUILTIN_VARIANTS``) and their plugin.
-BUILTIN_VARIANTS: tuple[str, ...] = ("self_attn", "cross_attn", "cosine")
+#: The built-in weighting variants (``gswa_plugin.weighting.BUILTIN_VARIANTS`` and ``TEXT_VARIANTS``) and their plugin.
+BUILTIN_VARIANTS: tuple[str, ...] = ("self_attn", "cross_attn", "cosine", "text_guided", "text_cross_attn")
 BUILTIN_VARIANT_SOURCE = "gswa_plugin.builtin"
 
 

@@ -43,6 +43,13 @@ def visualize_cmd(
         None, help="Also draw which visual tokens a token budget keeps (a fraction such as 0.25, or a token count)."
     ),
     budget_method: str = typer.Option("gswa", help="With --keep: gswa, uniform, random or globalcom."),
+    question: Optional[List[str]] = typer.Option(
+        None,
+        "--question",
+        "-q",
+        help="A question asked about each image (repeatable): one panel per question, side by side. "
+        "Only the question-aware variants (text_guided, text_cross_attn) give different weights.",
+    ),
 ) -> None:
     """Draw each image with its tiles shaded by GSWA weight and the weights written on them
     (with ``--keep``: also ``NAME-kept.png``, the tokens a budget keeps)."""
@@ -57,7 +64,7 @@ def visualize_cmd(
             err_console.print("[bold red]error:[/] gswa=none leaves GSWA off: there are no weights to draw")
             raise typer.Exit(code=2)
         note = f"model: {model}" if not is_tiny(model) else RANDOM_WEIGHTS_NOTE.format(name=model or "tiny")
-        results = visualize_paths(net, processor, image, out, width=width, cmap=cmap, note=note)
+        results = visualize_paths(net, processor, image, out, width=width, cmap=cmap, note=note, questions=question)
         kept = _kept_pictures(net, processor, results, keep, budget_method, width) if keep is not None else {}
     for path, w in results:
         thumb = f", thumbnail {w.thumbnail_weight:.2f}" if w.thumbnail_weight is not None else ""

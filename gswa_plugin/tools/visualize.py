@@ -264,6 +264,41 @@ def visualize(
     return draw(weights, title=title, width=width, cmap=cmap)
 
 
+def question_weights(
+    model: Any,
+    processor: Any,
+    image: Image.Image,
+    questions: Sequence[str],
+    width: int = 768,
+    cmap: str = "magma",
+    note: str | None = None,
+    name: str = "image",
+) -> tuple[Image.Image, list[ImageWeights]]:
+    """The weights GSWA gives ``image`` for each of ``questions``, drawn side by side (one
+    panel per question, each titled with it). With an image-only variant every panel is the
+    same; the question-aware ones (``text_guided``, ``text_cross_attn``) read the question.
+
+    Returns:
+        The picture and the weights of each question.
+    """
+    handle = _handle(model)
+    if not questions:
+        raise ValueError("question_weights needs at least one question")
+    same = "" if handle.module.uses_text else " (image-only: same weights for any question)"
+    panels, found = [], []
+    for q in questions:
+        w = image_weights(model, processor, image, name=name, question=q)
+        found.append(w)
+        title = f'{handle.config.variant}, question "{q}"{same}'
+        panels.append(draw(w, title=title, width=width, cmap=cmap, note=note))
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + 16 * (len(panels) - 1), max(p.height for p in panels)), "white")
+    x = 0
+    for p in panels:
+        canvas.paste(p, (x, 0))
+        x += p.width + 16
+    return canvas, found
+
+
 def _handle(model: Any) -> Any:
 
     return get_handle(model)
@@ -328,11 +363,14 @@ def visualize_paths(
     cmap: str = "magma",
     progress: bool = True,
     note: str | None = None,
+    questions: Sequence[str] | None = None,
 ) -> list[tuple[Path, ImageWeights]]:
     """Write one weight picture (PNG) per image of ``source`` into ``out``, with a progress bar.
 
     ``note`` is written under each picture's title (``gswa visualize``: the model, or that its
-    weights are random).
+    weights are random). With ``questions``, each picture holds one panel per question side by
+    side ([`question_weights`][gswa_plugin.tools.visualize.question_weights]); the weights
+    returned are the first question's.
 
     Returns:
         (picture path, weights) per image, in order.
@@ -356,6 +394,11 @@ def visualize_paths(
             target = f"{stem}-{n}"
         used.add(target)
         path = out_dir / f"{target}.png"
+        if questions:
+            picture, ws = question_weights(model, processor, img, questions, width=width, cmap=cmap, note=note, name=name)
+            picture.save(path)
+            results.append((path, ws[0]))
+            continue
         title = f"GSWA ({handle.config.variant}, adapter {handle.adapter.name}) on {Path(name).name}"
         draw(w, title=title, width=width, cmap=cmap, note=note).save(path)
         results.append((path, w))

@@ -1,0 +1,302 @@
+"""The two-needle task: two informative tiles in one image, the question names one of them.
+
+Each image is a 3x3 grid of tiles (as in :mod:`benchmarks.needle.task`): one tile holds a filled
+saturated **square**, another a filled saturated **circle** of a different colour; the question
+is ``what colour is the square ?`` or ``what colour is the circle ?`` (the tiny tokenizer has no
+other shape word). The seven other tiles hold the distractors of ``task.py`` (grey filled shapes,
+coloured outlines, any of square, circle, triangle). A fifth of the images hold neither needle
+and the answer ``tile``. An image-only allocator gives the same weights to both questions, so at
+most one of the two needles can hold the largest weight: its hit rate on the *asked* tile is at
+most about 50%. A question-aware variant can find the asked tile.
+
+Honest protocol: the settings below were tuned on the development seeds only; the held-out
+seeds were drawn once (``numpy.random.default_rng(18).integers(10_000, 100_000, 5)``) before any
+held-out run, and each seed resamples the training and evaluation images and the host's
+initialisation. Every seed's row is reported.
+
+    nice -n 5 python benchmarks/needle/two_needle.py --seeds dev          # tuning
+    nice -n 5 python benchmarks/needle/two_needle.py --seeds heldout --jobs 2
+    python benchmarks/needle/two_needle.py --report                      # the table
+
+Results go to ``two_needle.jsonl`` beside this file (one line per run; reruns skip done runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+_ROOT = Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from benchmarks.needle import task  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "two_needle.jsonl"
+#: The shapes a question can name (``task._shape`` kinds) and their words.
+ASKED: dict[str, int] = {"square": 0, "circle": 1}
+DEV_SEEDS: tuple[int, ...] = (101, 102)
+#: Drawn once, before any held-out run: ``np.random.default_rng(18).integers(10_000, 100_000, 5)``.
+HELD_OUT_SEEDS: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(18).integers(10_000, 100_000, 5))
+#: The compared cells: (name, mode, variant); ``none`` is the host without GSWA.
+CELLS: tuple[tuple[str, str, str], ...] = (
+    ("text_guided", "value", "text_guided"),
+    ("self_attn", "value", "self_attn"),
+    ("no GSWA", "none", "self_attn"),
+)
+
+
+def make_image(rng: np.random.Generator, tile: int) -> tuple[Image.Image, int, int, int, int]:
+    """One two-needle image.
+
+    Returns:
+        ``(image, asked, answer, asked_tile, other_tile)``: the picture, the asked shape (index in
+        :data:`ASKED`), the answer's index in ``task.answer_words()``, and the row-major tiles of
+        the asked and the other needle (-1 for both in an image without needles).
+    """
+    size = task.GRID * tile
+    bg = int(rng.integers(215, 250))
+    img = Image.new("RGB", (size, size), (bg, bg, bg))
+    draw = ImageDraw.Draw(img)
+    names = list(task.COLOURS)
+    asked = int(rng.integers(len(ASKED)))
+    tiles = rng.choice(task.GRID * task.GRID, size=2, replace=False)  # square's tile, circle's tile
+    colours = rng.choice(len(names), size=2, replace=False)  # two different colours
+    needles = {int(tiles[0]): (0, int(colours[0])), int(tiles[1]): (1, int(colours[1]))}
+    answer, asked_tile, other_tile = int(colours[asked]), int(tiles[asked]), int(tiles[1 - asked])
+    if rng.random() < task.NO_NEEDLE_FRACTION:
+        needles, answer, asked_tile, other_tile = {}, len(names), -1, -1
+    for t in range(task.GRID * task.GRID):
+        r, c = divmod(t, task.GRID)
+        if t in needles:  # large: a square's corners then fill the corners of the tile's 2x2 patches
+            side = int(rng.integers(tile * 75 // 100, tile * 85 // 100))
+        else:
+            side = int(rng.integers(tile * 4 // 10, tile * 7 // 10))
+        x0 = c * tile + int(rng.integers(2, tile - side - 1))
+        y0 = r * tile + int(rng.integers(2, tile - side - 1))
+        box = (x0, y0, x0 + side, y0 + side)
+        kind = int(rng.integers(3))
+        if t in needles:
+            shape, colour = needles[t]
+            task._shape(draw, box, shape, fill=task.COLOURS[names[colour]])
+        elif rng.random() < 0.5:
+            g = int(rng.integers(90, 170))
+            task._shape(draw, box, kind, fill=(g, g, g))
+        else:
+            colour = task.COLOURS[names[int(rng.integers(len(names)))]]
+            task._shape(draw, box, kind, outline=colour, width=max(1, tile // 28))
+    return img, asked, answer, asked_tile, other_tile
+
+
+@dataclass
+class TwoNeedleData:
+    """Tiled images: ``pixel_values [images, 10, 3, t, t]``, and per image the asked shape, the
+    answer, and the tiles of the asked and the other needle."""
+
+    pixel_values: torch.Tensor
+    asked: torch.Tensor
+    answer: torch.Tensor
+    asked_tile: torch.Tensor
+    other_tile: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.answer.shape[0])
+
+
+def make_data(n: int, seed: int, tile: int = 28, proc: Any = None) -> TwoNeedleData:
+    rng = np.random.default_rng(seed)
+    proc = proc or task.processor(tile)
+    rows: list[tuple] = []
+    pix = []
+    for _ in range(n):
+        img, *row = make_image(rng, tile)
+        pv = proc.image_processor(images=[img], return_tensors="pt")["pixel_values"]
+        if pv.shape[0] != task.GRID * task.GRID + 1:
+            raise RuntimeError(f"the processor cut an image into {pv.shape[0]} views, expected 10")
+        pix.append(pv)
+        rows.append(tuple(row))
+    cols = [torch.tensor(c) for c in zip(*rows)]
+    return TwoNeedleData(torch.stack(pix), *cols)
+
+
+def prompts(tokens_per_view: int) -> torch.Tensor:
+    """``[len(ASKED), seq]``: the prompt ids asking for each shape (same length)."""
+    tok = task._tokenizer()
+    out = []
+    for word in ASKED:
+        text = "<img>" + "<IMG_CONTEXT>" * (tokens_per_view * 10) + f"</img> what colour is the {word} ?"
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if tok.unk_token_id in ids:
+            raise RuntimeError(f"the question about the {word} has words outside the tiny vocabulary")
+        out.append(ids)
+    return torch.tensor(out)
+
+
+def _forward(model: Any, ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=ids, pixel_values=pixel_values.flatten(0, 1), logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+@torch.no_grad()
+def evaluate(model: Any, handle: Any, data: TwoNeedleData, prompt: torch.Tensor, chunk: int = 128) -> dict[str, Any]:
+    """Accuracy, hit rate on the asked tile and on the other needle's tile (images with needles)."""
+    from gswa_plugin import api
+
+    was = model.training
+    model.eval()
+    answers = task.answer_ids()
+    correct, weights = [], []
+    for s in range(0, len(data), chunk):
+        sl = slice(s, s + chunk)
+        logits = _forward(model, prompt[data.asked[sl]], data.pixel_values[sl])
+        correct.append(logits[:, answers].argmax(-1) == data.answer[sl])
+        if handle is not None:
+            weights.append(torch.stack(api.last_weights(model)).float())
+    model.train(was)
+    res: dict[str, Any] = {"accuracy": float(torch.cat(correct).float().mean()), "hit_asked": None, "hit_other": None}
+    if weights:
+        w = torch.cat(weights)
+        has = data.asked_tile >= 0
+        top = w[has].argmax(-1)
+        res["hit_asked"] = float((top == data.asked_tile[has]).float().mean())
+        res["hit_other"] = float((top == data.other_tile[has]).float().mean())
+    return res
+
+
+def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleData) -> dict[str, Any]:
+    """One run: the training loop of ``task.train`` with one question per sample."""
+    start = time.perf_counter()
+    model, handle = task.build_model(cfg)
+    gswa = [p for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
+    host = [(n, p) for n, p in model.named_parameters() if not n.startswith("gswa.") and p.requires_grad]
+    groups = [
+        {"params": [p for n, p in host if "vision_tower" not in n], "lr": cfg.lr},
+        {"params": [p for n, p in host if "vision_tower" in n], "lr": cfg.vision_lr or cfg.lr},
+    ]
+    if gswa:
+        groups.append({"params": gswa, "lr": cfg.gswa_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups)
+    order = torch.Generator().manual_seed(cfg.seed)
+    answers = task.answer_ids()
+    prompt = prompts((cfg.tile // 14) ** 2 // 4)
+    model.train()
+    n, pos, perm = len(train_data), 0, None
+    for _ in range(cfg.steps):
+        if perm is None or pos + cfg.batch_size > n:
+            perm, pos = torch.randperm(n, generator=order), 0
+        idx = perm[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        logits = _forward(model, prompt[train_data.asked[idx]], train_data.pixel_values[idx])
+        loss = torch.nn.functional.cross_entropy(logits[:, answers], train_data.answer[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {**evaluate(model, handle, eval_data, prompt), "wall_s": time.perf_counter() - start}
+
+
+#: The settings of every run (tuned on the development seeds only).
+#: ``text_layers: 1``: the last position cannot bind the question word to a tile by itself (with
+#: 2 layers the host alone answered every question on the development seed, and GSWA got no reason
+#: to choose between the needles); ``temperature: 2`` gave the highest development hit rate of 1, 2, 4.
+SETTINGS: dict[str, Any] = {
+    "steps": 800,
+    "train_images": 800,
+    "eval_images": 200,
+    "run": {"text_layers": 1, "temperature": 2.0},
+}
+
+
+def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    cell, seed, settings = job
+    _, mode, variant = next(c for c in CELLS if c[0] == cell)
+    cfg = replace(task.RunConfig(), mode=mode, variant=variant, seed=seed, steps=settings["steps"], eval_every=0)
+    cfg = replace(cfg, **settings.get("run", {}))
+    proc = task.processor(cfg.tile)
+    # each seed resamples its images: training and evaluation data from the seed's own generators
+    train_data = make_data(settings["train_images"], seed=seed * 10 + 1, tile=cfg.tile, proc=proc)
+    eval_data = make_data(settings["eval_images"], seed=seed * 10 + 2, tile=cfg.tile, proc=proc)
+    res = train(cfg, train_data, eval_data)
+    return {"cell": cell, "seed": seed, "settings": settings, "config": asdict(cfg), **res}
+
+
+def report(rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> str:
+    """The per-seed Markdown table (hit rate on the asked tile / accuracy), then mean and spread."""
+    names = [c[0] for c in CELLS]
+    by = {(r["cell"], r["seed"]): r for r in rows}
+    head = "| seed | " + " | ".join(names) + " |\n|---|" + "---|" * len(names)
+    lines = [head]
+
+    def fmt(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        hit = "-" if r["hit_asked"] is None else f"{r['hit_asked']:.2f}"
+        return f"{hit} / {r['accuracy']:.2f}"
+
+    for s in seeds:
+        lines.append(f"| {s} | " + " | ".join(fmt(by.get((n, s))) for n in names) + " |")
+    for stat, fn in (("mean", np.mean), ("min", np.min), ("max", np.max)):
+        cells = []
+        for n in names:
+            got = [by[(n, s)] for s in seeds if (n, s) in by]
+            hits = [r["hit_asked"] for r in got if r["hit_asked"] is not None]
+            accs = [r["accuracy"] for r in got]
+            cells.append(("-" if not hits else f"{fn(hits):.2f}") + " / " + ("-" if not accs else f"{fn(accs):.2f}"))
+        lines.append(f"| {stat} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="dev", help="dev, heldout, or a comma list of seeds")
+    ap.add_argument("--cells", default=",".join(c[0] for c in CELLS))
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--report", action="store_true", help="print the held-out table and exit")
+    ap.add_argument("--set", action="append", default=[], help="tuning on dev seeds: KEY=VALUE (a SETTINGS key or a RunConfig field)")
+    args = ap.parse_args(argv)
+    settings = json.loads(json.dumps(SETTINGS))
+    for item in args.set:
+        k, v = item.split("=", 1)
+        value = json.loads(v) if v[:1] in "0123456789-[{tfn" else v
+        if k in settings:
+            settings[k] = value
+        else:
+            settings["run"][k] = value
+    seeds = {"dev": DEV_SEEDS, "heldout": HELD_OUT_SEEDS}.get(args.seeds) or tuple(int(s) for s in args.seeds.split(","))
+    rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()] if args.out.exists() else []
+    rows = [r for r in rows if r["settings"] == settings]
+    if args.report:
+        print(report(rows, seeds))
+        return 0
+    done = {(r["cell"], r["seed"]) for r in rows}
+    todo = [(c, s, settings) for s in seeds for c in args.cells.split(",") if (c, s) not in done]
+    print(f"{len(todo)} runs to do", flush=True)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.jobs) as pool, args.out.open("a") as f:
+        for res in pool.imap_unordered(run_cell, todo):
+            f.write(json.dumps(res) + "\n")
+            f.flush()
+            print(
+                f"{res['cell']:<16} seed {res['seed']:>6}  hit(asked) {res['hit_asked']}  hit(other) {res['hit_other']}  "
+                f"acc {res['accuracy']:.3f}  {res['wall_s']:.0f}s",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    raise SystemExit(main())

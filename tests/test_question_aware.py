@@ -1,0 +1,258 @@
+"""The question-aware variants (``text_guided``, ``text_cross_attn``): contract, compatibility,
+and that the request's text is what moves the weights.
+
+Every check runs on the tiny real hosts of ``tests/host_cases`` through the public contract
+(identity at initialisation bit-exact including ``generate``, exact weighting, layout,
+save/load), plus ``disable`` bit-exact with a non-identity question-aware GSWA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import gswa_plugin
+from gswa_plugin.config import MODES
+from gswa_plugin.errors import LayoutError
+from gswa_plugin.handle import get_handle
+from gswa_plugin.testing.contract import PEAKED
+from gswa_plugin.testing.tiny import tiny_tokenizer
+
+from .host_cases import all_cases
+from .host_cases.internvl import CASE as INTERNVL
+
+TEXT_VARIANTS = ("text_guided", "text_cross_attn")
+CASES = {c.id: c for c in all_cases()}
+#: ``text_guided`` on every host case; ``text_cross_attn`` (the same class with thumbnail-only
+#: blocks, and the same text path) on the native InternVL only, to keep the file CI-sized.
+VARIANT_CASES = [(v, c) for v in TEXT_VARIANTS for c in sorted(CASES) if v == "text_guided" or c == "internvl"]
+
+
+@pytest.mark.parametrize(("variant", "case_id"), VARIANT_CASES)
+def test_contract_holds_for_the_question_aware_variants(case_id, variant):
+    case = CASES[case_id]
+    case = dataclasses.replace(case, config={**case.config, "variant": variant})
+    report = case.check(["identity", "exact_weighting", "layout", "save_load"])
+    assert report.passed, str(report)
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.mark.parametrize(("variant", "case_id"), VARIANT_CASES)
+def test_disable_restores_the_host_bit_exactly(case_id, variant):
+    case = CASES[case_id]
+    model, inputs = case.make_model(), case.make_inputs()
+    base = _logits(model, inputs)
+    cfg = {**case.config, **PEAKED, "variant": variant}
+    if case.adapter:
+        cfg["adapter"] = case.adapter
+    gswa_plugin.enable(model, cfg)
+    assert not torch.equal(_logits(model, inputs), base)
+    gswa_plugin.disable(model)
+    assert torch.equal(_logits(model, inputs), base)
+
+
+def _question(inputs, word_from: str, word_to: str):
+    """The same inputs with one text word swapped (the image tokens untouched)."""
+    tok = tiny_tokenizer()
+    a, b = tok.convert_tokens_to_ids(word_from), tok.convert_tokens_to_ids(word_to)
+    ids = inputs["input_ids"].clone()
+    assert (ids == a).any(), f"no '{word_from}' in the prompt"
+    ids[ids == a] = b
+    return {**inputs, "input_ids": ids}
+
+
+def _internvl(mode="embed", **cfg):
+    model, inputs = INTERNVL.make_model(), INTERNVL.make_inputs()
+    gswa_plugin.enable(model, {**PEAKED, "variant": "text_guided", "mode": mode, **cfg})
+    return model, inputs
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_question_moves_the_weights_and_the_answer_in_every_mode(mode):
+    model, inputs = _internvl(mode)
+    first = _logits(model, inputs)
+    w1 = gswa_plugin.last_weights(model)
+    other = _question(inputs, "describe", "what")
+    second = _logits(model, other)
+    w2 = gswa_plugin.last_weights(model)
+    # image 0's prompt changed: its weights move; image 1's prompt did not: its weights stay
+    assert not torch.allclose(w1[0], w2[0])
+    assert torch.equal(w1[1], w2[1])
+    assert not torch.equal(first[0], second[0])
+    for w in w2:
+        assert abs(float(w.double().mean()) - 1.0) < 1e-5
+
+
+def test_image_placeholders_and_padding_do_not_enter_the_text():
+    from gswa_plugin.adapters._text import pooled_text
+
+    model = INTERNVL.make_model()
+    tok = tiny_tokenizer()
+    ctx = model.config.image_token_id
+    words = tok.convert_tokens_to_ids(["what", "is", "the", "square"])
+    short = torch.tensor([[ctx, ctx, *words]])
+    long = torch.tensor([[ctx] * 7 + words + [0]])
+    mask = torch.tensor([[1] * 11 + [0]])
+    assert torch.allclose(pooled_text(model, short), pooled_text(model, long, mask), atol=1e-6)
+
+
+def test_generate_computes_the_weights_once_at_prefill():
+    model, inputs = _internvl("value")
+    seen = []
+    handle = get_handle(model)
+    original = handle.process
+
+    def counting(*args, **kwargs):
+        seen.append(1)
+        return original(*args, **kwargs)
+
+    handle.process = counting
+    model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert len(seen) == 1
+    w_gen = gswa_plugin.last_weights(model)
+    _logits(model, inputs)
+    assert all(torch.equal(a, b) for a, b in zip(w_gen, gswa_plugin.last_weights(model)))
+
+
+def test_a_call_without_text_is_an_error_unless_gswa_is_the_identity():
+    model, inputs = _internvl()
+    with pytest.raises(LayoutError, match="carries no `input_ids`"):
+        with gswa_plugin.tiles(model, [5, 4]):
+            model.get_image_features(pixel_values=inputs["pixel_values"])
+    ident = INTERNVL.make_model()
+    gswa_plugin.enable(ident, {"variant": "text_guided", "hidden_size": 32, "num_heads": 4})
+    plain = INTERNVL.make_model()
+    got = ident.get_image_features(pixel_values=inputs["pixel_values"])
+    want = plain.get_image_features(pixel_values=inputs["pixel_values"])
+    got, want = (getattr(x, "pooler_output", x) for x in (got, want))
+    assert torch.equal(torch.cat(list(got)), torch.cat(list(want)))
+
+
+def test_more_samples_than_one_per_image_is_a_clear_error():
+    model, inputs = _internvl()
+    two = {**inputs, "pixel_values": inputs["pixel_values"][:5]}
+    with pytest.raises(LayoutError):
+        _logits(model, two)
+
+
+def test_the_text_gets_gradients_and_training_moves_the_text_query():
+    model, inputs = _internvl(identity_init=True)
+    model.train()
+    out = model(**inputs, labels=inputs["input_ids"].clone())
+    out.loss.backward()
+    scorer = model.gswa.scorer
+    assert scorer.text_query.weight.grad is not None and scorer.text_query.weight.grad.abs().sum() > 0
+
+
+def test_gswa_visualize_draws_two_questions_side_by_side(tmp_path, monkeypatch):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from gswa_plugin.cli import app
+    from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+    from gswa_plugin.tools import hosts
+    from gswa_plugin.tools import visualize as vis
+
+    monkeypatch.setattr(hosts, "tiny_default", lambda max_tiles=None: (tiny_internvl(image_size=56), tiny_internvl_processor(56, max_tiles or 6)))
+    cfg = tmp_path / "gswa.yaml"
+    cfg.write_text("gswa:\n  variant: text_guided\n  identity_init: false\n  temperature: 0.1\n")
+    sample_image("coffee").save(tmp_path / "coffee.png")
+    questions = ["what colour is the cup ?", "what is in the picture ?"]
+    args = ["visualize", "--image", str(tmp_path / "coffee.png"), "--gswa", str(cfg), "--out", str(tmp_path / "maps"), "--width", "300"]
+    for q in questions:
+        args += ["--question", q]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    picture = Image.open(tmp_path / "maps" / "coffee.png")
+    assert picture.width == 2 * 300 + 16
+    net, proc, _ = hosts.load_host(None, str(cfg))
+    _, (first, second) = vis.question_weights(net, proc, Image.open(tmp_path / "coffee.png"), questions, width=300)
+    assert first.tile_weights != second.tile_weights  # the question moves the weights of the same photograph
+    assert abs(sum(first.tile_weights) / len(first.tile_weights) - 1) < 1e-5
+
+
+def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
+    import numpy as np
+
+    from benchmarks.needle import task
+    from benchmarks.needle import two_needle as tn
+
+    rng = np.random.default_rng(0)
+    tile = 28
+    seen_asked = set()
+    for _ in range(40):
+        img, asked, answer, asked_tile, other_tile = tn.make_image(rng, tile)
+        if asked_tile < 0:
+            assert answer == len(task.COLOURS) and other_tile == -1
+            continue
+        seen_asked.add(asked)
+        assert asked_tile != other_tile
+        r, c = divmod(asked_tile, task.GRID)
+        cx, cy = c * tile + tile // 2, r * tile + tile // 2
+        # the needle is large and centred enough that the tile's centre pixel has its colour
+        box = np.asarray(img)[cy - 2 : cy + 3, cx - 2 : cx + 3].reshape(-1, 3)
+        want = np.asarray(task.COLOURS[task.answer_words()[answer]])
+        assert (np.abs(box - want).sum(-1) < 10).any()
+    assert seen_asked == {0, 1}
+    ids = tn.prompts(1)
+    assert ids.shape[0] == 2 and (ids[0] != ids[1]).sum() == 1  # the prompts differ only in the shape word
+
+
+def test_gswa_train_moves_the_text_query(tmp_path):
+    """A tiny `gswa train` run (the console command, transformers Trainer) with `text_guided`:
+    the text reaches GSWA in training and its text query leaves zero."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from gswa_plugin.integrations.transformers import read_gswa_state, smoke
+
+    model_dir = smoke.write_model(tmp_path / "model")
+    files = smoke.write_data(tmp_path / "data", formats=("llava",))
+    out = tmp_path / "out"
+    recipe = smoke.smoke_recipe(model_dir, files, out)
+    recipe["gswa"] = {**recipe.get("gswa", {}), "variant": "text_guided", "mode": "value"}
+    recipe["training_args"].update({"max_steps": 4, "save_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 0.01})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    exe = Path(sys.executable).with_name("gswa")
+    cmd = [str(exe) if exe.exists() else shutil.which("gswa") or "gswa", "train", str(path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trained = read_gswa_state(out / "checkpoint-4")
+    key = next(k for k in trained if k.endswith("text_query.weight"))
+    assert float(trained[key].float().abs().max()) > 0
+
+
+#: The compatibility matrix's settings (tests/test_compat.py), run with ``text_guided`` on the
+#: native InternVL in every mode.
+def _compat_cells():
+    from gswa_plugin.testing.compat import SETTINGS
+
+    return [(m, s.name) for m in MODES for s in SETTINGS]
+
+
+@pytest.mark.parametrize(("mode", "setting"), _compat_cells())
+def test_compatibility_matrix_holds_for_text_guided(mode, setting, tmp_path):
+    from .test_compat import CHECKS, _grads
+
+    case = dataclasses.replace(INTERNVL, config={**INTERNVL.config, "variant": "text_guided"})
+    if setting.startswith("gc-"):  # the matrix caches its reference gradients per adapter (self_attn)
+        base = _grads(case, mode, None)
+        got = _grads(case, mode, setting[3:])
+        assert all(g is not None for g in base.values()) and all(g is not None for g in got.values())
+        for n in base:
+            torch.testing.assert_close(got[n], base[n], rtol=1e-5, atol=1e-6)
+        return
+    CHECKS[setting](case, mode, tmp_path)
