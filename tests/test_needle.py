@@ -169,7 +169,10 @@ def test_report_lists_every_seed_with_its_colours():
     md = report.table(rows)
     assert "50.0 / 100.0" in md and "| 50 |" in md  # worst / best seed, worst colour
     lines = report.per_seed(rows).splitlines()
-    assert len(lines) == 4 and lines[2].split("|")[5].strip() == "3" and lines[2].split("|")[9].strip() == "50"
+    # one configuration and one variant: their columns are left out
+    assert lines[0].split("|")[1:4] == [" setting ", " mode ", " seed "]
+    assert len(lines) == 4 and lines[2].split("|")[3].strip() == "3" and lines[2].split("|")[7].strip() == "50"
+    assert "| config |" in report.per_seed([*rows, {**rows[0], "tag": "u"}])
 
 
 @pytest.mark.needle

@@ -41,8 +41,21 @@ def _worst_colour(r: dict) -> float | None:
     return min(by) if by else None
 
 
+def _drop_first_column(md: str) -> str:
+    return "\n".join("|" + line.split("|", 2)[2] if line.startswith("|") else line for line in md.splitlines())
+
+
+def _one_tag(rows: list[dict]) -> bool:
+    return len({r.get("tag", "default") for r in rows}) == 1
+
+
 def table(rows: list[dict]) -> str:
     """Per configuration: mean ± sd between seeds, and the best, worst and mean seed."""
+    md = _table(rows)
+    return _drop_first_column(md) if _one_tag(rows) else md
+
+
+def _table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[_group_key(r)].append(r)
@@ -66,8 +79,9 @@ def table(rows: list[dict]) -> str:
             nw = [r["needle_weight"] for r in g if r["needle_weight"] is not None]
             worst = [w for w in (_worst_colour(r) for r in g) if w is not None]
             span = f"{100 * min(hits):.1f} / {100 * max(hits):.1f}" if hits else "-"
+            short = f" ({len(g)} seeds)" if len(g) < len(seeds) else ""
             lines.append(
-                f"| {k[0]} | {k[2]} | {k[3]} | {_ms([r['accuracy'] for r in g])} | {_ms(hits)} | {span} | "
+                f"| {k[0]} | {k[2]}{short} | {k[3]} | {_ms([r['accuracy'] for r in g])} | {_ms(hits)} | {span} | "
                 f"{f'{100 * min(worst):.0f}' if worst else '-'} | {_ms(nw, pct=False)} | "
                 f"{statistics.fmean(r['wall_s'] for r in g):.0f} |"
             )
@@ -77,11 +91,18 @@ def table(rows: list[dict]) -> str:
 
 def per_seed(rows: list[dict]) -> str:
     """Every run: accuracy, hit rate and hit rate per answer colour."""
+    md = _per_seed(rows)
+    if len({r["variant"] for r in rows}) == 1:  # one variant (named in the text): leave its column out
+        md = "\n".join("|".join(c for i, c in enumerate(line.split("|")) if i != 4) for line in md.splitlines())
+    return _drop_first_column(md) if _one_tag(rows) else md
+
+
+def _per_seed(rows: list[dict]) -> str:
     rows = sorted(rows, key=lambda r: (r.get("tag", "default"), list(SETTING_TITLES).index(r["setting"]),
                                        MODES.index(r["mode"]), r["variant"], r["seed"]))
     colours = next((list(r["hit_by_answer"]) for r in rows if r.get("hit_by_answer")), [])
     lines = [
-        "| config | setting | mode | variant | seed | accuracy % | hit % | " + " | ".join(colours) + " |",
+        "| config | setting | mode | variant | seed | acc. % | hit % | " + " | ".join(colours) + " |",
         "|---" * (7 + len(colours)) + "|",
     ]
     for r in rows:
