@@ -355,6 +355,14 @@ class GSWAConfig(Settings):
         description="Per-tile summary fed to GSWA: `cls` (the encoder's CLS token), `mean` (mean of the "
         "tile's tokens) or `auto` (CLS where the encoder has one, else the mean).",
     )
+    score_input: Literal["summary", "squared_deviation"] = Field(
+        "summary",
+        description="What the `self_attn`/`cross_attn` scorer reads per view: `summary` (the LayerNorm'd "
+        "summary, the paper's) or `squared_deviation` (per channel, the squared difference between a view's "
+        "LayerNorm'd summary and the mean over its image's tiles: how unlike the other tiles it is, with "
+        "no sign, so tiles that differ from the rest in opposite directions all score high). See the "
+        "docs page 'Needle-tile benchmark'.",
+    )
     identity_init: bool = Field(
         True,
         description="Initialise the scoring layer so that attention is uniform: an untrained GSWA changes no output bit.",

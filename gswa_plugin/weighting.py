@@ -87,7 +87,8 @@ class _Block(nn.Module):
 class AttentionScorer(nn.Module):
     """The ``self_attn`` / ``cross_attn`` variants: up-projection, blocks, then a scoring layer.
 
-    ``x = Linear_up(LayerNorm([g; s_1..s_T]))``; ``num_layers`` pre-norm blocks (full
+    ``x = Linear_up(LayerNorm([g; s_1..s_T]))`` (with ``score_input: squared_deviation`` the
+    up-projection reads ``(LN(v) - mean_tiles LN(s))**2`` per view instead); ``num_layers`` pre-norm blocks (full
     self-attention for ``self_attn``; for ``cross_attn`` only the thumbnail token attends, so
     tiles do not interact); the logits are the thumbnail query's scaled dot products with the
     tile keys of a final multi-head scoring layer. With ``identity_init`` the query projection
@@ -99,6 +100,7 @@ class AttentionScorer(nn.Module):
         dim, heads = cfg.hidden_size, cfg.num_heads
         self.heads = heads
         self.head_dim = dim // heads
+        self.score_input = getattr(cfg, "score_input", "summary")
         self.in_norm = nn.LayerNorm(summary_dim)
         self.up = nn.Linear(summary_dim, dim)
         self.blocks = nn.ModuleList(
@@ -112,7 +114,13 @@ class AttentionScorer(nn.Module):
             nn.init.zeros_(self.query.bias)
 
     def forward(self, tokens: torch.Tensor, tile_mask: torch.Tensor) -> torch.Tensor:
-        x = self.up(self.in_norm(tokens))
+        h = self.in_norm(tokens)
+        if self.score_input == "squared_deviation":
+            # per channel, (view - mean of the image's tiles)^2: how unlike the other tiles, without a sign
+            m = tile_mask[..., None].to(h.dtype)
+            mean = (h[:, 1:] * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
+            h = (h - mean) ** 2
+        x = self.up(h)
         # key padding: the thumbnail slot is always valid; True marks padding for nn.MultiheadAttention
         pad = torch.cat([torch.zeros_like(tile_mask[:, :1]), ~tile_mask], dim=1)
         for block in self.blocks:

@@ -1,5 +1,10 @@
 """Why does the best configuration miss the blue needles in some seeds? Measurements per colour.
 
+Written under the benchmark's earlier protocol (every seed on the same images, seeds 0-2, the then
+best configuration: ``value`` + ``self_attn``, GSWA learning rate 1e-2); ``diagnosis.md`` is that
+run's output. ``needle.BEST`` now holds the recommended configuration, so a rerun measures that
+one. The current protocol's diagnosis is ``dynamics.py``.
+
 Trains the benchmark's best configuration (``needle.BEST``: ``value``, ``self_attn``, vision
 encoder trained) on the benchmark's data (``run.py``'s 1500 + 256 images) for each seed and writes
 ``diagnosis.json`` and ``diagnosis.md`` here:
