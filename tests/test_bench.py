@@ -136,3 +136,25 @@ def test_parameter_shares_match_a_built_host():
     assert rows["InternVL2-2B"]["host_parameters"] == bench.host_parameter_count(bench.SHAPES["internvl2-2b"])
     # GSWA's width does not depend on the host's language model; its share shrinks with the host
     assert rows["InternVL2-1B"]["share"] > rows["InternVL2-2B"]["share"] > rows["InternVL2-8B"]["share"]
+
+
+def test_parameter_shares_build_every_registered_variant_not_only_the_first_three():
+    """`gswa bench --config` with a question-aware (or plugin) variant used to raise KeyError after
+    minutes of timing: the share count looked the variant up in the three image-only built-ins."""
+    from gswa_plugin.tools.bench_modes import parameter_shares
+
+    base = {r["host"]: r["gswa_parameters"] for r in parameter_shares({"variant": "self_attn"})}
+    text = {r["host"]: r["gswa_parameters"] for r in parameter_shares({"variant": "text_guided"})}
+    assert base.keys() == text.keys()
+    # the text path's projection from the language model's width adds parameters on every preset
+    assert all(text[h] > base[h] for h in base)
+
+
+def test_parameter_shares_name_an_unknown_variant():
+    from gswa_plugin.errors import ConfigError
+    from gswa_plugin.tools.bench_modes import parameter_shares
+
+    with pytest.raises(ConfigError) as info:
+        parameter_shares({"variant": "no_such_variant"})
+    assert len(info.value.problems) == 1 and "no_such_variant" in info.value.problems[0]
+    assert "text_guided" in info.value.problems[0]

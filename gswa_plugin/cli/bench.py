@@ -57,8 +57,11 @@ def bench_cmd(
     The targets: GSWA under 1% of the image-encoding time at every tile count and under 0.5% of
     the host's parameters (with --check, a missed target exits with status 1).
     """
-    from gswa_plugin.tools import bench
+    from gswa_plugin.tools import bench, bench_modes
 
+    with reported_errors():
+        # first, so that a config the share count cannot build fails before minutes of timing
+        shares = bench_modes.parameter_shares(config)
     with reported_errors():
         result = (
             bench.load_json(from_json)
@@ -77,8 +80,6 @@ def bench_cmd(
                 threads=threads,
             )
         )
-    from gswa_plugin.tools import bench_modes
-
     modes_result = None
     if modes and from_json is None:
         with reported_errors():
@@ -99,9 +100,8 @@ def bench_cmd(
     if modes_result is not None:
         text += "\n" + "\n\n".join(bench_modes.describe_modes(modes_result)) + "\n\n"
         text += bench_modes.modes_table(modes_result)
-    with reported_errors():
-        text += "\nParameter share of the default config on preset host shapes (counted from config shapes):\n\n"
-        text += bench_modes.shares_table(bench_modes.parameter_shares(config))
+    text += "\nParameter share of the default config on preset host shapes (counted from config shapes):\n\n"
+    text += bench_modes.shares_table(shares)
     console.print(text, highlight=False, markup=False, soft_wrap=True)
     if json_out is not None:
         console.print(f"wrote {bench.save_json(result, json_out)}")

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from gswa_plugin.config import GSWAConfig, resolve_config
+from gswa_plugin.errors import ConfigError
 from gswa_plugin.tools.bench import SHAPES, HostShapes, _make_inputs, _sync_for, host_config
 
 MODES = ("none", "embed", "value", "attn_bias")
@@ -277,15 +278,26 @@ def _preset_host(spec: dict[str, Any]) -> Any:
 
 def parameter_shares(config: GSWAConfig | dict[str, Any] | str | None = None) -> list[dict[str, Any]]:
     """GSWA's parameters over each preset host's (both counted on the ``meta`` device)."""
-    from gswa_plugin.weighting import BUILTIN_VARIANTS, GSWAModule, count_parameters
+    from gswa_plugin.plugins import variants
+    from gswa_plugin.weighting import GSWAModule, count_parameters
 
     cfg = resolve_config(config)
+    registry = variants()  # built-in and plugin variants, as enable() finds them
+    if cfg.variant not in registry:
+        raise ConfigError(
+            [
+                f"variant: unknown variant '{cfg.variant}': the installed variants are "
+                f"{', '.join(sorted(registry))} (`gswa adapters` lists them with the plugin that provides each)"
+            ]
+        )
+    factory = registry[cfg.variant]
     rows = []
     with torch.device("meta"):
         for name, spec in PRESETS.items():
             host = count_parameters(_preset_host(spec))
-            factory = BUILTIN_VARIANTS[cfg.variant]
-            gswa = count_parameters(GSWAModule(spec["vision"], cfg, factory(spec["vision"], cfg)))
+            # a question-aware variant also reads the prompt embedding, whose width is the LM's
+            extra = {"text_dim": spec["text"]["hidden_size"]} if getattr(factory, "needs_text", False) else {}
+            gswa = count_parameters(GSWAModule(spec["vision"], cfg, factory(spec["vision"], cfg, **extra)))
             rows.append({"host": name, "host_parameters": host, "gswa_parameters": gswa, "share": gswa / host})
     return rows
 
