@@ -122,3 +122,21 @@ def test_the_cli_command_converts_and_reports(converted, tmp_path):
     from safetensors.torch import load_file
 
     assert all(t.dtype == torch.bfloat16 for t in load_file(str(tmp_path / "dst" / "model.safetensors")).values())
+
+
+def test_a_checkpoint_without_tower_weights_takes_them_from_mm_vision_tower(converted, tmp_path):
+    """llava checkpoints saved before the tower loaded hold no tower tensors: the converter reads
+    them from the folder ``mm_vision_tower`` names, and the result is the same model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = converted[2].parent / "src"
+    bare = tmp_path / "bare"
+    shutil.copytree(src, bare)
+    state = load_file(str(bare / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if ".vision_tower." not in k}, str(bare / "model.safetensors"))
+    convert(bare, tmp_path / "dst")
+    full, again = (load_file(str(p / "model.safetensors")) for p in (converted[2], tmp_path / "dst"))
+    assert full.keys() == again.keys()
+    assert all(torch.equal(full[k], again[k]) for k in full)

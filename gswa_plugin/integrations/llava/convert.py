@@ -14,8 +14,9 @@ Mapping (ours, written from the two architectures):
 * language model: ``model.{embed_tokens,layers,norm}`` -> ``model.language_model.*``;
   ``lm_head`` stays;
 * vision tower: ``model.vision_tower.vision_tower[.vision_model].*`` ->
-  ``model.vision_tower.vision_model.*`` (read from the ``mm_vision_tower`` folder when the
-  checkpoint holds no tower weights);
+  ``model.vision_tower.vision_model.*`` (read from the tower ``mm_vision_tower`` names, a local
+  folder or a hub id, when the checkpoint holds no tower weights; its config and image processor
+  always come from there);
 * projector (``mlp2x_gelu`` only): ``model.mm_projector.0`` / ``.2`` ->
   ``model.multi_modal_projector.linear_1`` / ``linear_2``;
 * ``model.image_newline`` stays;
@@ -113,13 +114,21 @@ def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
 
 
-def _tower_folder(cfg: dict[str, Any]) -> Path:
+def _tower(cfg: dict[str, Any]) -> str:
+    """The vision tower the checkpoint names (``mm_vision_tower``): a local folder or a hub id."""
     tower = cfg.get("mm_vision_tower") or cfg.get("vision_tower")
-    if not tower or not (Path(tower) / "config.json").is_file():
-        raise CheckpointError(f"the vision tower {tower!r} (config mm_vision_tower) is not a local folder with a "
-                              "config.json; download it (e.g. openai/clip-vit-large-patch14-336) and set "
-                              "mm_vision_tower in the checkpoint's config.json to its path")  # fmt: skip
-    return Path(tower)
+    if not tower:
+        raise CheckpointError("the checkpoint's config.json names no vision tower (mm_vision_tower); set it to the "
+                              "CLIP tower the model was trained with (e.g. openai/clip-vit-large-patch14-336)")  # fmt: skip
+    return str(tower)
+
+
+def _from_tower(loader: Any, tower: str) -> Any:
+    try:
+        return loader.from_pretrained(tower)
+    except OSError as exc:
+        raise CheckpointError(f"cannot load the vision tower {tower!r} (config mm_vision_tower): {exc}; download it "
+                              "and set mm_vision_tower in the checkpoint's config.json to the local folder")  # fmt: skip
 
 
 def _grow(weight: torch.Tensor, rows: int) -> torch.Tensor:
@@ -173,11 +182,13 @@ def convert(src: str | Path, dst: str | Path, dtype: torch.dtype | None = None) 
 
     src, dst = Path(src), Path(dst)
     cfg = _read_config(src)
-    tower = _tower_folder(cfg)
+    tower = _tower(cfg)
     state = _load_tensors(src)
-    if not any(_TOWER.match(k) for k in state):  # llava saved no tower weights: take the tower folder's
-        state.update({"model.vision_tower.vision_tower." + k: v for k, v in _load_tensors(tower).items()
-                      if k.startswith("vision_model.")})  # fmt: skip
+    if not any(_TOWER.match(k) for k in state):  # llava saved no tower weights: take the tower's own
+        from transformers import CLIPVisionModel
+
+        weights = _from_tower(CLIPVisionModel, tower).state_dict()
+        state.update({"model.vision_tower.vision_tower." + k: v for k, v in weights.items()})
     # GSWA's own parameters (saved inside the model by llava's trainer) travel in gswa/ instead
     converted = {map_key(k): v for k, v in state.items() if not k.startswith("gswa.")}
 
@@ -192,7 +203,7 @@ def convert(src: str | Path, dst: str | Path, dtype: torch.dtype | None = None) 
 
     text_keys = set(LlamaConfig().to_dict()) - {"architectures", "model_type", "transformers_version"}
     text_config = LlamaConfig(**{k: v for k, v in cfg.items() if k in text_keys and k != "vocab_size"}, vocab_size=vocab)
-    vision_config = AutoConfig.from_pretrained(str(tower))
+    vision_config = _from_tower(AutoConfig, tower)
     vision_config = getattr(vision_config, "vision_config", vision_config)  # a full CLIP folder
     config = LlavaNextConfig(
         text_config=text_config.to_dict(),
@@ -226,7 +237,7 @@ def convert(src: str | Path, dst: str | Path, dtype: torch.dtype | None = None) 
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(dst))
 
-    clip = CLIPImageProcessor.from_pretrained(str(tower))
+    clip = _from_tower(CLIPImageProcessor, tower)
     side = clip.size.get("shortest_edge") or clip.size.get("height")
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": side},
