@@ -102,6 +102,20 @@ def test_the_processor_counts_the_image_tokens_the_model_fills(converted):
         assert int((ids == hf.config.image_token_index).sum()) == n
 
 
+def test_the_chat_template_is_llavas_vicuna_v1_prompt(converted):
+    """What lmms-eval's gswa models send: llava's ``conv_vicuna_v1`` rendering of one image question."""
+    from llava.conversation import conv_templates
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(converted[2])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    conv = conv_templates["vicuna_v1"].copy()
+    conv.append_message(conv.roles[0], "<image>\nwhat is this?")
+    conv.append_message(conv.roles[1], None)
+    assert text == conv.get_prompt()
+
+
 def test_a_non_llava_checkpoint_is_refused_with_the_reason(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}), encoding="utf-8")
     with pytest.raises(CheckpointError, match="not 'llava_llama'"):

@@ -41,11 +41,11 @@ from gswa_plugin.errors import CheckpointError
 IMAGE_TOKEN = "<image>"
 #: llava's ``conv_vicuna_v1`` (what LLaVA-1.6 Vicuna is trained and evaluated with), as a chat template.
 SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 CHAT_TEMPLATE = (
-    "{{ '" + SYSTEM + "' }}"
+    '{{ "' + SYSTEM + '" }}'
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}{{ ' USER: ' }}{% else %}{{ ' ASSISTANT: ' }}{% endif %}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -196,7 +196,7 @@ def convert(src: str | Path, dst: str | Path, dtype: torch.dtype | None = None) 
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    vocab = max(cfg["vocab_size"], len(tokenizer))
+    vocab = max(cfg["vocab_size"], max(tokenizer.get_vocab().values()) + 1)
     for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
         if key in converted:
             converted[key] = _grow(converted[key], vocab)
