@@ -102,6 +102,21 @@ def test_the_processor_counts_the_image_tokens_the_model_fills(converted):
         assert int((ids == hf.config.image_token_index).sum()) == n
 
 
+def test_the_image_processor_tiles_as_llava_does(converted):
+    """The converted image processor gives llava's ``process_images`` views, pixel for pixel
+    (square and 3:1 photographs: base image + anyres tiles)."""
+    from llava.mm_utils import process_images
+    from transformers import AutoProcessor
+
+    from tests.host_cases.llava_torch import image_processor, tiny_llava_config
+
+    processor = AutoProcessor.from_pretrained(converted[2])
+    for photo in (sample_image("astronaut"), sample_image("coffee").resize((300, 100))):
+        ours = processor.image_processor(photo, return_tensors="pt")["pixel_values"][0]
+        llavas = process_images([photo], image_processor(), tiny_llava_config())[0]
+        torch.testing.assert_close(ours, llavas, rtol=0, atol=0)
+
+
 def test_the_chat_template_is_llavas_vicuna_v1_prompt(converted):
     """What lmms-eval's gswa models send: llava's ``conv_vicuna_v1`` rendering of one image question."""
     from llava.conversation import conv_templates
