@@ -45,13 +45,21 @@ def test_every_readme_command_is_run_by_the_tiny_sequence(framework, tmp_path):
     skipped = [cmd for cmd, (run, _) in zip(commands, runs) if run is None]
     assert all(cmd.startswith("pip install") for cmd in skipped)
     ran = [run for run, _ in runs if run is not None]
-    assert ran[0].startswith("M=") and any(r.startswith("gswa convert-internvl2 ") for r in ran)
     assert not any("/models/" in r and str(tmp_path) not in r for r in ran)
     evals = [r for r in ran if "-m lmms_eval " in r]
+    assert [r for r in ran if "paper_metrics.py" in r][-1].count("--trained") == 1
+    if framework == "llava":
+        # convert the starting checkpoint and the trained one; one run of all three benchmarks each
+        assert ran[0].startswith("M=") and sum(r.startswith("gswa convert-llava ") for r in ran) == 2
+        assert len(evals) == 2 and all(r.startswith("/eval/python ") and r.endswith("--device cpu") for r in evals)
+        assert ["gswa=none" in evals[0], "gswa=$R/gswa" in evals[1]] == [True, True]
+        train = [r for r in ran if "finetune_gswa.sh" in r]
+        assert len(train) == 1 and f"PATH={tmp_path / 'bin'}:$PATH" in train[0]  # the CPU `deepspeed`
+        return
+    assert ran[0].startswith("M=") and any(r.startswith("gswa convert-internvl2 ") for r in ran)
     # baseline and trained model, each at 6 tiles (MME, RealWorldQA) and 24 (OCRBench), on CPU
     assert len(evals) == 4 and all(r.startswith("/eval/python ") and r.endswith("--device cpu") for r in evals)
     assert [("max_tiles=6" in r, "max_tiles=24" in r) for r in evals] == [(True, False), (False, True)] * 2
-    assert [r for r in ran if "paper_metrics.py" in r][-1].count("--trained") == 1
     if framework == "lmms-engine":
         assert any("tests.hosts_lmms_engine.cpu_launch" in r for r in ran)
         assert any(r.startswith("/engine/python -m gswa_plugin.integrations.lmms_engine.merge") for r in ran)
@@ -105,9 +113,20 @@ def test_merge_sets_gswa_aside_only_when_it_matches_the_saved_copy(tmp_path):
         check_against_saved(gswa, tmp_path / "nowhere")
 
 
-def test_the_llava_sequence_says_why_it_cannot_run(capsys, tmp_path):
-    assert e2e.main(["llava", "--work", str(tmp_path / "w")]) == 2
-    assert "lmms-eval" in capsys.readouterr().err and not (tmp_path / "w").exists()
+def test_the_cpu_deepspeed_stand_in_drops_gpu_and_llava_next_only_arguments(monkeypatch):
+    """What ``finetune_gswa.sh`` hands ``deepspeed`` becomes one CPU process of the same module."""
+    launch = _load("llava_cpu_launch", RECIPES.parent / "llava-next/llava/cpu_launch.py")
+    monkeypatch.setenv("LLAVA_TINY_TOWER", "/tiny/clip")
+    argv = ["--num_gpus", "8", "--module", "gswa_plugin.integrations.llava.train", "--gswa_config", "g.yaml",
+            "--deepspeed", "zero3.json", "--image_grid_pinpoints", "[(336, 672)]", "--mm_tunable_parts", "a,b",
+            "--bf16", "True", "--learning_rate", "1e-5"]  # fmt: skip
+    module, args, dropped, extra = launch.translate(argv)
+    assert module == "gswa_plugin.integrations.llava.train"
+    assert dropped == argv[:2] + argv[6:12]
+    assert args == argv[4:6] + argv[12:] + extra and extra[-2:] == ["--vision_tower", "/tiny/clip"]
+    assert args[args.index("--bf16", 4) + 1] == "False"  # argparse keeps the last value
+    with pytest.raises(SystemExit, match="--module"):
+        launch.translate(["train.py"])
 
 
 def test_parquet_export_writes_what_the_trainer_reads(tmp_path):

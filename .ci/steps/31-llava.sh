@@ -20,7 +20,7 @@ fi
 echo "llava step: environment ready after $(( $(date +%s) - start )) s"
 run_tests() {
   "$VENV/bin/python" -c "import torch, transformers, llava; print('llava step: torch', torch.__version__, 'transformers', transformers.__version__)"
-  "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m llava tests/test_llava.py
+  "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m llava tests/test_llava.py tests/test_llava_convert.py
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_llava_integration.py
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_contract.py \
     -k "llava_torch or test_every_case_names_a_registered_adapter or test_every_adapter_has_a_row_in_the_docs"

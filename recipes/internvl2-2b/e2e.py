@@ -25,6 +25,13 @@ Usage (from the repository root; each framework and lmms-eval in its own environ
     python recipes/internvl2-2b/e2e.py transformers --work /tmp/e2e-tf --eval-python .venv-lmms-eval/bin/python
     python recipes/internvl2-2b/e2e.py lmms-engine --work /tmp/e2e-le --eval-python .venv-lmms-eval/bin/python \\
         --engine-python .venv-lmms-engine/bin/python
+    python recipes/internvl2-2b/e2e.py llava --work /tmp/e2e-ll --eval-python .venv-lmms-eval/bin/python \\
+        --llava-python .venv-llava/bin/python
+
+The llava recipe (``recipes/llava-next/llava/README.md``) starts from a tiny LLaVA-1.6 in llava's
+own layout (llava's classes, in the llava environment) instead, converts it with ``gswa
+convert-llava``, and trains with ``finetune_gswa.sh`` as written, its ``deepspeed`` replaced by the
+one-process CPU stand-in ``recipes/llava-next/llava/cpu_launch.py`` (which prints what it changes).
 """
 
 from __future__ import annotations
@@ -46,19 +53,9 @@ RECIPES = Path(__file__).resolve().parent
 READMES = {
     "transformers": RECIPES / "transformers" / "README.md",
     "lmms-engine": RECIPES / "lmms-engine" / "README.md",
+    "llava": REPO / "recipes" / "llava-next" / "llava" / "README.md",
 }
 SECTION = "## Baseline, training and evaluation"
-#: Frameworks whose sequence cannot run end to end yet, and why (``e2e.py NAME`` exits 2 with this).
-NOT_RUNNABLE = {
-    "llava": (
-        "the llava training code (recipes/llava-next/llava) trains LLaVA-NeXT in llava's own checkpoint layout "
-        "(LlavaLlamaForCausalLM + mm_projector), and nothing in gswa-plugin hands that to lmms-eval: its gswa_* "
-        "models load transformers classes (LlavaNextForConditionalGeneration), and lmms-eval's own `llava` model "
-        "needs the LLaVA-NeXT repository (not on PyPI) and does not apply GSWA. A llava -> transformers "
-        "LLaVA-NeXT weight conversion (or a gswa lmms-eval model over llava's classes) is needed first; "
-        "no published number applies to LLaVA-NeXT + GSWA either (the paper trains InternVL2-2B only)."
-    )
-}
 #: Records in the tiny "LLaVA-1.5 mix" (the four smoke photographs, twice).
 TINY_RECORDS = 8
 #: What the tiny CPU run changes, per command (printed with each command).
@@ -69,7 +66,34 @@ TINY = {
     "paper_metrics": "--no-check (a random tiny model is not InternVL2-2B)",
     "gswa train": "fp32, CPU, 2 steps of batch 2, no workers, no reporting; launcher: accelerate/cpu_2proc.yaml",
     "lmms-engine": "the YAML with CPU, 2 steps of batch 2, no workers; launcher tests.hosts_lmms_engine.cpu_launch",
+    "finetune_gswa.sh": "the script as written, its `deepspeed` replaced by recipes/llava-next/llava/cpu_launch.py in "
+    "the llava environment (prints what it drops and appends: CPU, fp32, 2 steps of batch 2, --version plain, "
+    "the tiny CLIP tower)",
+    "prepare_data_all": "the tiny source as it is (8 records)",
 }
+#: The tiny LLaVA-1.6 in llava's layout and its CLIP tower (run in the llava environment). The tiny
+#: tokenizer's largest id is len(tokenizer) (one id is unused), hence one more embedding row.
+LLAVA_CODE = """
+import shutil, sys
+from pathlib import Path
+import torch
+from transformers import CLIPVisionModel
+from gswa_plugin.testing.tiny import tiny_tokenizer
+from tests.host_cases.llava_torch import tiny_llava, tower_dir
+models = Path(sys.argv[1])
+tower = models / "clip-vit-large-patch14-336"
+shutil.copytree(tower_dir(), tower)
+# llava-torch's train() casts the frozen tower to float16 when bf16 is off: a tower whose values
+# float16 holds exactly stays what it was, so the check that it did not train can be exact
+clip = CLIPVisionModel.from_pretrained(tower)
+with torch.no_grad():
+    for p in clip.parameters():
+        p.copy_(p.half().float())
+clip.save_pretrained(tower)
+model = tiny_llava(vocab_size=len(tiny_tokenizer()) + 1, mm_vision_tower=str(tower))
+model.save_pretrained(models / "llava-v1.6-vicuna-7b")
+tiny_tokenizer().save_pretrained(models / "llava-v1.6-vicuna-7b")
+"""
 TRAIN_OVERRIDES = [
     "model.dtype=float32",
     "training_args.bf16=false",
@@ -125,9 +149,13 @@ def tiny_command(cmd: str, work: Path, py: dict[str, str]) -> tuple[str | None, 
     q = shlex.quote
     if cmd.startswith("pip install"):
         return None, "skipped: the environments are prepared by the CI steps"
+    m = re.match(r"((?:[A-Z]\w*=\S+ )*)bash recipes/llava-next/llava/finetune_gswa\.sh$", cmd)
+    if m:
+        shim = work / "bin"
+        return f"LLAVA_TINY_TOWER={q(str(work / 'models' / 'clip-vit-large-patch14-336'))} PATH={q(str(shim))}:$PATH {cmd}", TINY["finetune_gswa.sh"]
     if re.match(r"[A-Z]\w*=", cmd):
         return cmd, ""
-    if cmd.startswith("gswa convert-internvl2 "):
+    if cmd.startswith(("gswa convert-internvl2 ", "gswa convert-llava ")):
         return cmd, TINY["paths"]
     if cmd.startswith("lmms-eval "):
         if "dtype=bfloat16" not in cmd:
@@ -135,8 +163,12 @@ def tiny_command(cmd: str, work: Path, py: dict[str, str]) -> tuple[str | None, 
         run = cmd.replace("lmms-eval ", f"{q(py['eval'])} -m lmms_eval ", 1)
         return run.replace("dtype=bfloat16", "dtype=float32,max_new_tokens=8") + " --device cpu", TINY["lmms-eval"]
     if cmd.startswith("python recipes/internvl2-2b/paper_metrics.py "):
+        if "--no-check" in cmd:  # the README already reports only (no published number applies)
+            return cmd, ""
         return cmd + " --no-check", TINY["paper_metrics"]
     if cmd.startswith("python recipes/internvl2-2b/transformers/prepare_data.py "):
+        if "--total" not in cmd:  # the whole source (the LLaVA-NeXT data)
+            return cmd, TINY["prepare_data_all"]
         if "--total 602000" not in cmd:
             raise SystemExit(f"README data command without --total 602000; update {__file__}: {cmd}")
         return cmd.replace("--total 602000", f"--total {TINY_RECORDS}"), TINY["prepare_data"]
@@ -157,18 +189,38 @@ def tiny_command(cmd: str, work: Path, py: dict[str, str]) -> tuple[str | None, 
     raise SystemExit(f"a README command the tiny run does not know (teach {__file__} or fix the README): {cmd}")
 
 
-def write_inputs(work: Path, eval_python: str) -> None:
-    """The tiny released InternVL2, the tiny "LLaVA-1.5" JSON with its images, the benchmark copies."""
+def _tiny_records(folder: Path) -> list[dict]:
+    """``TINY_RECORDS`` llava-format records over the smoke photographs in ``folder/images``."""
     from gswa_plugin.integrations.transformers.smoke import write_data
-    from gswa_plugin.testing.tiny_internvl2 import write_released
 
-    write_released(work / "models" / "InternVL2-2B")
-    llava = work / "data" / "llava"
-    jsonl = write_data(llava, formats=("llava",))[0]
+    jsonl = write_data(folder, formats=("llava",))[0]
     records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
-    records = [dict(r, id=f"{r['id']}-{copy}") for copy in range(TINY_RECORDS // len(records)) for r in records]
-    (llava / "llava_v1_5_mix665k.json").write_text(json.dumps(records), encoding="utf-8")
     jsonl.unlink()
+    return [dict(r, id=f"{r['id']}-{copy}") for copy in range(TINY_RECORDS // len(records)) for r in records]
+
+
+def write_inputs(work: Path, eval_python: str, framework: str = "transformers", llava_python: str = "") -> None:
+    """The tiny starting checkpoint (a released-layout InternVL2, or for llava a LLaVA-1.6 in
+    llava's layout with its CLIP tower and a CPU ``deepspeed`` stand-in), the tiny data in the
+    layout the README's data command reads, the benchmark copies."""
+    if framework == "llava":
+        subprocess.run([llava_python, "-c", LLAVA_CODE, str(work / "models")], check=True, cwd=REPO, env=_env())
+        root = work / "data" / "llava-next"
+        # LLaVA-NeXT-Data's layout: the JSON's image paths are relative to the unpacked images
+        records = [dict(r, image=r["image"].removeprefix("images/")) for r in _tiny_records(root)]
+        (root / "llava_next_raw_format").mkdir()
+        (root / "llava_next_raw_format" / "llava_next_raw_format_processed.json").write_text(json.dumps(records), encoding="utf-8")
+        shim = work / "bin" / "deepspeed"
+        shim.parent.mkdir()
+        launch = REPO / "recipes" / "llava-next" / "llava" / "cpu_launch.py"
+        shim.write_text(f'#!/usr/bin/env bash\nexec {shlex.quote(llava_python)} {shlex.quote(str(launch))} "$@"\n', encoding="utf-8")
+        shim.chmod(0o755)
+    else:
+        from gswa_plugin.testing.tiny_internvl2 import write_released
+
+        write_released(work / "models" / "InternVL2-2B")
+        llava = work / "data" / "llava"
+        (llava / "llava_v1_5_mix665k.json").write_text(json.dumps(_tiny_records(llava)), encoding="utf-8")
     # lmms-eval finds a local copy of each task's hub dataset under the working directory
     code = "import sys; from tests.lmms_eval_data import write_task_data; write_task_data(sys.argv[1])"
     subprocess.run([eval_python, "-c", code, str(work)], check=True, cwd=REPO, env=_env())
@@ -184,23 +236,21 @@ def _env() -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("framework", choices=sorted([*READMES, *NOT_RUNNABLE]))
+    parser.add_argument("framework", choices=sorted(READMES))
     parser.add_argument("--work", type=Path, required=True, help="an empty folder for models, data, runs, results")
     parser.add_argument("--eval-python", default=".venv-lmms-eval/bin/python", help="python of the lmms-eval environment")
     parser.add_argument("--engine-python", default=".venv-lmms-engine/bin/python", help="python of the lmms-engine environment")
+    parser.add_argument("--llava-python", default=".venv-llava/bin/python", help="python of the llava environment")
     args = parser.parse_args(argv)
-    if args.framework in NOT_RUNNABLE:
-        print(f"error: the {args.framework} sequence cannot run end to end: {NOT_RUNNABLE[args.framework]}", file=sys.stderr)
-        return 2
-    py = {"eval": str(Path(args.eval_python).absolute()), "engine": str(Path(args.engine_python).absolute())}
-    for name in ("eval",) + (("engine",) if args.framework == "lmms-engine" else ()):
+    py = {name: str(Path(getattr(args, f"{name}_python")).absolute()) for name in ("eval", "engine", "llava")}
+    for name in ("eval",) + {"lmms-engine": ("engine",), "llava": ("llava",)}.get(args.framework, ()):
         if not Path(py[name]).is_file():
             raise SystemExit(f"--{name}-python {py[name]} does not exist (the CI steps create these environments)")
     work = args.work.absolute()
     if work.exists() and any(work.iterdir()):
         raise SystemExit(f"--work {work} is not empty")
     work.mkdir(parents=True, exist_ok=True)
-    write_inputs(work, py["eval"])
+    write_inputs(work, py["eval"], args.framework, py["llava"])
     lines = ["set -euo pipefail", f"cd {shlex.quote(str(work))}"]
     # `python`, `gswa`, `accelerate` are this environment's (the transformers one)
     lines.append(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH")
