@@ -130,7 +130,7 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
     [`GSWAHandle.uninstall`][gswa_plugin.handle.GSWAHandle.uninstall] returns to."""
     handle.mark_installed()
     handle.adapter.install(model, handle)
-    if handle.module.uses_text:
+    if getattr(handle.module, "uses_text", False):
         install_text_capture(model, handle)
     _install_seam_watch(model, handle)
     apply.install(model, handle)

@@ -29,6 +29,11 @@ def gswa_process_tiles(batch: TileBatch, handle: Any) -> TileBatch:
 def _weigh(module: Any, batch: TileBatch, embed: bool) -> tuple[Any, Any]:
     # one function for both steps: torch.compile (which does not trace pluggy's dispatch) compiles
     # it as one graph instead of two
-    weights = module(batch.summaries, batch.layout, text=batch.extra.get("text"))
+    # only a question-aware module is given the prompt: a module that stands in for GSWA (the
+    # influence tool's fixed weights, a plugin's own) keeps the (summaries, layout) call
+    if getattr(module, "uses_text", False):
+        weights = module(batch.summaries, batch.layout, text=batch.extra.get("text"))
+    else:
+        weights = module(batch.summaries, batch.layout)
     # the `embed` mode scales the features; the other modes act inside the language model (gswa_plugin.apply)
     return weights, apply_weights(batch.features, weights) if embed else batch.features

@@ -95,7 +95,7 @@ class GSWAHandle:
     ) -> torch.Tensor:
         """Run the ``gswa_process_tiles`` hook on one forward's tiles; returns the weighted features."""
         self.state["process_calls"] = self.state.get("process_calls", 0) + 1
-        if self.module.uses_text and "text" not in extra:
+        if getattr(self.module, "uses_text", False) and "text" not in extra:
             extra["text"] = self.text_per_image(layout)
         batch = TileBatch(features=features, summaries=summaries, layout=layout, extra=dict(extra))
         result = self.hook.gswa_process_tiles(batch=batch, handle=self)

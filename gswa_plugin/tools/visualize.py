@@ -284,7 +284,7 @@ def question_weights(
     handle = _handle(model)
     if not questions:
         raise ValueError("question_weights needs at least one question")
-    same = "" if handle.module.uses_text else " (image-only: same weights for any question)"
+    same = "" if getattr(handle.module, "uses_text", False) else " (image-only: same weights for any question)"
     panels, found = [], []
     for q in questions:
         w = image_weights(model, processor, image, name=name, question=q)
