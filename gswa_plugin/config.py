@@ -382,7 +382,9 @@ class GSWAConfig(Settings):
     @classmethod
     def rules(cls, data: dict[str, Any], where: str) -> list[str]:
         problems = []
-        hidden, heads = data.get("hidden_size", 768), data.get("num_heads", 8)
+        fields = cls.model_fields  # the defaults, so this rule follows them
+        hidden = data.get("hidden_size", fields["hidden_size"].default)
+        heads = data.get("num_heads", fields["num_heads"].default)
         if is_int(hidden) and is_int(heads) and hidden > 0 and heads > 0 and hidden % heads:
             problems.append(f"`{where}num_heads` ({heads}) must divide `{where}hidden_size` ({hidden})")
         adapter, declare = data.get("adapter"), data.get("declare")
