@@ -62,3 +62,13 @@ def test_runs_as_a_script(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--baseline", *map(str, base)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "1876.8" in proc.stdout
+
+
+def test_reference_none_reports_a_host_the_paper_did_not_train_without_its_numbers(tmp_path, capsys):
+    """The llava recipe (LLaVA-NeXT) has no published number: no InternVL2-2B columns, no check."""
+    base = _runs(tmp_path, (1300.0, 400.0), 0.5, 0.7, "base")
+    run = _runs(tmp_path, (1310.0, 400.0), 0.5, 0.71, "run")
+    assert pm.main(["--reference", "none", "--baseline", *map(str, base), "--trained", *map(str, run)]) == 0
+    captured = capsys.readouterr()
+    assert "published" not in captured.out and "paper" not in captured.out and "1876.8" not in captured.out
+    assert "+10.0" in captured.out and "InternVL2-2B" not in captured.out + captured.err
