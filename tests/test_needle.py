@@ -106,6 +106,34 @@ def test_a_few_training_steps_with_and_without_gswa():
     assert start_loss["attn_bias"] == pytest.approx(start_loss["none"], abs=1e-5)
 
 
+def test_dev_candidates_start_at_identity_and_act():
+    """Dev candidates of the second robustness attempt: the deviation scorer starts with every weight
+    exactly 1; the answer readout's loss moves GSWA; the temperature schedule's factor."""
+    proc = needle.processor(28)
+    data = needle.make_data(8, seed=3, proc=proc)
+    ids = needle.prompt_ids(None, tokens_per_view=1)
+    cfg = needle.RunConfig(mode="value", seed=2, deviation_scorer=True, deviation_metric=False)
+    model, handle = needle.build_model(cfg)
+    assert isinstance(model.gswa.scorer, needle._DeviationScorer) and model.gswa.is_identity()
+    assert not model.gswa.scorer.metric.requires_grad
+    w = needle.evaluate(model, handle, data, ids)["weights"]
+    assert torch.equal(w, torch.ones_like(w))
+    with torch.no_grad():
+        model.gswa.scorer.scale.fill_(1.0)
+    w = needle.evaluate(model, handle, data, ids)["weights"]
+    assert not model.gswa.is_identity() and (w - 1).abs().max() > 1e-2
+    torch.testing.assert_close(w.mean(-1), torch.ones(8), rtol=0, atol=1e-5)
+    # the readout's loss alone (answer loss of a host that cannot learn: lr 0) moves GSWA's scale
+    res = needle.train(needle.RunConfig(mode="value", seed=2, deviation_scorer=True, deviation_metric=False,
+                                        steps=2, batch_size=8, eval_every=0, lr=0.0, vision_lr=0.0,
+                                        readout_weight=1.0), data, data, keep_model=True)
+    assert float(res["model"].gswa.scorer.scale) != 0.0
+    # the temperature schedule: from temperature_start down to 1, linearly, then 1
+    sched = needle.RunConfig(temperature_start=5.0, temperature_steps=100)
+    assert [needle.temperature_factor(sched, s) for s in (0, 50, 100, 250)] == [5.0, 3.0, 1.0, 1.0]
+    assert needle.temperature_factor(needle.RunConfig(), 0) == 1.0
+
+
 def test_tile_kinds_replay_the_data_generator():
     data = needle.make_data(6, seed=5)
     kinds = needle.tile_kinds(6, seed=5)
@@ -131,11 +159,18 @@ def test_hit_rate_by_answer_counts_only_images_with_that_needle():
 
 
 def test_held_out_seeds_are_the_documented_draw_and_never_dev_seeds():
-    drawn = np.random.default_rng(15).choice(np.arange(100, 10_000), size=10, replace=False)
+    drawn = np.random.default_rng(24).choice(np.arange(10_000, 100_000), size=10, replace=False)
     assert needle.HELDOUT_SEEDS == tuple(sorted(int(s) for s in drawn))
-    assert len(needle.HELDOUT_SEEDS) >= 10 and not set(needle.HELDOUT_SEEDS) & set(needle.DEV_SEEDS)
+    stop24 = np.random.default_rng(15).choice(np.arange(100, 10_000), size=10, replace=False)
+    assert needle.HELDOUT_SEEDS_STOP24 == tuple(sorted(int(s) for s in stop24))
+    dev_drawn = np.random.default_rng(2415).choice(np.arange(100, 10_000), size=8, replace=False)
+    assert needle.DEV_SEEDS == (*range(24), *sorted(int(s) for s in dev_drawn))
+    assert len(needle.HELDOUT_SEEDS) >= 10 and len(set(needle.DEV_SEEDS)) == 32
+    # no seed is in two sets: the used stop-24 seeds are neither dev nor held-out now
+    sets = [set(needle.DEV_SEEDS), set(needle.HELDOUT_SEEDS), set(needle.HELDOUT_SEEDS_STOP24)]
+    assert sum(map(len, sets)) == len(set().union(*sets))
     # every run seed draws its own training and held-out images
-    pairs = [needle.data_seeds(s) for s in (*needle.DEV_SEEDS, *needle.HELDOUT_SEEDS)]
+    pairs = [needle.data_seeds(s) for s in (*needle.DEV_SEEDS, *needle.HELDOUT_SEEDS, *needle.HELDOUT_SEEDS_STOP24)]
     flat = [x for p in pairs for x in p]
     assert len(set(flat)) == len(flat)
     a, b = needle.make_data(2, seed=needle.data_seeds(0)[0]), needle.make_data(2, seed=needle.data_seeds(1)[0])
@@ -148,6 +183,7 @@ def test_runner_takes_any_seed_list_and_any_cell():
     assert run.parse_seeds("11,23") == [11, 23]
     assert run.parse_seeds("dev") == list(needle.DEV_SEEDS)
     assert run.parse_seeds("heldout,5") == [*needle.HELDOUT_SEEDS, 5]
+    assert run.parse_seeds("heldout-stop24") == list(needle.HELDOUT_SEEDS_STOP24)
     cells = run.parse_cells("trainable/value/self_attn,frozen/none/x")
     assert cells == [{"setting": "trainable", "mode": "value", "variant": "self_attn"},
                      {"setting": "frozen", "mode": "none", "variant": "-"}]

@@ -10,7 +10,7 @@ A cell is ``setting/mode/variant`` (``trainable/value/self_attn``, ``frozen/none
 changes ``RunConfig`` fields for every cell of the call, and ``--tag`` names that configuration in
 the results (a run's key is ``tag/setting/mode/variant/seed``).
 
-    python benchmarks/needle/run.py --seeds heldout --cells final --recommended --tag final --jobs 2  # docs table
+    python benchmarks/needle/run.py --seeds heldout-stop24 --cells final --recommended --tag final --jobs 2  # docs table
     python benchmarks/needle/run.py --seeds 0,1 --cells trainable/value/self_attn --steps 100 --out /tmp/n
 """
 
@@ -60,10 +60,15 @@ NAMED_CELLS: dict[str, list[str]] = {
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``dev``, ``heldout`` (``task.DEV_SEEDS`` / ``task.HELDOUT_SEEDS``) or a comma list of integers."""
+    """``dev``, ``heldout``, ``heldout-stop24`` (``task.DEV_SEEDS`` / ``HELDOUT_SEEDS`` /
+    ``HELDOUT_SEEDS_STOP24``, the first held-out draw, used) or a comma list of integers."""
     from benchmarks.needle import task as needle
 
-    named = {"dev": list(needle.DEV_SEEDS), "heldout": list(needle.HELDOUT_SEEDS)}
+    named = {
+        "dev": list(needle.DEV_SEEDS),
+        "heldout": list(needle.HELDOUT_SEEDS),
+        "heldout-stop24": list(needle.HELDOUT_SEEDS_STOP24),
+    }
     out: list[int] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part in named:
@@ -71,7 +76,8 @@ def parse_seeds(text: str) -> list[int]:
         elif part.lstrip("-").isdigit() and int(part) >= 0:
             out.append(int(part))
         else:
-            raise SystemExit(f"--seeds: {part!r} is not a seed; give a comma list of integers >= 0, 'dev' or 'heldout'")
+            raise SystemExit(f"--seeds: {part!r} is not a seed; give a comma list of integers >= 0, 'dev', 'heldout' "
+                "or 'heldout-stop24'")
     return out
 
 
@@ -170,7 +176,7 @@ def _run(job: tuple[dict, dict, str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE, help="folder for results.jsonl and data (default: here)")
-    ap.add_argument("--seeds", default="heldout", help="comma list of seeds, 'dev' or 'heldout' (default)")
+    ap.add_argument("--seeds", default="heldout", help="comma list of seeds, 'dev', 'heldout' (default) or 'heldout-stop24'")
     ap.add_argument("--cells", default="final", help="comma list of setting/mode/variant, or 'final' (default), 'grid'")
     ap.add_argument("--steps", type=int, default=None, help="training steps per run (default: RunConfig's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a RunConfig field for every run")

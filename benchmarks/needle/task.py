@@ -49,13 +49,25 @@ QUESTION = "what colour is the shape ?"
 BENCH_MODES: tuple[str, ...] = ("none", "embed", "value", "attn_bias")
 
 
-#: Seeds used while developing and tuning (never the held-out ones).
-DEV_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
-#: The held-out seeds of the final table, drawn once before any tuning (issue 15) by
+#: Seeds used while developing and tuning (never the held-out ones): ``0-23`` and 8 seeds drawn by
+#: ``np.random.default_rng(2415).choice(np.arange(100, 10_000), size=8, replace=False)`` (sorted;
+#: the range of the first held-out draw, whose seeds it does not meet). The first dev set, ``0-7``,
+#: lost no colour with the configuration that then lost colours on 5 of 10 held-out seeds: too few.
+DEV_SEEDS: tuple[int, ...] = (
+    *range(24),
+    *sorted(int(s) for s in np.random.default_rng(2415).choice(np.arange(100, 10_000), size=8, replace=False)),
+)
+#: The held-out seeds of the first final table (issue 15, stop 24), drawn once before any tuning by
 #: ``np.random.default_rng(15).choice(np.arange(100, 10_000), size=10, replace=False)`` (sorted).
-#: ``tests/test_needle.py`` checks that they are still that draw.
-HELDOUT_SEEDS: tuple[int, ...] = tuple(
+#: Used: their results are published (``results_stop24.md``); never tune on them or reuse them.
+HELDOUT_SEEDS_STOP24: tuple[int, ...] = tuple(
     sorted(int(s) for s in np.random.default_rng(15).choice(np.arange(100, 10_000), size=10, replace=False))
+)
+#: The held-out seeds of the current final table, drawn once after tuning on :data:`DEV_SEEDS` and
+#: before any run on them, by ``np.random.default_rng(24).choice(np.arange(10_000, 100_000), size=10,
+#: replace=False)`` (sorted; above every dev and stop-24 seed). ``tests/test_needle.py`` checks the draw.
+HELDOUT_SEEDS: tuple[int, ...] = tuple(
+    sorted(int(s) for s in np.random.default_rng(24).choice(np.arange(10_000, 100_000), size=10, replace=False))
 )
 
 
@@ -239,8 +251,20 @@ class RunConfig:
             so a low weight on a tile the answer needs costs answer loss and gets a gradient; 0: none.
         query_bias: train the scoring layer's query bias (``False``: it stays at 0, so the query
             can only come from the thumbnail's summary, not from a constant learned direction).
+        deviation_scorer: replace GSWA's scorer by :class:`_DeviationScorer` (dev candidate);
+            ``deviation_metric: False`` keeps its per-channel metric at 1 (only the scale learns).
         centre_summaries: subtract each image's mean tile summary from its summaries (thumbnail
             included) before GSWA's input norm: a tile is then scored by how it differs from the others.
+        temperature_start, temperature_steps: a temperature schedule while training: GSWA's logits
+            are divided by a factor that falls linearly from ``temperature_start`` to 1 over the first
+            ``temperature_steps`` steps (high: flat weights, so early steps cannot saturate the
+            softmax); evaluation always sees the factor 1. ``temperature_steps = 0``: no schedule.
+        readout_weight: an auxiliary answer readout: a linear layer reads the GSWA-weighted mean of
+            the tile summaries (summaries detached: only GSWA and the readout learn from it) and its
+            cross-entropy against the answer, times ``readout_weight``, joins the loss. It never sees
+            where the needle is; it makes a low weight on the answer's tile cost loss for every colour
+            from the first step (in ``value`` mode the language model can answer from a low-weight
+            tile, so the answer loss alone does not). 0: none.
     """
 
     mode: str = "value"
@@ -268,6 +292,44 @@ class RunConfig:
     tile_dropout: float = 0.0
     query_bias: bool = True
     score_input: str = "summary"
+    temperature_start: float = 1.0
+    temperature_steps: int = 0
+    readout_weight: float = 0.0
+    deviation_scorer: bool = False
+    deviation_metric: bool = True
+
+
+def temperature_factor(cfg: RunConfig, step: int) -> float:
+    """What GSWA's training-time logits are divided by at ``step`` (0-based) of the schedule."""
+    if not cfg.temperature_steps:
+        return 1.0
+    frac = min(1.0, step / cfg.temperature_steps)
+    return cfg.temperature_start + frac * (1.0 - cfg.temperature_start)
+
+
+class _DeviationScorer(torch.nn.Module):
+    """Dev candidate: ``logit_i = a * sum_c m_c (LN(s_i) - mean_j LN(s_j))_c**2``, a colour-agnostic score.
+
+    How unlike its image's other tiles a tile is, under a learned non-negative per-channel metric
+    ``m = softplus(b) / softplus(0)`` (1 at the start) and a learned scale ``a`` that starts at 0:
+    every weight is exactly 1 at initialisation. There is no query direction to lock onto one colour.
+    """
+
+    def __init__(self, norm: torch.nn.Module, dim: int):
+        super().__init__()
+        self.in_norm = norm
+        self.metric = torch.nn.Parameter(torch.zeros(dim))
+        self.scale = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, tokens: torch.Tensor, tile_mask: torch.Tensor) -> torch.Tensor:
+        h = self.in_norm(tokens)[:, 1:]
+        m = tile_mask[..., None].to(h.dtype)
+        mean = (h * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
+        metric = torch.nn.functional.softplus(self.metric) / float(torch.nn.functional.softplus(torch.zeros(())))
+        return self.scale * (((h - mean) ** 2) * metric).sum(-1)
+
+    def is_identity(self) -> bool:
+        return not bool(self.scale)
 
 
 class _QuadraticInput(torch.nn.Module):
@@ -288,6 +350,10 @@ def _modify_scorer(model: Any, cfg: "RunConfig") -> None:
     scorer = model.gswa.scorer
     if cfg.score_features not in ("linear", "quadratic"):
         raise ValueError(f"score_features must be 'linear' or 'quadratic', got {cfg.score_features!r}")
+    if cfg.deviation_scorer:
+        model.gswa.scorer = _DeviationScorer(scorer.in_norm, scorer.in_norm.normalized_shape[0])
+        model.gswa.scorer.metric.requires_grad_(cfg.deviation_metric)
+        return
     if cfg.score_features == "linear" and not cfg.centre_summaries:
         return
     inp = _QuadraticInput(scorer.in_norm, cfg.centre_summaries)
@@ -452,6 +518,31 @@ def train(
             return out + cfg.logit_noise * torch.randn(out.shape, generator=noise_gen, dtype=out.dtype)
 
         hooks.append(model.gswa.scorer.register_forward_hook(_noisy))
+    sched = {"step": 0}  # the training step, for the temperature schedule
+    if handle is not None and cfg.temperature_steps and cfg.temperature_start != 1.0:
+
+        def _anneal(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor | None:
+            if not module.training:
+                return None
+            return out / temperature_factor(cfg, sched["step"])
+
+        hooks.append(model.gswa.scorer.register_forward_hook(_anneal))
+    readout = None
+    if handle is not None and cfg.readout_weight:
+        dim = model.gswa.summary_dim
+        gen = torch.Generator().manual_seed(cfg.seed + 32452843)
+        readout = torch.nn.Sequential(torch.nn.LayerNorm(dim, elementwise_affine=False), torch.nn.Linear(dim, len(target_ids)))
+        with torch.no_grad():
+            bound = 1 / dim**0.5
+            readout[1].weight.uniform_(-bound, bound, generator=gen)
+            readout[1].bias.zero_()
+        opt.add_param_group({"params": list(readout.parameters()), "lr": cfg.gswa_lr, "weight_decay": 0.0})
+
+        def _pool(module: Any, args: Any, w: torch.Tensor) -> None:
+            if module.training:
+                captured["pool"] = (args[0].detach(), w)
+
+        hooks.append(model.gswa.register_forward_hook(_pool))
     if handle is not None and cfg.tile_dropout:
         drop_gen = torch.Generator().manual_seed(cfg.seed + 15485863)
 
@@ -468,6 +559,7 @@ def train(
     perm = torch.randperm(n, generator=order)
     pos = 0
     for step in range(1, cfg.steps + 1):
+        sched["step"] = step - 1
         if pos + cfg.batch_size > n:
             perm, pos = torch.randperm(n, generator=order), 0
         idx = perm[pos : pos + cfg.batch_size]
@@ -479,6 +571,12 @@ def train(
             views = train_data.pixel_values.shape[1]
             a = captured.pop("w").view(-1, views)[:, : views - 1] / (views - 1)  # thumbnail last
             loss = loss + cfg.entropy_weight * -(a * a.clamp_min(1e-12).log()).sum(-1).mean()
+        if "pool" in captured:
+            summ, w = captured.pop("pool")
+            views = train_data.pixel_values.shape[1]
+            summ, w = summ.view(-1, views, summ.shape[-1])[:, : views - 1], w.view(-1, views)[:, : views - 1]
+            pooled = (w[..., None] * readout[0](summ.float())).mean(1)  # thumbnail last; tiles only
+            loss = loss + cfg.readout_weight * torch.nn.functional.cross_entropy(readout[1](pooled), train_data.answer[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if step <= cfg.gswa_warmup:
