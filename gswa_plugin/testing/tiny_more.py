@@ -116,8 +116,8 @@ def aya_tokenizer() -> Any:
     return word_tokenizer(AYA_SPECIALS, {"image_token": "<image>"}, WORDS + AYA_TILE_WORDS)
 
 
-def _siglip_config(tile: int) -> dict[str, Any]:
-    """The tiny SigLIP tower of Aya Vision and Cohere2 Vision: ``tile`` px, 16 px patches, no head."""
+def _siglip_config(tile: int, patch: int = 16) -> dict[str, Any]:
+    """The tiny SigLIP tower of Aya Vision, Cohere2 Vision (16 px patches) and Gemma 3 (8 px): no head."""
     return dict(
         model_type="siglip_vision_model",
         hidden_size=32,
@@ -125,7 +125,7 @@ def _siglip_config(tile: int) -> dict[str, Any]:
         num_hidden_layers=1,
         num_attention_heads=2,
         image_size=tile,
-        patch_size=16,
+        patch_size=patch,
         vision_use_head=False,
     )
 
@@ -356,16 +356,7 @@ def tiny_gemma3(seed: int = 0, tile: int = GEMMA3_TILE) -> Any:
 
     tok = gemma3_tokenizer()
     cfg = Gemma3Config(
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=tile,
-            patch_size=8,
-            vision_use_head=False,
-        ),
+        vision_config=_siglip_config(tile, patch=8),
         text_config=_text_config(
             "gemma3_text", len(tok), head_dim=16, sliding_window=64, layer_types=["full_attention"] * 2
         ),
