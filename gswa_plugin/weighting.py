@@ -284,6 +284,45 @@ class GSWAModule(nn.Module):
         return per_slot[padded.image_index, padded.slot]
 
 
+def importance_loss(
+    weights: torch.Tensor, grads: torch.Tensor, layout: TileLayout, temperature: float = 1.0
+) -> torch.Tensor:
+    """An unsupervised training term: GSWA's tile distribution against the answer loss's own
+    per-tile marginal benefit (beyond the paper).
+
+    ``grads`` is ``dL/dw`` of the task loss with respect to the flat view weights ``weights``
+    (``[views]``; detached). Per image with at least two tiles, the tiles' ``-dL/dw`` (how much
+    the loss falls if the tile's weight rises) is standardised over the image's tiles and turned
+    into a target distribution ``softmax(z / temperature)``; the term is the cross-entropy from it
+    to GSWA's distribution ``w_i / sum(w)``, averaged over those images. The thumbnail is left out.
+
+    Why: through the softmax a tile of low weight gets a gradient that vanishes with its weight
+    (``dw_i/ds_i ~ w_i``), and in the ``value`` mode the language model still reads a
+    low-weight tile, so the loss alone stops moving a weight that locked early on the wrong tiles.
+    The standardised target has the same strength whatever the gradients' size. It never sees
+    where the information is: only the task loss's gradient.
+    """
+    if weights.shape != grads.shape or weights.dim() != 1:
+        raise LayoutError(
+            f"importance_loss needs flat per-view weights and their gradients of one shape, got "
+            f"{tuple(weights.shape)} and {tuple(grads.shape)}"
+        )
+    padded = pad_summaries(torch.stack([weights.float(), -grads.detach().float()], dim=-1), layout)
+    w, a = padded.tokens[:, 1:, 0], padded.tokens[:, 1:, 1]
+    mask = padded.tile_mask
+    n = mask.sum(-1)
+    valid = n >= 2
+    m = mask.to(a.dtype)
+    nf = n.clamp_min(1).to(a.dtype)[:, None]
+    mean = (a * m).sum(-1, keepdim=True) / nf
+    std = (((a - mean) ** 2 * m).sum(-1, keepdim=True) / nf).sqrt()
+    z = ((a - mean) / std.clamp_min(torch.finfo(a.dtype).tiny ** 0.5)).masked_fill(~mask, float("-inf"))
+    target = torch.softmax(z / temperature, dim=-1).masked_fill(~mask, 0.0)
+    q = (w / w.masked_fill(~mask, 0.0).sum(-1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12)
+    per_image = -(target * q.log()).masked_fill(~mask, 0.0).sum(-1)
+    return (per_image * valid.to(per_image.dtype)).sum() / valid.sum().clamp_min(1).to(per_image.dtype)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -265,6 +265,10 @@ class RunConfig:
             where the needle is; it makes a low weight on the answer's tile cost loss for every colour
             from the first step (in ``value`` mode the language model can answer from a low-weight
             tile, so the answer loss alone does not). 0: none.
+        importance_weight, importance_temperature: adds ``importance_weight`` times
+            :func:`gswa_plugin.weighting.importance_loss` (GSWA's tile distribution against the
+            standardised ``-dL/dw`` of the answer loss, at ``importance_temperature``); its gradient
+            reaches GSWA's parameters only. 0: none.
     """
 
     mode: str = "value"
@@ -297,6 +301,8 @@ class RunConfig:
     readout_weight: float = 0.0
     deviation_scorer: bool = False
     deviation_metric: bool = True
+    importance_weight: float = 0.0
+    importance_temperature: float = 1.0
 
 
 def temperature_factor(cfg: RunConfig, step: int) -> float:
@@ -543,6 +549,14 @@ def train(
                 captured["pool"] = (args[0].detach(), w)
 
         hooks.append(model.gswa.register_forward_hook(_pool))
+    if handle is not None and cfg.importance_weight:
+
+        def _keep_w(module: Any, args: Any, w: torch.Tensor) -> None:
+            if module.training and w.requires_grad:
+                captured["imp"] = (w, args[1])
+                w.register_hook(lambda g: captured.__setitem__("imp_grad", g.detach()))
+
+        hooks.append(model.gswa.register_forward_hook(_keep_w))
     if handle is not None and cfg.tile_dropout:
         drop_gen = torch.Generator().manual_seed(cfg.seed + 15485863)
 
@@ -578,7 +592,15 @@ def train(
             pooled = (w[..., None] * readout[0](summ.float())).mean(1)  # thumbnail last; tiles only
             loss = loss + cfg.readout_weight * torch.nn.functional.cross_entropy(readout[1](pooled), train_data.answer[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(retain_graph="imp" in captured)
+        if "imp" in captured:
+            from gswa_plugin.weighting import importance_loss
+
+            w_imp, lay = captured.pop("imp")
+            g_imp = captured.pop("imp_grad", None)
+            if g_imp is not None:
+                aux = cfg.importance_weight * importance_loss(w_imp, g_imp, lay, cfg.importance_temperature)
+                aux.backward(inputs=gswa_params)
         if step <= cfg.gswa_warmup:
             for p in gswa_params:
                 p.grad = None  # AdamW skips parameters without a gradient: GSWA stays at identity
