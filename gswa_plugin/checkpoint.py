@@ -240,7 +240,9 @@ def load(
     """Enable GSWA on ``model`` from a directory written by [`save`][gswa_plugin.checkpoint.save] and load its weights.
 
     If GSWA is already enabled on the model, the weights are loaded into it. ``config`` may
-    override settings that do not change the parameters (e.g. ``temperature``). Everything is
+    override settings that do not change the parameters (e.g. ``temperature``, ``mode``): only the
+    settings it sets explicitly apply, every other one keeps the value the checkpoint was saved
+    with (a dict or YAML file naming only ``temperature`` changes only that). Everything is
     read and checked before the model is touched; if anything does not fit, the model is left
     exactly as it was (not enabled, or enabled with its previous weights).
 
@@ -253,14 +255,18 @@ def load(
     state = read_weights(Path(directory) / WEIGHTS_FILE)
     if config is not None:
         override = resolve_config(config)
+        # only the settings the override sets explicitly count: its unset fields hold defaults, which
+        # must neither be compared with the checkpoint nor replace what the checkpoint was saved with
+        given = override.model_fields_set
         diffs = [
             f"{key}: checkpoint has {getattr(saved_cfg, key)!r}, config asks for {getattr(override, key)!r}"
             for key in ("adapter", "variant", "hidden_size", "num_layers", "num_heads", "mlp_ratio")
-            if getattr(override, key) is not None and getattr(override, key) != getattr(saved_cfg, key)
+            if key in given and getattr(override, key) is not None and getattr(override, key) != getattr(saved_cfg, key)
         ]
         if diffs:
             raise CheckpointError(f"the GSWA checkpoint in {directory} does not fit the config: " + "; ".join(diffs))
-        saved_cfg = override.replace(adapter=saved_cfg.adapter)
+        wanted = override.to_dict()
+        saved_cfg = saved_cfg.replace(**{key: wanted[key] for key in given if key != "adapter"})
     if is_enabled(model):
         handle = get_handle(model)
         diffs = [

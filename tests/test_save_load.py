@@ -56,6 +56,23 @@ def test_load_into_enabled_model(saved, internvl_inputs):
         assert torch.equal(fresh(**internvl_inputs).logits, logits)
 
 
+def test_override_changes_only_what_it_names(saved, tmp_path, internvl_inputs):
+    """A config naming only ``temperature`` changes only that: its unset fields are defaults
+    (hidden_size 768, num_heads 8), which neither clash with the checkpoint nor replace its values."""
+    directory, logits, _ = saved
+    handle = gswa_plugin.load(tiny_internvl(image_size=56), directory, {"temperature": 0.7, "mode": "embed"})
+    assert (handle.config.hidden_size, handle.config.num_heads, handle.config.temperature) == (32, 4, 0.7)
+    path = tmp_path / "override.yaml"
+    path.write_text("gswa:\n  temperature: 2.0\n")
+    fresh = tiny_internvl(image_size=56)
+    handle = gswa_plugin.load(fresh, directory, path)
+    assert (handle.config.hidden_size, handle.config.temperature) == (32, 2.0)
+    with torch.no_grad():
+        assert not torch.equal(fresh(**internvl_inputs).logits, logits), "the new temperature acts"
+    with pytest.raises(CheckpointError, match=r"hidden_size: checkpoint has 32, config asks for 64"):
+        gswa_plugin.load(tiny_internvl(image_size=56), directory, {"hidden_size": 64, "num_heads": 4})
+
+
 def test_variant_mismatch(saved):
     directory, _, _ = saved
     fresh = tiny_internvl(image_size=56)
