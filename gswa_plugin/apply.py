@@ -16,8 +16,11 @@ The two other modes act inside the language model's self-attention, where no nor
     get ``log(w) / scale`` (split into a high and a low part so that bf16 keys carry it to about
     float32 precision), and queries, keys and values are zero-padded to the next multiple of 8
     (64 -> 72); the kernel runs with the host's own mask, so the implicit causal mask, GQA and
-    memory linear in the sequence length are kept. The ``eager`` kernel (and attention modules
-    that do not call transformers' attention interface) gets the bias in a dense additive mask.
+    memory linear in the sequence length are kept. A one-query call (a decode step) under ``sdpa``
+    gets the bias as a one-row mask ``[batch, 1, 1, keys]`` instead, with the host's queries, keys
+    and values (no copy of the cache; transformers keeps GQA by folding the query heads). The
+    ``eager`` kernel (and attention modules that do not call transformers' attention interface)
+    gets the bias in a dense additive mask.
 
 Both are the identity when every weight is 1, and both keep working with a KV cache: the
 weights of every position seen so far are kept, so during ``generate()`` the cached (already
@@ -26,7 +29,8 @@ scaled) values stay scaled, the cached keys keep their bias, and generated token
 The weights of a call are per call, not per model: they live in the calling thread's state
 while the language model runs, and each decoder layer finds them again when gradient
 checkpointing recomputes it during the backward pass (after the call has ended, possibly on
-another thread). While training, the layers use a detached copy of the weights, and a bridge
+another thread); the per-layer hooks that record them are installed at the first call with
+autograd enabled, so inference runs the decoder layers without GSWA hooks. While training, the layers use a detached copy of the weights, and a bridge
 node on the language model's input embeddings hands the copy's gradient back to GSWA once
 every layer's backward has run, so gradients reach GSWA with and without checkpointing, of
 either kind (reentrant checkpointing computes gradients only for a layer's explicit inputs).
