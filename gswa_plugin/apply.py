@@ -16,8 +16,11 @@ The two other modes act inside the language model's self-attention, where no nor
     get ``log(w) / scale`` (split into a high and a low part so that bf16 keys carry it to about
     float32 precision), and queries, keys and values are zero-padded to the next multiple of 8
     (64 -> 72); the kernel runs with the host's own mask, so the implicit causal mask, GQA and
-    memory linear in the sequence length are kept. The ``eager`` kernel (and attention modules
-    that do not call transformers' attention interface) gets the bias in a dense additive mask.
+    memory linear in the sequence length are kept. A one-query call (a decode step) under ``sdpa``
+    gets the bias as a one-row mask ``[batch, 1, 1, keys]`` instead, with the host's queries, keys
+    and values (no copy of the cache; transformers keeps GQA by folding the query heads). The
+    ``eager`` kernel (and attention modules that do not call transformers' attention interface)
+    gets the bias in a dense additive mask.
 
 Both are the identity when every weight is 1, and both keep working with a KV cache: the
 weights of every position seen so far are kept, so during ``generate()`` the cached (already
@@ -26,7 +29,8 @@ scaled) values stay scaled, the cached keys keep their bias, and generated token
 The weights of a call are per call, not per model: they live in the calling thread's state
 while the language model runs, and each decoder layer finds them again when gradient
 checkpointing recomputes it during the backward pass (after the call has ended, possibly on
-another thread). While training, the layers use a detached copy of the weights, and a bridge
+another thread); the per-layer hooks that record them are installed at the first call with
+autograd enabled, so inference runs the decoder layers without GSWA hooks. While training, the layers use a detached copy of the weights, and a bridge
 node on the language model's input embeddings hands the copy's gradient back to GSWA once
 every layer's backward has run, so gradients reach GSWA with and without checkpointing, of
 either kind (reentrant checkpointing computes gradients only for a layer's explicit inputs).
@@ -373,7 +377,7 @@ class _KeyBias:
 
     def __init__(self, seen: torch.Tensor) -> None:
         self.log_w = torch.log(seen.clamp_min(torch.finfo(torch.float32).tiny))
-        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None if torch.is_grad_enabled() else {}
+        self.cache: dict[tuple, tuple[Any, torch.Tensor]] | None = None if torch.is_grad_enabled() else {}
 
 
 def _bias_head_dim(d: int) -> int:
@@ -428,6 +432,29 @@ def biased_attention(
     return out[..., :d], attn
 
 
+def _one_query_mask(
+    bias: _KeyBias, attention_mask: torch.Tensor | None, k_len: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The additive mask ``[batch, 1, 1, keys]`` of a one-query call (a decode step): the host's mask
+    plus ``log(w)`` of the keys. It is linear in the number of keys and shared by every head, so
+    SDPA keeps grouped-query attention (transformers folds the query heads onto the key/value heads
+    for one query) and copies no key or value. Built once per language-model call and host mask
+    without autograd (``bias.cache``). The bias is rounded to ``dtype``, as in the dense path."""
+    cache = bias.cache
+    ident = ("one_query", k_len, dtype, None if attention_mask is None else id(attention_mask))
+    if cache is not None:
+        hit = cache.get(ident)
+        if hit is not None and hit[0] is attention_mask:
+            return hit[1]
+    lw = bias.log_w
+    if lw.shape[-1] < k_len:  # a static cache longer than the sequence: unseen keys weigh 1
+        lw = torch.nn.functional.pad(lw, (0, k_len - lw.shape[-1]))
+    mask = _with_bias(attention_mask, lw[:, :k_len], 1, dtype)
+    if cache is not None:
+        cache[ident] = (attention_mask, mask)
+    return mask
+
+
 def _fast_attention(base: str) -> Callable:
     def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
@@ -444,6 +471,9 @@ def _fast_attention(base: str) -> Callable:
                 "attn_implementation='eager' (a dense mask carries the bias), or use `mode: value`"
             )
         kwargs.update(zip(("dropout", "scaling"), args))  # transformers' order after the mask
+        if base == "sdpa" and query.shape[-2] == 1:  # one query (a decode step): a one-row bias as the mask
+            mask = _one_query_mask(bias, attention_mask, key.shape[-2], query.dtype)
+            return inner(module, query, key, value, mask, **kwargs)
         return biased_attention(
             inner, module, query, key, value, attention_mask, bias.log_w, cache=bias.cache, **kwargs
         )
@@ -539,6 +569,25 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
                 handle.add_undo(lambda cfg=cfg, old=old: setattr(cfg, "_attn_implementation", old))
     recompute = _Recompute()
     handle.add_undo(lambda: handle.state.pop(_STATE_KEY, None))
+    armed: list[Any] = []  # the decoder layers' recompute hooks, once installed
+    arm_lock = threading.Lock()
+
+    def arm_recompute() -> None:
+        # Only a call that can be differentiated needs the per-layer hooks (they record the
+        # weights for gradient checkpointing's recomputation); inference never installs them, so
+        # its layers keep PyTorch's hook-free fast path. Installed before the first such call's
+        # layers run, kept until disable() (a backward may come any time later).
+        with arm_lock:
+            if armed:
+                return
+            for layer in layers:
+                armed.append(layer.register_forward_pre_hook(layer_pre_hook, with_kwargs=True))
+                armed.append(layer.register_forward_hook(layer_post_hook))
+                armed.extend(
+                    child.register_forward_pre_hook(child_pre_hook, with_kwargs=True) for child in layer.children()
+                )
+            for h in armed:
+                handle.add_undo(h.remove)
 
     def lm_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
         state = _state(handle)
@@ -574,7 +623,10 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
         state.layer = None
         # A call that can be differentiated records every layer's weights (None for a text-only
         # call too, so that a stale entry of a freed tensor is never found for its storage).
-        state.call_id = recompute.new_call() if torch.is_grad_enabled() else None
+        state.call_id = None
+        if torch.is_grad_enabled():
+            arm_recompute()
+            state.call_id = recompute.new_call()
         if state.seen is None or q_len is None:
             return None
         seen = state.seen
@@ -606,7 +658,9 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
         state.layer = None
         state.call_id = None
 
-    def layer_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def layer_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any] | None = None) -> None:
+        # (``kwargs`` optional: a thread may call the layer while another is arming the hooks)
+        kwargs = kwargs or {}
         state = _state(handle)
         key = _storage_key(args[0] if args else kwargs.get("hidden_states"))
         if state.in_call:  # the layer's forward, inside the language model's call
@@ -617,14 +671,14 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
             found = recompute.get(key) if key is not None else False
             state.layer = None if found is False else found
 
-    def child_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def child_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any] | None = None) -> None:
         # transformers >= 5 checkpoints the layer's `forward`, so the layer's own hooks do not run
         # when the backward pass recomputes it; its first child (the input norm) receives the
         # layer's input, whose storage finds the weights of the call that made it.
         state = _state(handle)
         if state.in_call:
             return
-        key = _storage_key(args[0] if args else kwargs.get("hidden_states"))
+        key = _storage_key(args[0] if args else (kwargs or {}).get("hidden_states"))
         found = recompute.get(key) if key is not None else False
         if found is not False:
             state.layer = found
@@ -636,10 +690,6 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
         language_model.register_forward_pre_hook(lm_pre_hook, with_kwargs=True),
         language_model.register_forward_hook(lm_post_hook, with_kwargs=True),
     ]
-    for layer in layers:
-        hooks.append(layer.register_forward_pre_hook(layer_pre_hook, with_kwargs=True))
-        hooks.append(layer.register_forward_hook(layer_post_hook))
-        hooks += [child.register_forward_pre_hook(child_pre_hook, with_kwargs=True) for child in layer.children()]
     if mode == "value":
         hooks += [a.v_proj.register_forward_hook(_value_hook(handle)) for a in attns]
     else:
@@ -648,9 +698,17 @@ def install(model: nn.Module, handle: GSWAHandle) -> None:
         handle.add_undo(h.remove)
 
 
+def _layer_weights(handle: GSWAHandle) -> CallWeights | None:
+    """The weights of the decoder layer running on this thread: the language-model call's inside
+    it (every layer of one call uses the same), the recorded ones while gradient checkpointing
+    recomputes a layer after the call."""
+    state = _state(handle)
+    return state.call if state.in_call else state.layer
+
+
 def _value_hook(handle: GSWAHandle) -> Callable:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        call = _state(handle).layer
+        call = _layer_weights(handle)
         if call is None:
             return None
         w = call.current
@@ -668,7 +726,7 @@ def _value_hook(handle: GSWAHandle) -> Callable:
 
 def _bias_hook(handle: GSWAHandle) -> Callable:
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
-        call = _state(handle).layer
+        call = _layer_weights(handle)
         if call is None:
             return None
         if call.unit:  # every weight exactly 1: the host's attention, bit for bit

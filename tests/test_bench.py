@@ -119,6 +119,7 @@ def test_bench_times_every_mode_and_prints_preset_shares(tmp_path):
         assert f"| {mode} | " in text
     for preset in ("InternVL2-1B", "InternVL2-2B", "InternVL2-8B", "LLaVA-NeXT-7B"):
         assert f"| {preset} | " in text
+    assert "Tensor ops GSWA adds" in text and "decode step: ops added (host)" in text
     modes = json.loads((tmp_path / "bench_modes.json").read_text())
     assert set(modes["ratios"]) == {"embed", "value", "attn_bias"}
     for per_stage in modes["ratios"].values():

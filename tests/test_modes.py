@@ -198,6 +198,55 @@ def test_attn_bias_fast_path_matches_the_dense_mask(internvl_model, internvl_inp
     assert lm_config._attn_implementation == "sdpa"
 
 
+def test_attn_bias_decode_step_gets_a_one_row_bias_and_the_hosts_keys(internvl_model, internvl_inputs):
+    """A decode step (one query) under SDPA: the kernel receives the host's own queries, keys and
+    values (no extra dimensions, key/value heads not repeated) and a ``[batch, 1, 1, keys]`` mask
+    holding log(w) of every key (the host's padding mask kept)."""
+    set_attn(internvl_model, "sdpa")
+    handle = gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+    peaked(internvl_model)
+    with _Spy() as spy:
+        generate(internvl_model, internvl_inputs)
+    steps = [c for c in spy.calls if c[0].shape[2] == 1]
+    assert len(steps) == 2  # max_new_tokens=3: one prefill, two decode steps
+    q, k, v_shape, mask, kw = steps[0]
+    attn = internvl_model.model.language_model.layers[0].self_attn
+    assert q.shape[-1] == k.shape[-1] == v_shape[-1] == attn.head_dim
+    assert k.shape[1] == v_shape[1] == internvl_model.config.text_config.num_key_value_heads < q.shape[1]
+    assert kw["scaling"] == attn.scaling
+    ids = internvl_inputs["input_ids"]
+    pos_w = placeholder_position_weights(ids, internvl_model.config.image_token_id, handle.last_batch.weights, 4)
+    assert mask.dtype == q.dtype and mask.shape == (ids.shape[0], 1, 1, k.shape[2])
+    real = torch.cat([internvl_inputs["attention_mask"], torch.ones(ids.shape[0], 1)], dim=1).bool()
+    expected = torch.cat([torch.log(pos_w), torch.zeros(ids.shape[0], 1)], dim=1)
+    torch.testing.assert_close(mask[:, 0, 0][real], expected[real])
+    assert bool((mask[:, 0, 0][~real] < -1e30).all())
+
+
+def test_inference_installs_no_per_layer_hooks(internvl_model, internvl_inputs):
+    """Only a call that can be differentiated needs the decoder layers' hooks (they record the
+    weights for gradient checkpointing): inference runs without them, a training call installs
+    them, disable() removes them."""
+    lm = internvl_model.model.language_model
+
+    def layer_hooks():
+        return sum(
+            len(m._forward_pre_hooks) + len(m._forward_hooks) for layer in lm.layers for m in (layer, *layer.children())
+        )
+
+    for mode, own in (("value", 0), ("attn_bias", len(lm.layers))):  # attn_bias: the attention's pre-hook
+        gswa_plugin.enable(internvl_model, {**SMALL, "mode": mode})
+        peaked(internvl_model)
+        with torch.no_grad():
+            internvl_model(**internvl_inputs)
+        generate(internvl_model, internvl_inputs)
+        assert layer_hooks() == own, mode
+        internvl_model(**internvl_inputs).logits.sum().backward()
+        assert layer_hooks() > own, mode
+        gswa_plugin.disable(internvl_model)
+        assert layer_hooks() == 0, mode
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_biased_attention_equals_sdpa_with_a_dense_bias(dtype):
     """Direct check of the extra-dimension trick on random tensors: GQA (14 heads, 2 KV heads),

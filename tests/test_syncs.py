@@ -137,3 +137,18 @@ def _host_breaks() -> int:
 @pytest.mark.parametrize("mode", MODES)
 def test_graph_breaks(mode: str) -> None:
     assert _breaks(_enabled(mode)) <= _host_breaks() + 2
+
+
+def test_decode_step_ops_per_layer() -> None:
+    """Ops one decode step adds to the host's (tiny widths, 8 language layers, counted by
+    ``bench_modes.count_mode_ops``): ``value`` a fixed handful (a text-only step multiplies
+    nothing), ``attn_bias`` at most one per layer (the queries folded onto the key/value heads
+    for the one-row bias) plus a fixed amount per call (the bias row), no copies of keys or values."""
+    from gswa_plugin.tools.bench_modes import count_mode_ops
+
+    layers = 8
+    counts = count_mode_ops("tiny", text_layers=layers)
+    host, value = counts["value"]["decode"]
+    assert value - host <= 8, (host, value)
+    host, bias = counts["attn_bias"]["decode"]
+    assert bias - host <= layers + 24, (host, bias)

@@ -100,6 +100,14 @@ def bench_cmd(
     if modes_result is not None:
         text += "\n" + "\n\n".join(bench_modes.describe_modes(modes_result)) + "\n\n"
         text += bench_modes.modes_table(modes_result)
+        layers = bench.SHAPES[shapes].text_layers
+        with reported_errors():
+            ops = bench_modes.count_mode_ops("tiny", text_layers=layers, config=config)
+        text += (
+            f"\nTensor ops GSWA adds (counted, so deterministic; tiny widths, {layers} language layers, "
+            "2 tiles + thumbnail, float32, sdpa; host's count in brackets):\n\n"
+        )
+        text += bench_modes.ops_table(ops)
     text += "\nParameter share of the default config on preset host shapes (counted from config shapes):\n\n"
     text += bench_modes.shares_table(shares)
     console.print(text, highlight=False, markup=False, soft_wrap=True)

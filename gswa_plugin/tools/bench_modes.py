@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gswa_plugin.config import GSWAConfig, resolve_config
 from gswa_plugin.errors import ConfigError
@@ -230,6 +231,76 @@ def modes_table(result: ModesResult) -> str:
             r = result.ratios(mode, stage)
             h = statistics.median(result.host[mode][stage])
             cells.append(f"{statistics.median(r):.3f}x [{min(r):.3f}] ({h * 1e3:.3g} ms)")
+        out.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+# --- op counts ---------------------------------------------------------------------------------
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_mode_ops(
+    shapes: HostShapes | str = "tiny",
+    text_layers: int = 24,
+    tiles: int = 2,
+    modes: tuple[str, ...] = ("value", "attn_bias"),
+    attn_implementation: str = "sdpa",
+    config: GSWAConfig | dict[str, Any] | str | None = None,
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """Tensor ops dispatched by the prefill (``logits_to_keep=1``) and by one decode step from its
+    cache, host and GSWA (fixed non-identity parameters), counted with a ``TorchDispatchMode``:
+    deterministic where timings are not, and independent of the widths.
+
+    Returns:
+        ``{mode: {stage: (host ops, GSWA ops)}}`` for the stages ``prefill`` and ``decode``.
+    """
+    from gswa_plugin import api
+
+    if isinstance(shapes, str):
+        shapes = SHAPES[shapes]
+    dev = torch.device("cpu")
+    model = _build(shapes, 1, text_layers, torch.float32, dev, attn_implementation)
+    views = tiles + (1 if tiles > 1 else 0)
+    inputs = _make_inputs(shapes, views, dev, torch.float32, seed=tiles)
+    ids, pixels = inputs["input_ids"], inputs["pixel_values"]
+    base = resolve_config(config).to_dict()
+
+    def counts(handle: Any) -> dict[str, int]:
+        with torch.no_grad():
+            if handle is not None:
+                handle.state["input_ids"] = ids
+            with _CountOps() as prefill:
+                out = model(input_ids=ids, pixel_values=pixels, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1:].argmax(-1)
+            with _CountOps() as decode:
+                model(input_ids=token, cache=out.past_key_values, use_cache=True)
+        return {"prefill": prefill.count, "decode": decode.count}
+
+    host = counts(None)
+    result: dict[str, dict[str, tuple[int, int]]] = {}
+    for mode in modes:
+        handle = api.enable(model, {**base, "mode": mode})
+        try:
+            _trained(handle.module)
+            gswa = counts(handle)
+        finally:
+            api.disable(model)
+        result[mode] = {stage: (host[stage], gswa[stage]) for stage in host}
+    return result
+
+
+def ops_table(counts: dict[str, dict[str, tuple[int, int]]]) -> str:
+    """Markdown: ops GSWA adds to the host's per stage (host's count in brackets)."""
+    out = ["| mode | prefill: ops added (host) | decode step: ops added (host) |", "|---|---|---|"]
+    for mode, stages in counts.items():
+        cells = [f"+{g - h:,} ({h:,})" for h, g in (stages["prefill"], stages["decode"])]
         out.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
