@@ -152,6 +152,12 @@ def test_third_attempt_candidates_keep_the_forward_and_act():
     rel = needle._relative_weights(torch.tensor([0.5, 2.0, 0.5, 1.0, 1.5, 0.5, 1.0]), layout)
     torch.testing.assert_close(rel, torch.tensor([0.25, 1.0, 0.25, 1.0, 1.0, 1 / 3, 1.0]))
     data = needle.make_data(8, seed=3)
+    # the recommended configuration (mean-token summaries since the third attempt) starts at identity
+    assert needle.RECOMMENDED == {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean"}
+    model, handle = needle.build_model(needle.RunConfig(mode="value", seed=2, **needle.RECOMMENDED))
+    assert model.gswa.is_identity() and handle.config.summary == "mean"
+    w = needle.evaluate(model, handle, data, needle.prompt_ids(None, tokens_per_view=1))["weights"]
+    assert torch.equal(w, torch.ones_like(w))
     for extra in ({"train_min_weight": 0.5}, {"gswa_heads": 8}, {"tile_dropout": 1.0, "tile_dropout_relative": True},
                   {"linear_score_grad": 0.25}):
         res = needle.train(needle.RunConfig(mode="value", seed=2, steps=2, batch_size=8, eval_every=0, **extra),

@@ -28,7 +28,8 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 HERE = Path(__file__).resolve().parent
-#: Configurations compared (``RunConfig`` overrides on top of the defaults).
+#: Configurations compared (``RunConfig`` overrides on top of the defaults). ``rec``: the configuration
+#: recommended before the third attempt (CLS summaries); ``imp1``: it plus the importance term.
 CONFIGS: dict[str, dict] = {
     "base": {},
     "td": {"tile_dropout": 1.0},
