@@ -29,12 +29,14 @@ if str(_ROOT) not in sys.path:
 
 HERE = Path(__file__).resolve().parent
 #: Configurations compared (``RunConfig`` overrides on top of the defaults). ``rec``: the configuration
-#: recommended before the third attempt (CLS summaries); ``imp1``: it plus the importance term.
+#: recommended before the third attempt (CLS summaries); ``imp1``: it plus the importance term;
+#: ``smean``: the recommended configuration since the third attempt (mean-token summaries).
 CONFIGS: dict[str, dict] = {
     "base": {},
     "td": {"tile_dropout": 1.0},
     "rec": {"score_input": "squared_deviation", "gswa_lr": 3e-3},
     "imp1": {"score_input": "squared_deviation", "gswa_lr": 3e-3, "importance_weight": 1.0},
+    "smean": {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean"},
 }
 
 
