@@ -134,6 +134,37 @@ def test_dev_candidates_start_at_identity_and_act():
     assert needle.temperature_factor(needle.RunConfig(), 0) == 1.0
 
 
+def test_third_attempt_candidates_keep_the_forward_and_act():
+    """Dev candidates of the third robustness attempt (docs/needle.md): the straight-through score path
+    changes no forward value and gives each tile's logit the centred dL/dw; relative tile dropout reads
+    each weight against its image's top tile; the training-only floor and more heads train."""
+    from gswa_plugin.layout import TileLayout
+
+    layout = TileLayout((4, 3), "last")
+    w = torch.tensor([0.5, 2.0, 0.5, 1.0, 1.5, 0.5, 1.0], requires_grad=True)
+    logits = torch.randn(2, 2, 3, requires_grad=True)  # [images, heads, max tiles]; image 2 has 2 tiles
+    out = needle.linear_score_path(w, logits, layout, scale=2.0)
+    assert torch.equal(out.detach(), w.detach())
+    g = torch.tensor([0.3, -0.1, 0.4, 5.0, 1.0, -1.0, 7.0])  # any dL/dw; thumbnails (last) get nothing
+    out.backward(g)
+    want = torch.stack([g[:3] - g[:3].mean(), torch.cat([g[4:6] - g[4:6].mean(), torch.zeros(1)])]) * 2.0
+    torch.testing.assert_close(logits.grad, want[:, None].expand(2, 2, 3))
+    rel = needle._relative_weights(torch.tensor([0.5, 2.0, 0.5, 1.0, 1.5, 0.5, 1.0]), layout)
+    torch.testing.assert_close(rel, torch.tensor([0.25, 1.0, 0.25, 1.0, 1.0, 1 / 3, 1.0]))
+    data = needle.make_data(8, seed=3)
+    # the recommended configuration (mean-token summaries since the third attempt) starts at identity
+    assert needle.RECOMMENDED == {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean"}
+    model, handle = needle.build_model(needle.RunConfig(mode="value", seed=2, **needle.RECOMMENDED))
+    assert model.gswa.is_identity() and handle.config.summary == "mean"
+    w = needle.evaluate(model, handle, data, needle.prompt_ids(None, tokens_per_view=1))["weights"]
+    assert torch.equal(w, torch.ones_like(w))
+    for extra in ({"train_min_weight": 0.5}, {"gswa_heads": 8}, {"tile_dropout": 1.0, "tile_dropout_relative": True},
+                  {"linear_score_grad": 0.25}):
+        res = needle.train(needle.RunConfig(mode="value", seed=2, steps=2, batch_size=8, eval_every=0, **extra),
+                           data, data, keep_model=True)
+        assert (res["weights"] - 1).abs().max() > 0, extra
+
+
 def test_tile_kinds_replay_the_data_generator():
     data = needle.make_data(6, seed=5)
     kinds = needle.tile_kinds(6, seed=5)

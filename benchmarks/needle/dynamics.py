@@ -28,8 +28,16 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 HERE = Path(__file__).resolve().parent
-#: Configurations compared (``RunConfig`` overrides on top of the defaults).
-CONFIGS: dict[str, dict] = {"base": {}, "td": {"tile_dropout": 1.0}}
+#: Configurations compared (``RunConfig`` overrides on top of the defaults). ``rec``: the configuration
+#: recommended before the third attempt (CLS summaries); ``imp1``: it plus the importance term;
+#: ``smean``: the recommended configuration since the third attempt (mean-token summaries).
+CONFIGS: dict[str, dict] = {
+    "base": {},
+    "td": {"tile_dropout": 1.0},
+    "rec": {"score_input": "squared_deviation", "gswa_lr": 3e-3},
+    "imp1": {"score_input": "squared_deviation", "gswa_lr": 3e-3, "importance_weight": 1.0},
+    "smean": {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean"},
+}
 
 
 def _summaries(model, data, ids) -> torch.Tensor:
@@ -99,12 +107,21 @@ def measure(seed: int, tag: str, train_data, eval_data, every: int = 25) -> dict
             out.retain_grad()
             cap["logits"] = out
 
-        hook = model.gswa.scorer.register_forward_hook(keep)
+        def keep_w(mod, args, out):
+            out.retain_grad()
+            cap["w"] = out
+
+        hooks = [model.gswa.scorer.register_forward_hook(keep), model.gswa.register_forward_hook(keep_w)]
         logits = needle._forward(model, ids, pv)
-        hook.remove()
+        for h in hooks:
+            h.remove()
         loss = torch.nn.functional.cross_entropy(logits[:, needle.answer_ids()], ans, reduction="sum")
         loss.backward()  # the training loop clears these gradients before its next step
         g = cap["logits"].grad.reshape(len(ans), -1).norm(dim=-1)
+        # -dL/dw per tile (thumbnail last, left out): does its argmax point at the needle?
+        benefit = -cap["w"].grad.reshape(len(ans), -1)[:, :-1]
+        imp_hit = benefit.argmax(-1) == ndl
+        right = logits.detach()[:, needle.answer_ids()].argmax(-1) == ans
         w = torch.stack(__import__("gswa_plugin").api.last_weights(model)).detach()
         wn = w.gather(1, ndl[:, None]).squeeze(1)
         curve.append({
@@ -112,6 +129,8 @@ def measure(seed: int, tag: str, train_data, eval_data, every: int = 25) -> dict
             "hit": {k: round(v, 3) for k, v in ev["hit_by_answer"].items()},
             "needle_weight": {n: round(float(wn[ans == a].mean()), 3) for a, n in enumerate(names)},
             "grad_to_scorer": {n: float(f"{float(g[ans == a].mean()):.3g}") for a, n in enumerate(names)},
+            "accuracy": {n: round(float(right[ans == a].float().mean()), 3) for a, n in enumerate(names)},
+            "benefit_hit": {n: round(float(imp_hit[ans == a].float().mean()), 3) for a, n in enumerate(names)},
         })
 
     needle.build_model = build
@@ -134,11 +153,15 @@ def markdown(runs: list[dict]) -> str:
                   + "; ".join(f"{when}: needle tile {100 * p['needle_tile']:.0f} %, thumbnail {100 * p['thumbnail']:.0f} %"
                               for when, p in r["probe"].items()), "",
                   "| step | hit % " + " ".join(f"{n[0]}" for n in names) + " | needle weight " + " ".join(n[0] for n in names)
-                  + " | grad norm to scorer " + " ".join(n[0] for n in names) + " |", "|---|---|---|---|"]
+                  + " | grad norm to scorer " + " ".join(n[0] for n in names)
+                  + " | accuracy % " + " ".join(n[0] for n in names)
+                  + " | argmax -dL/dw on needle % " + " ".join(n[0] for n in names) + " |", "|---|---|---|---|---|---|"]
         for c in r["curve"]:
             lines.append(f"| {c['step']} | " + " ".join(f"{100 * c['hit'][n]:.0f}" for n in names) + " | "
                          + " ".join(f"{c['needle_weight'][n]:.2f}" for n in names) + " | "
-                         + " ".join(f"{c['grad_to_scorer'][n]:.2g}" for n in names) + " |")
+                         + " ".join(f"{c['grad_to_scorer'][n]:.2g}" for n in names) + " | "
+                         + " ".join(f"{100 * c['accuracy'][n]:.0f}" if "accuracy" in c else "-" for n in names) + " | "
+                         + " ".join(f"{100 * c['benefit_hit'][n]:.0f}" if "benefit_hit" in c else "-" for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 
