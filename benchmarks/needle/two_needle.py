@@ -47,7 +47,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "two_needle.jsonl"
 #: The shapes a question can name (``task._shape`` kinds) and their words.
 ASKED: dict[str, int] = {"square": 0, "circle": 1}
-DEV_SEEDS: tuple[int, ...] = (101, 102)
+#: Development seeds (tuning only): 101-108. The first dev set, ``101, 102``, was too few: the
+#: settings chosen on it gave a held-out hit rate of 0.42-0.89 on the asked tile.
+DEV_SEEDS: tuple[int, ...] = tuple(range(101, 109))
 #: Drawn once, before any held-out run: ``np.random.default_rng(18).integers(10_000, 100_000, 5)``.
 HELD_OUT_SEEDS: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(18).integers(10_000, 100_000, 5))
 #: The compared cells: (name, mode, variant); ``none`` is the host without GSWA.
@@ -172,7 +174,15 @@ def evaluate(model: Any, handle: Any, data: TwoNeedleData, prompt: torch.Tensor,
         top = w[has].argmax(-1)
         res["hit_asked"] = float((top == data.asked_tile[has]).float().mean())
         res["hit_other"] = float((top == data.other_tile[has]).float().mean())
+        hit = top == data.asked_tile[has]
+        res["hit_by_question"] = {q: float(hit[data.asked[has] == k].float().mean()) for q, k in ASKED.items()}
     return res
+
+
+#: The diagnostic ``grad_asked`` / ``grad_other`` of a run: over the training images with needles of
+#: the last GRAD_STEPS steps, how often the tile with the most negative ``dL/dw`` (the target
+#: :func:`gswa_plugin.weighting.importance_loss` puts first) is the asked / the other needle's tile.
+GRAD_STEPS = 100
 
 
 def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleData) -> dict[str, Any]:
@@ -191,9 +201,14 @@ def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleDa
     order = torch.Generator().manual_seed(cfg.seed)
     answers = task.answer_ids()
     prompt = prompts((cfg.tile // 14) ** 2 // 4)
+    # with GSWA the per-tile gradient dL/dw is always recorded (diagnostics); it joins the loss
+    # only with ``importance_weight`` (task.ImportanceTerm, the same wiring as the single-needle task)
+    importance = task.ImportanceTerm(model, cfg, gswa) if handle is not None else None
+    grad_top: list[torch.Tensor] = []  # per needle image of the last GRAD_STEPS steps: argmin_i dL/dw_i
+    grad_tiles: list[torch.Tensor] = []
     model.train()
     n, pos, perm = len(train_data), 0, None
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         if perm is None or pos + cfg.batch_size > n:
             perm, pos = torch.randperm(n, generator=order), 0
         idx = perm[pos : pos + cfg.batch_size]
@@ -201,9 +216,24 @@ def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleDa
         logits = _forward(model, prompt[train_data.asked[idx]], train_data.pixel_values[idx])
         loss = torch.nn.functional.cross_entropy(logits[:, answers], train_data.answer[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if importance is None:
+            loss.backward()
+        else:
+            importance.backward(loss)
+            if importance.last is not None and step >= cfg.steps - GRAD_STEPS:
+                g = importance.last[1].view(len(idx), -1)[:, :-1]  # thumbnail last
+                has = train_data.asked_tile[idx] >= 0
+                grad_top.append(g[has].argmin(-1))
+                grad_tiles.append(torch.stack([train_data.asked_tile[idx][has], train_data.other_tile[idx][has]], -1))
         opt.step()
-    return {**evaluate(model, handle, eval_data, prompt), "wall_s": time.perf_counter() - start}
+    if importance is not None:
+        importance.hook.remove()
+    res = evaluate(model, handle, eval_data, prompt)
+    if grad_top:
+        top, tiles = torch.cat(grad_top), torch.cat(grad_tiles)
+        res["grad_asked"] = float((top == tiles[:, 0]).float().mean())
+        res["grad_other"] = float((top == tiles[:, 1]).float().mean())
+    return {**res, "wall_s": time.perf_counter() - start}
 
 
 #: The settings of every run (tuned on the development seeds only).
@@ -291,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             f.flush()
             print(
                 f"{res['cell']:<16} seed {res['seed']:>6}  hit(asked) {res['hit_asked']}  hit(other) {res['hit_other']}  "
+                f"by question {res.get('hit_by_question')}  grad(asked/other) {res.get('grad_asked')}/{res.get('grad_other')}  "
                 f"acc {res['accuracy']:.3f}  {res['wall_s']:.0f}s",
                 flush=True,
             )
