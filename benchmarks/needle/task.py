@@ -527,6 +527,46 @@ def evaluate(model: Any, handle: Any, data: NeedleData, ids: torch.Tensor, chunk
     return res
 
 
+class ImportanceTerm:
+    """Wires ``cfg.importance_weight`` into a training loop (shared by the needle tasks).
+
+    A forward hook on ``model.gswa`` keeps the flat view weights ``w`` of each training forward and
+    their layout, and a tensor hook keeps ``dL/dw``; :meth:`backward` runs the task loss's backward
+    (keeping the graph), then adds ``importance_weight`` times
+    :func:`gswa_plugin.weighting.importance_loss` with its gradient sent to ``gswa_params`` only.
+    After :meth:`backward`, :attr:`last` holds ``(w, dL/dw, layout)`` of that step (detached), for
+    diagnostics. With ``importance_weight == 0`` it only records them (the loss's backward as usual).
+    Remove :attr:`hook` when done.
+    """
+
+    def __init__(self, model: Any, cfg: RunConfig, gswa_params: list[torch.Tensor]):
+        self.weight, self.temperature, self.params = cfg.importance_weight, cfg.importance_temperature, gswa_params
+        self._seen: dict[str, Any] = {}
+        self.last: tuple[torch.Tensor, torch.Tensor, Any] | None = None
+
+        def _keep(module: Any, args: Any, w: torch.Tensor) -> None:
+            if module.training and w.requires_grad:
+                self._seen["w"] = (w, args[1])
+                w.register_hook(lambda g: self._seen.__setitem__("grad", g.detach()))
+
+        self.hook = model.gswa.register_forward_hook(_keep)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        from gswa_plugin.weighting import importance_loss
+
+        kept = self._seen.pop("w", None)
+        loss.backward(retain_graph=bool(self.weight) and kept is not None)
+        grad = self._seen.pop("grad", None)
+        if kept is None or grad is None:
+            self.last = None
+            return
+        w, layout = kept
+        self.last = (w.detach(), grad, layout)
+        if self.weight:
+            aux = self.weight * importance_loss(w, grad, layout, self.temperature)
+            aux.backward(inputs=self.params)
+
+
 def train(
     cfg: RunConfig,
     train_data: NeedleData,
@@ -599,14 +639,9 @@ def train(
                 captured["pool"] = (args[0].detach(), w)
 
         hooks.append(model.gswa.register_forward_hook(_pool))
-    if handle is not None and cfg.importance_weight:
-
-        def _keep_w(module: Any, args: Any, w: torch.Tensor) -> None:
-            if module.training and w.requires_grad:
-                captured["imp"] = (w, args[1])
-                w.register_hook(lambda g: captured.__setitem__("imp_grad", g.detach()))
-
-        hooks.append(model.gswa.register_forward_hook(_keep_w))
+    importance = ImportanceTerm(model, cfg, gswa_params) if handle is not None and cfg.importance_weight else None
+    if importance is not None:
+        hooks.append(importance.hook)
     if handle is not None and cfg.train_min_weight:
 
         def _floor(module: Any, args: Any, w: torch.Tensor) -> torch.Tensor | None:
@@ -662,15 +697,10 @@ def train(
             pooled = (w[..., None] * readout[0](summ.float())).mean(1)  # thumbnail last; tiles only
             loss = loss + cfg.readout_weight * torch.nn.functional.cross_entropy(readout[1](pooled), train_data.answer[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward(retain_graph="imp" in captured)
-        if "imp" in captured:
-            from gswa_plugin.weighting import importance_loss
-
-            w_imp, lay = captured.pop("imp")
-            g_imp = captured.pop("imp_grad", None)
-            if g_imp is not None:
-                aux = cfg.importance_weight * importance_loss(w_imp, g_imp, lay, cfg.importance_temperature)
-                aux.backward(inputs=gswa_params)
+        if importance is not None:
+            importance.backward(loss)
+        else:
+            loss.backward()
         if step <= cfg.gswa_warmup:
             for p in gswa_params:
                 p.grad = None  # AdamW skips parameters without a gradient: GSWA stays at identity

@@ -9,14 +9,18 @@ and the answer ``tile``. An image-only allocator gives the same weights to both 
 most one of the two needles can hold the largest weight: its hit rate on the *asked* tile is at
 most about 50%. A question-aware variant can find the asked tile.
 
-Honest protocol: the settings below were tuned on the development seeds only; the held-out
-seeds were drawn once (``numpy.random.default_rng(18).integers(10_000, 100_000, 5)``) before any
-held-out run, and each seed resamples the training and evaluation images and the host's
-initialisation. Every seed's row is reported.
+Honest protocol: the settings below were tuned on the development seeds (:data:`DEV_SEEDS`,
+101-108) only; each held-out draw is run once, with the configuration fixed beforehand, and each
+seed resamples the training and evaluation images and the host's initialisation. Every seed's row
+is reported. The first held-out draw (:data:`HELD_OUT_SEEDS_STOP24`) is used; the current one is
+``numpy.random.default_rng(1825).integers(100_000, 1_000_000, 5)``.
 
-    nice -n 5 python benchmarks/needle/two_needle.py --seeds dev          # tuning
-    nice -n 5 python benchmarks/needle/two_needle.py --seeds heldout --jobs 2
-    python benchmarks/needle/two_needle.py --report                      # the table
+    nice -n 19 python benchmarks/needle/two_needle.py --seeds dev --out benchmarks/needle/two_needle_dev.jsonl
+    nice -n 19 python benchmarks/needle/two_needle.py --seeds heldout --jobs 2
+    python benchmarks/needle/two_needle.py --seeds heldout --report      # the table
+
+With GSWA the training loop records where the answer loss's per-tile gradient points
+(``grad_asked`` / ``grad_other``, see :data:`GRAD_STEPS`) and the hit rate per question.
 
 Results go to ``two_needle.jsonl`` beside this file (one line per run; reruns skip done runs).
 """
@@ -47,12 +51,21 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "two_needle.jsonl"
 #: The shapes a question can name (``task._shape`` kinds) and their words.
 ASKED: dict[str, int] = {"square": 0, "circle": 1}
-DEV_SEEDS: tuple[int, ...] = (101, 102)
-#: Drawn once, before any held-out run: ``np.random.default_rng(18).integers(10_000, 100_000, 5)``.
-HELD_OUT_SEEDS: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(18).integers(10_000, 100_000, 5))
+#: Development seeds (tuning only): 101-108. The first dev set, ``101, 102``, was too few: the
+#: settings chosen on it gave a held-out hit rate of 0.42-0.89 on the asked tile.
+DEV_SEEDS: tuple[int, ...] = tuple(range(101, 109))
+#: USED (burnt): the held-out seeds of the first final table (the settings without the importance
+#: term), drawn once by ``np.random.default_rng(18).integers(10_000, 100_000, 5)``; their results are
+#: published (docs/question-aware.md). Never tune on them or reuse them as held-out.
+HELD_OUT_SEEDS_STOP24: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(18).integers(10_000, 100_000, 5))
+#: The held-out seeds of the current final table (issue 18, importance term): the formula was written
+#: down while tuning on :data:`DEV_SEEDS`, and no run used these seeds before the configuration was fixed:
+#: ``np.random.default_rng(1825).integers(100_000, 1_000_000, 5)`` (above every dev and used seed).
+HELD_OUT_SEEDS: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
 #: The compared cells: (name, mode, variant); ``none`` is the host without GSWA.
 CELLS: tuple[tuple[str, str, str], ...] = (
     ("text_guided", "value", "text_guided"),
+    ("text_cross_attn", "value", "text_cross_attn"),
     ("self_attn", "value", "self_attn"),
     ("no GSWA", "none", "self_attn"),
 )
@@ -172,7 +185,15 @@ def evaluate(model: Any, handle: Any, data: TwoNeedleData, prompt: torch.Tensor,
         top = w[has].argmax(-1)
         res["hit_asked"] = float((top == data.asked_tile[has]).float().mean())
         res["hit_other"] = float((top == data.other_tile[has]).float().mean())
+        hit = top == data.asked_tile[has]
+        res["hit_by_question"] = {q: float(hit[data.asked[has] == k].float().mean()) for q, k in ASKED.items()}
     return res
+
+
+#: The diagnostic ``grad_asked`` / ``grad_other`` of a run: over the training images with needles of
+#: the last GRAD_STEPS steps, how often the tile with the most negative ``dL/dw`` (the target
+#: :func:`gswa_plugin.weighting.importance_loss` puts first) is the asked / the other needle's tile.
+GRAD_STEPS = 100
 
 
 def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleData) -> dict[str, Any]:
@@ -191,9 +212,14 @@ def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleDa
     order = torch.Generator().manual_seed(cfg.seed)
     answers = task.answer_ids()
     prompt = prompts((cfg.tile // 14) ** 2 // 4)
+    # with GSWA the per-tile gradient dL/dw is always recorded (diagnostics); it joins the loss
+    # only with ``importance_weight`` (task.ImportanceTerm, the same wiring as the single-needle task)
+    importance = task.ImportanceTerm(model, cfg, gswa) if handle is not None else None
+    grad_top: list[torch.Tensor] = []  # per needle image of the last GRAD_STEPS steps: argmin_i dL/dw_i
+    grad_tiles: list[torch.Tensor] = []
     model.train()
     n, pos, perm = len(train_data), 0, None
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         if perm is None or pos + cfg.batch_size > n:
             perm, pos = torch.randperm(n, generator=order), 0
         idx = perm[pos : pos + cfg.batch_size]
@@ -201,20 +227,41 @@ def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleDa
         logits = _forward(model, prompt[train_data.asked[idx]], train_data.pixel_values[idx])
         loss = torch.nn.functional.cross_entropy(logits[:, answers], train_data.answer[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if importance is None:
+            loss.backward()
+        else:
+            importance.backward(loss)
+            if importance.last is not None and step >= cfg.steps - GRAD_STEPS:
+                g = importance.last[1].view(len(idx), -1)[:, :-1]  # thumbnail last
+                has = train_data.asked_tile[idx] >= 0
+                grad_top.append(g[has].argmin(-1))
+                grad_tiles.append(torch.stack([train_data.asked_tile[idx][has], train_data.other_tile[idx][has]], -1))
         opt.step()
-    return {**evaluate(model, handle, eval_data, prompt), "wall_s": time.perf_counter() - start}
+    if importance is not None:
+        importance.hook.remove()
+    res = evaluate(model, handle, eval_data, prompt)
+    if grad_top:
+        top, tiles = torch.cat(grad_top), torch.cat(grad_tiles)
+        res["grad_asked"] = float((top == tiles[:, 0]).float().mean())
+        res["grad_other"] = float((top == tiles[:, 1]).float().mean())
+    return {**res, "wall_s": time.perf_counter() - start}
 
 
 #: The settings of every run (tuned on the development seeds only).
 #: ``text_layers: 1``: the last position cannot bind the question word to a tile by itself (with
-#: 2 layers the host alone answered every question on the development seed, and GSWA got no reason
-#: to choose between the needles); ``temperature: 2`` gave the highest development hit rate of 1, 2, 4.
+#: 2 layers the host alone answered every question on the development seed 101).
+#: Issue 18, second round, on the 8 :data:`DEV_SEEDS` (raw lines in ``two_needle_dev.jsonl``): the
+#: importance term (``importance_weight``, ``importance_temperature``, see
+#: :class:`benchmarks.needle.task.ImportanceTerm`) at weights 1, 3, 10 and temperatures 0.5, 1, with
+#: GSWA's ``temperature`` 2, 1, 0.5, 0.25. Criterion, written down before the held-out run: the
+#: ``text_guided`` candidate with the highest *smallest* dev hit rate on the asked tile, ties by the
+#: mean; the other cells take the same settings (image-only ``self_attn`` with the same term).
+#: Chosen: weight 3, importance temperature 1, GSWA temperature 0.5 (dev hit 0.75-1.00, mean 0.91).
 SETTINGS: dict[str, Any] = {
     "steps": 800,
     "train_images": 800,
     "eval_images": 200,
-    "run": {"text_layers": 1, "temperature": 2.0},
+    "run": {"text_layers": 1, "temperature": 0.5, "importance_weight": 3.0, "importance_temperature": 1.0},
 }
 
 
@@ -260,7 +307,7 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="dev", help="dev, heldout, or a comma list of seeds")
+    ap.add_argument("--seeds", default="dev", help="dev, heldout, heldout-stop24 (used), or a comma list of seeds")
     ap.add_argument("--cells", default=",".join(c[0] for c in CELLS))
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -275,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             settings[k] = value
         else:
             settings["run"][k] = value
-    seeds = {"dev": DEV_SEEDS, "heldout": HELD_OUT_SEEDS}.get(args.seeds) or tuple(int(s) for s in args.seeds.split(","))
+    named = {"dev": DEV_SEEDS, "heldout": HELD_OUT_SEEDS, "heldout-stop24": HELD_OUT_SEEDS_STOP24}
+    seeds = named.get(args.seeds) or tuple(int(s) for s in args.seeds.split(","))
     rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()] if args.out.exists() else []
     rows = [r for r in rows if r["settings"] == settings]
     if args.report:
@@ -291,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             f.flush()
             print(
                 f"{res['cell']:<16} seed {res['seed']:>6}  hit(asked) {res['hit_asked']}  hit(other) {res['hit_other']}  "
+                f"by question {res.get('hit_by_question')}  grad(asked/other) {res.get('grad_asked')}/{res.get('grad_other')}  "
                 f"acc {res['accuracy']:.3f}  {res['wall_s']:.0f}s",
                 flush=True,
             )
