@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tag is not None:
         rows = [r for r in rows if r.get("tag", "default") == args.tag]
     args.assets.mkdir(parents=True, exist_ok=True)
-    md = table(rows) + "\n**Every run** (hit rate per answer colour, %)\n\n" + per_seed(rows)
+    md = table(rows).rstrip("\n") + "\n\n**Every run** (hit rate per answer colour, %)\n\n" + per_seed(rows)
     if args.no_figures:
         print(md)
         return 0
