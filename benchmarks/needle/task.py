@@ -527,6 +527,21 @@ def evaluate(model: Any, handle: Any, data: NeedleData, ids: torch.Tensor, chunk
     return res
 
 
+def make_optimizer(model: Any, cfg: RunConfig) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+    """AdamW over a run's trainable parameters (shared by the needle tasks): the language model and
+    projector at ``lr``, the vision tower at ``vision_lr`` (``None``: ``lr``), GSWA at ``gswa_lr``
+    without weight decay. Returns the optimizer and GSWA's trainable parameters."""
+    gswa_params = [p for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
+    host = [(n, p) for n, p in model.named_parameters() if not n.startswith("gswa.") and p.requires_grad]
+    vision = [p for n, p in host if "vision_tower" in n]
+    groups = [{"params": [p for n, p in host if "vision_tower" not in n], "lr": cfg.lr}]
+    if vision:
+        groups.append({"params": vision, "lr": cfg.lr if cfg.vision_lr is None else cfg.vision_lr})
+    if gswa_params:
+        groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups), gswa_params
+
+
 class ImportanceTerm:
     """Wires ``cfg.importance_weight`` into a training loop (shared by the needle tasks).
 
@@ -586,15 +601,7 @@ def train(
     start = time.perf_counter()
     model, handle = build_model(cfg)
     ids = None
-    gswa_params = [p for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
-    host = [(n, p) for n, p in model.named_parameters() if not n.startswith("gswa.") and p.requires_grad]
-    vision = [p for n, p in host if "vision_tower" in n]
-    groups = [{"params": [p for n, p in host if "vision_tower" not in n], "lr": cfg.lr}]
-    if vision:
-        groups.append({"params": vision, "lr": cfg.lr if cfg.vision_lr is None else cfg.vision_lr})
-    if gswa_params:
-        groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups)
+    opt, gswa_params = make_optimizer(model, cfg)
     order = torch.Generator().manual_seed(cfg.seed)
     target_ids = answer_ids()
     tpv = (cfg.tile // 14) ** 2 // 4

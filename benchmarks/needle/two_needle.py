@@ -200,15 +200,7 @@ def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleDa
     """One run: the training loop of ``task.train`` with one question per sample."""
     start = time.perf_counter()
     model, handle = task.build_model(cfg)
-    gswa = [p for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
-    host = [(n, p) for n, p in model.named_parameters() if not n.startswith("gswa.") and p.requires_grad]
-    groups = [
-        {"params": [p for n, p in host if "vision_tower" not in n], "lr": cfg.lr},
-        {"params": [p for n, p in host if "vision_tower" in n], "lr": cfg.vision_lr or cfg.lr},
-    ]
-    if gswa:
-        groups.append({"params": gswa, "lr": cfg.gswa_lr, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups)
+    opt, gswa = task.make_optimizer(model, cfg)
     order = torch.Generator().manual_seed(cfg.seed)
     answers = task.answer_ids()
     prompt = prompts((cfg.tile // 14) ** 2 // 4)
