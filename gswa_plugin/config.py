@@ -325,7 +325,12 @@ class GSWAConfig(Settings):
         description="`value`/`attn_bias` modes: act in the first this-many decoder layers of the language model "
         "(empty: all layers).",
     )
-    hidden_size: int = Field(768, ge=1, description="Width GSWA maps the summaries to before its blocks.")
+    hidden_size: int = Field(
+        576,
+        ge=1,
+        description="Width GSWA maps the summaries to before its blocks (576: chosen on the needle benchmark; "
+        "the docs page 'Cost benchmark', parameter share).",
+    )
     num_layers: int = Field(
         1, ge=0, description="Number of pre-norm transformer blocks before the scoring layer (`self_attn`, `cross_attn`)."
     )

@@ -104,7 +104,7 @@ def test_assignment_is_validated_and_a_failed_one_changes_nothing():
     cfg = GSWAConfig()
     with pytest.raises(ConfigError, match="`num_heads` must be >= 1"):
         cfg.num_heads = 0
-    with pytest.raises(ConfigError, match=r"`num_heads` \(5\) must divide `hidden_size` \(768\)"):
+    with pytest.raises(ConfigError, match=r"`num_heads` \(5\) must divide `hidden_size` \(576\)"):
         cfg.num_heads = 5
     with pytest.raises(ConfigError, match="finite"):
         cfg.temperature = float("nan")

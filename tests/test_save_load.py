@@ -58,7 +58,7 @@ def test_load_into_enabled_model(saved, internvl_inputs):
 
 def test_override_changes_only_what_it_names(saved, tmp_path, internvl_inputs):
     """A config naming only ``temperature`` changes only that: its unset fields are defaults
-    (hidden_size 768, num_heads 8), which neither clash with the checkpoint nor replace its values."""
+    (hidden_size 576, num_heads 8), which neither clash with the checkpoint nor replace its values."""
     directory, logits, _ = saved
     handle = gswa_plugin.load(tiny_internvl(image_size=56), directory, {"temperature": 0.7, "mode": "embed"})
     assert (handle.config.hidden_size, handle.config.num_heads, handle.config.temperature) == (32, 4, 0.7)

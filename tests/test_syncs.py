@@ -152,3 +152,25 @@ def test_decode_step_ops_per_layer() -> None:
     assert value - host <= 8, (host, value)
     host, bias = counts["attn_bias"]["decode"]
     assert bias - host <= layers + 24, (host, bias)
+    # and the bias did act: with every weight exactly 1 the host's kernel runs untouched (+4),
+    # which is what the counts read when the benchmark's fixed parameters saturated every head
+    assert bias - host >= layers, (host, bias)
+
+
+def test_benchmark_refuses_unit_weights() -> None:
+    """The modes benchmark must not time the host against itself: GSWA at identity (every weight
+    exactly 1) is refused with a message saying so."""
+    from gswa_plugin.tools.bench_modes import _check_weighted
+
+    model = CASE.make_model()
+    handle = gswa_plugin.enable(model, {**(CASE.config or {}), "mode": "attn_bias"})
+    try:
+        with pytest.raises(RuntimeError, match="weight exactly 1"):
+            _check_weighted(handle)  # nothing ran yet
+        inputs = _inputs()
+        with torch.no_grad():
+            model(**inputs)
+        with pytest.raises(RuntimeError, match="measure the host alone"):
+            _check_weighted(handle)  # identity at init: every weight is 1
+    finally:
+        gswa_plugin.disable(model)

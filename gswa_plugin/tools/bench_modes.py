@@ -125,11 +125,26 @@ def _stages(
 
 def _trained(module: torch.nn.Module, seed: int = 0) -> None:
     """Give GSWA fixed non-identity parameters (as after training): at identity every weight is
-    exactly 1 and ``attn_bias`` leaves the host's attention untouched, which would hide its cost."""
+    exactly 1 and ``attn_bias`` leaves the host's attention untouched, which would hide its cost.
+
+    The perturbation is small (0.05): a large one saturates every head's softmax, and with an even
+    number of heads split evenly between two tiles the mean over heads gives every tile exactly 1
+    again (seen at ``hidden_size: 576`` with 0.5). ``_check_weighted`` catches that case."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_((torch.randn(p.shape, generator=g) * 0.5).to(p.device, p.dtype))
+            p.add_((torch.randn(p.shape, generator=g) * 0.05).to(p.device, p.dtype))
+
+
+def _check_weighted(handle: Any) -> None:
+    """Refuse a measurement whose GSWA weights came out all exactly 1: the modes would then leave
+    the host untouched and the ratios would show no cost."""
+    batch = handle.last_batch
+    if batch is None or batch.weights is None or bool((batch.weights.detach() == 1).all()):
+        raise RuntimeError(
+            "the benchmark's fixed GSWA parameters gave every view weight exactly 1, so the modes would "
+            "measure the host alone; use another seed for `_trained` or another GSWA config"
+        )
 
 
 def run_modes(
@@ -189,6 +204,7 @@ def run_modes(
                 handle.module.to(device=dev, dtype=torch_dtype)
                 _trained(handle.module)
                 gswa_t = _stages(model, inputs, sync, handle, stages)
+                _check_weighted(handle)
             finally:
                 api.disable(model)
             if i == 0:
@@ -290,6 +306,7 @@ def count_mode_ops(
         try:
             _trained(handle.module)
             gswa = counts(handle)
+            _check_weighted(handle)
         finally:
             api.disable(model)
         result[mode] = {stage: (host[stage], gswa[stage]) for stage in host}
