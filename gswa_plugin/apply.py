@@ -365,9 +365,19 @@ def _with_bias(mask: torch.Tensor | None, log_w: torch.Tensor, q_len: int, dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=log_w.device).masked_fill(~allowed, neg)[None, None]
     elif mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, neg)
-    if mask.shape[-1] > k_len:  # a static cache longer than the sequence: unseen keys weigh 1
-        log_w = torch.nn.functional.pad(log_w, (0, mask.shape[-1] - k_len))
-    return mask + log_w[:, None, None, : mask.shape[-1]].to(mask.dtype)
+    return mask + _keys_log_w(log_w, mask.shape[-1])[:, None, None, :].to(mask.dtype)
+
+
+def _keys_log_w(log_w: torch.Tensor, k_len: int) -> torch.Tensor:
+    """``log(w)`` ``[batch, k_len]`` of the keys an attention call receives, from ``log_w`` of every
+    position seen so far ``[batch, positions]``. More keys than positions: a static cache longer
+    than the sequence, whose unseen slots weigh 1 (0 here). Fewer keys: a sliding-window layer's
+    cache, which holds the *last* positions (transformers' dynamic and static sliding caches both
+    return the most recent ``k_len`` positions in order)."""
+    n = log_w.shape[-1]
+    if k_len > n:
+        return torch.nn.functional.pad(log_w, (0, k_len - n))
+    return log_w if k_len == n else log_w[:, n - k_len :]
 
 
 class _KeyBias:
@@ -397,7 +407,8 @@ def biased_attention(
     attention-interface layout). The logits ``q.k * scaling`` are unchanged (``scaling`` is passed
     explicitly, so the wider head does not change it), and ``1 * log_w / scaling`` (high plus low
     part in the keys' dtype) times ``scaling`` adds ``log_w``. Keys beyond ``log_w`` (a static
-    cache longer than the sequence) get no bias. ``cache`` (a dict) keeps the extra dimensions
+    cache longer than the sequence) get no bias; fewer keys than ``log_w`` (a sliding-window
+    layer's cache) are the last positions. ``cache`` (a dict) keeps the extra dimensions
     for further calls with the same shapes (the other layers of one language-model call).
     """
     d = query.shape[-1]
@@ -407,10 +418,7 @@ def biased_attention(
     cache_key = (tuple(query.shape), tuple(key.shape), key.dtype, key.device, scale)
     found = None if cache is None else cache.get(cache_key)
     if found is None:
-        lw = log_w.float()
-        if lw.shape[-1] < k_len:
-            lw = torch.nn.functional.pad(lw, (0, k_len - lw.shape[-1]))
-        lw = lw[:, :k_len] / scale
+        lw = _keys_log_w(log_w.float(), k_len) / scale
         hi = lw.to(key.dtype)
         lo = (lw - hi.float()).to(key.dtype)
         k_extra = torch.nn.functional.pad(torch.stack([hi, lo], dim=-1), (0, extra - 2))  # [b, k, extra]
@@ -446,10 +454,7 @@ def _one_query_mask(
         hit = cache.get(ident)
         if hit is not None and hit[0] is attention_mask:
             return hit[1]
-    lw = bias.log_w
-    if lw.shape[-1] < k_len:  # a static cache longer than the sequence: unseen keys weigh 1
-        lw = torch.nn.functional.pad(lw, (0, k_len - lw.shape[-1]))
-    mask = _with_bias(attention_mask, lw[:, :k_len], 1, dtype)
+    mask = _with_bias(attention_mask, _keys_log_w(bias.log_w, k_len), 1, dtype)
     if cache is not None:
         cache[ident] = (attention_mask, mask)
     return mask
