@@ -12,15 +12,19 @@ The two other modes act inside the language model's self-attention, where no nor
 ``attn_bias``
     ``log(w_i)`` is added to the attention logits of every key of tile ``i``, so attention mass
     moves towards heavy tiles. With a transformers attention function (``sdpa``,
-    ``flash_attention_2``/``_3``) the bias rides on two extra head dimensions: queries get 1, keys
-    get ``log(w) / scale`` (split into a high and a low part so that bf16 keys carry it to about
-    float32 precision), and queries, keys and values are zero-padded to the next multiple of 8
-    (64 -> 72); the kernel runs with the host's own mask, so the implicit causal mask, GQA and
-    memory linear in the sequence length are kept. A one-query call (a decode step) under ``sdpa``
-    gets the bias as a one-row mask ``[batch, 1, 1, keys]`` instead, with the host's queries, keys
-    and values (no copy of the cache; transformers keeps GQA by folding the query heads). The
-    ``eager`` kernel (and attention modules that do not call transformers' attention interface)
-    gets the bias in a dense additive mask.
+    ``flash_attention_2``/``_3``) the bias rides on extra head dimensions: queries get 1, keys
+    get ``log(w) / scale`` (in half precision split into a high and a low part so that bf16 keys
+    carry it to about float32 precision; one dimension in float32), and queries, keys and values
+    are zero-padded to a head size the kernel runs fast (GPU: a multiple of 8, 64 -> 72; CPU:
+    a multiple of 16 in half precision, 64 -> 80; 65 in float32); the kernel runs with the host's
+    own mask, so the implicit causal mask, GQA and memory linear in the sequence length are kept.
+    A one-query call (a decode step) under ``sdpa`` gets the bias as a one-row mask
+    ``[batch, 1, 1, keys]`` instead, with the host's queries, keys and values (no copy of the
+    cache; transformers keeps GQA by folding the query heads); so does a causal prefill on a CPU
+    without a host mask and without autograd, through PyTorch's fused CPU kernel, which takes the
+    one-row mask together with ``is_causal``. The ``eager`` kernel (and attention modules that do
+    not call transformers' attention interface) gets the bias in a dense additive mask. A
+    sliding-window layer's cache holds the last positions only: its keys get the bias of those.
 
 Both are the identity when every weight is 1, and both keep working with a KV cache: the
 weights of every position seen so far are kept, so during ``generate()`` the cached (already

@@ -493,3 +493,13 @@ def test_docs_example_runs(monkeypatch, capsys):
     runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert all(m in out for m in ("embed", "value", "attn_bias"))
+
+
+def test_attn_bias_kernel_benchmark_runs():
+    """``benchmarks/attn_bias_kernel.py`` (the head-size table of the cost page) at a tiny length."""
+    from benchmarks import attn_bias_kernel
+
+    rows = attn_bias_kernel.main(["--repeats", "1", "--seq", "12"])
+    paths = {(r[0], r[1], r[2]) for r in rows}
+    assert {("bfloat16", "extra dims", 80), ("float32", "extra dims", 65), ("bfloat16", "row mask", 64)} <= paths
+    assert all(r[6] < 3e-2 for r in rows if r[1] in ("extra dims", "row mask"))
