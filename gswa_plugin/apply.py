@@ -400,7 +400,7 @@ def _bias_parts(dtype: torch.dtype) -> int:
     return 1 if dtype in (torch.float32, torch.float64) else 2
 
 
-def _bias_head_dim(d: int, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cuda") -> int:
+def _bias_head_dim(d: int, dtype: torch.dtype, device: torch.device | str) -> int:
     """Head size of the extra-dimension path, the cheapest that keeps the kernel's fast path.
 
     On a GPU a multiple of 8 (FlashAttention and CUDA SDPA's fused kernels need one; ``64 -> 72``).
@@ -425,11 +425,12 @@ def biased_attention(
 
     ``query`` ``[b, heads, q, d]``, ``key``/``value`` ``[b, kv_heads, k, d]`` (transformers'
     attention-interface layout). The logits ``q.k * scaling`` are unchanged (``scaling`` is passed
-    explicitly, so the wider head does not change it), and ``1 * log_w / scaling`` (in half precision
-    a high plus a low part in the keys' dtype) times ``scaling`` adds ``log_w``. Keys beyond ``log_w`` (a static
-    cache longer than the sequence) get no bias; fewer keys than ``log_w`` (a sliding-window
-    layer's cache) are the last positions. ``cache`` (a dict) keeps the extra dimensions
-    for further calls with the same shapes (the other layers of one language-model call).
+    explicitly, so the wider head does not change it), and ``1 * log_w / scaling`` (in half
+    precision a high plus a low part in the keys' dtype) times ``scaling`` adds ``log_w``. Keys
+    beyond ``log_w`` (a static cache longer than the sequence) get no bias; fewer keys than
+    ``log_w`` (a sliding-window layer's cache) are the last positions. ``cache`` (a dict) keeps the
+    extra dimensions for further calls with the same shapes (the other layers of one
+    language-model call).
     """
     d = query.shape[-1]
     scale = float(scaling) if scaling is not None else d**-0.5
@@ -504,7 +505,8 @@ def _causal_row_bias_applies(
     kernel has no gradient for the mask) and none of the arguments ``sdpa`` treats specially."""
     if _CPU_FLASH is None or query.device.type != "cpu" or attention_mask is not None or query.shape[-2] < 2:
         return False
-    if not kwargs.get("is_causal", getattr(module, "is_causal", True)) or kwargs.get("dropout", 0.0):
+    is_causal = kwargs.get("is_causal")
+    if not (getattr(module, "is_causal", True) if is_causal is None else is_causal) or kwargs.get("dropout", 0.0):
         return False
     if any(kwargs.get(k) is not None for k in ("position_bias", "softcap")) or kwargs.get("output_attentions"):
         return False
