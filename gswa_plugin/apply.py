@@ -12,15 +12,19 @@ The two other modes act inside the language model's self-attention, where no nor
 ``attn_bias``
     ``log(w_i)`` is added to the attention logits of every key of tile ``i``, so attention mass
     moves towards heavy tiles. With a transformers attention function (``sdpa``,
-    ``flash_attention_2``/``_3``) the bias rides on two extra head dimensions: queries get 1, keys
-    get ``log(w) / scale`` (split into a high and a low part so that bf16 keys carry it to about
-    float32 precision), and queries, keys and values are zero-padded to the next multiple of 8
-    (64 -> 72); the kernel runs with the host's own mask, so the implicit causal mask, GQA and
-    memory linear in the sequence length are kept. A one-query call (a decode step) under ``sdpa``
-    gets the bias as a one-row mask ``[batch, 1, 1, keys]`` instead, with the host's queries, keys
-    and values (no copy of the cache; transformers keeps GQA by folding the query heads). The
-    ``eager`` kernel (and attention modules that do not call transformers' attention interface)
-    gets the bias in a dense additive mask.
+    ``flash_attention_2``/``_3``) the bias rides on extra head dimensions: queries get 1, keys
+    get ``log(w) / scale`` (in half precision split into a high and a low part so that bf16 keys
+    carry it to about float32 precision; one dimension in float32), and queries, keys and values
+    are zero-padded to a head size the kernel runs fast (GPU: a multiple of 8, 64 -> 72; CPU:
+    a multiple of 16 in half precision, 64 -> 80; 65 in float32); the kernel runs with the host's
+    own mask, so the implicit causal mask, GQA and memory linear in the sequence length are kept.
+    A one-query call (a decode step) under ``sdpa`` gets the bias as a one-row mask
+    ``[batch, 1, 1, keys]`` instead, with the host's queries, keys and values (no copy of the
+    cache; transformers keeps GQA by folding the query heads); so does a causal prefill on a CPU
+    without a host mask and without autograd, through PyTorch's fused CPU kernel, which takes the
+    one-row mask together with ``is_causal``. The ``eager`` kernel (and attention modules that do
+    not call transformers' attention interface) gets the bias in a dense additive mask. A
+    sliding-window layer's cache holds the last positions only: its keys get the bias of those.
 
 Both are the identity when every weight is 1, and both keep working with a KV cache: the
 weights of every position seen so far are kept, so during ``generate()`` the cached (already
@@ -365,9 +369,19 @@ def _with_bias(mask: torch.Tensor | None, log_w: torch.Tensor, q_len: int, dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=log_w.device).masked_fill(~allowed, neg)[None, None]
     elif mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, neg)
-    if mask.shape[-1] > k_len:  # a static cache longer than the sequence: unseen keys weigh 1
-        log_w = torch.nn.functional.pad(log_w, (0, mask.shape[-1] - k_len))
-    return mask + log_w[:, None, None, : mask.shape[-1]].to(mask.dtype)
+    return mask + _keys_log_w(log_w, mask.shape[-1])[:, None, None, :].to(mask.dtype)
+
+
+def _keys_log_w(log_w: torch.Tensor, k_len: int) -> torch.Tensor:
+    """``log(w)`` ``[batch, k_len]`` of the keys an attention call receives, from ``log_w`` of every
+    position seen so far ``[batch, positions]``. More keys than positions: a static cache longer
+    than the sequence, whose unseen slots weigh 1 (0 here). Fewer keys: a sliding-window layer's
+    cache, which holds the *last* positions (transformers' dynamic and static sliding caches both
+    return the most recent ``k_len`` positions in order)."""
+    n = log_w.shape[-1]
+    if k_len > n:
+        return torch.nn.functional.pad(log_w, (0, k_len - n))
+    return log_w if k_len == n else log_w[:, n - k_len :]
 
 
 class _KeyBias:
@@ -380,9 +394,24 @@ class _KeyBias:
         self.cache: dict[tuple, tuple[Any, torch.Tensor]] | None = None if torch.is_grad_enabled() else {}
 
 
-def _bias_head_dim(d: int) -> int:
-    """Head size of the fast path: ``d`` plus two bias dimensions, rounded up to a multiple of 8."""
-    return (d + 2 + 7) // 8 * 8
+def _bias_parts(dtype: torch.dtype) -> int:
+    """Extra dimensions that carry ``log_w / scale``: one in float32/float64 (it holds the value to the
+    precision of the logits), two in half precision (a high and a low part, about float32 precision)."""
+    return 1 if dtype in (torch.float32, torch.float64) else 2
+
+
+def _bias_head_dim(d: int, dtype: torch.dtype, device: torch.device | str) -> int:
+    """Head size of the extra-dimension path, the cheapest that keeps the kernel's fast path.
+
+    On a GPU a multiple of 8 (FlashAttention and CUDA SDPA's fused kernels need one; ``64 -> 72``).
+    On a CPU, SDPA's fused kernel takes any head size, but in bfloat16/float16 it runs fastest at
+    multiples of 16 (``64 -> 80``: about 1.10x the host's kernel against 1.26x at 72 and 1.38x at
+    66, docs/benchmark.md), and in float32 the one extra dimension is enough (``64 -> 65``).
+    """
+    need = d + _bias_parts(dtype)
+    if torch.device(device).type != "cpu":
+        return (need + 7) // 8 * 8
+    return need if dtype in (torch.float32, torch.float64) else (need + 15) // 16 * 16
 
 
 def biased_attention(
@@ -391,31 +420,32 @@ def biased_attention(
     cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None, **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """Run the attention function ``inner`` with ``log_w`` ``[batch, keys]`` added to the logits of
-    every query against each key, without an additive mask: two extra head dimensions carry it.
+    every query against each key, without an additive mask: extra head dimensions carry it (two in
+    half precision, one in float32; head size from ``_bias_head_dim``).
 
     ``query`` ``[b, heads, q, d]``, ``key``/``value`` ``[b, kv_heads, k, d]`` (transformers'
     attention-interface layout). The logits ``q.k * scaling`` are unchanged (``scaling`` is passed
-    explicitly, so the wider head does not change it), and ``1 * log_w / scaling`` (high plus low
-    part in the keys' dtype) times ``scaling`` adds ``log_w``. Keys beyond ``log_w`` (a static
-    cache longer than the sequence) get no bias. ``cache`` (a dict) keeps the extra dimensions
-    for further calls with the same shapes (the other layers of one language-model call).
+    explicitly, so the wider head does not change it), and ``1 * log_w / scaling`` (in half
+    precision a high plus a low part in the keys' dtype) times ``scaling`` adds ``log_w``. Keys
+    beyond ``log_w`` (a static cache longer than the sequence) get no bias; fewer keys than
+    ``log_w`` (a sliding-window layer's cache) are the last positions. ``cache`` (a dict) keeps the
+    extra dimensions for further calls with the same shapes (the other layers of one
+    language-model call).
     """
     d = query.shape[-1]
     scale = float(scaling) if scaling is not None else d**-0.5
-    extra = _bias_head_dim(d) - d
+    extra = _bias_head_dim(d, key.dtype, key.device) - d
+    parts = _bias_parts(key.dtype)
     k_len = key.shape[-2]
     cache_key = (tuple(query.shape), tuple(key.shape), key.dtype, key.device, scale)
     found = None if cache is None else cache.get(cache_key)
     if found is None:
-        lw = log_w.float()
-        if lw.shape[-1] < k_len:
-            lw = torch.nn.functional.pad(lw, (0, k_len - lw.shape[-1]))
-        lw = lw[:, :k_len] / scale
+        lw = _keys_log_w(log_w.float(), k_len) / scale
         hi = lw.to(key.dtype)
-        lo = (lw - hi.float()).to(key.dtype)
-        k_extra = torch.nn.functional.pad(torch.stack([hi, lo], dim=-1), (0, extra - 2))  # [b, k, extra]
+        split = [hi, (lw - hi.float()).to(key.dtype)] if parts == 2 else [hi]
+        k_extra = torch.nn.functional.pad(torch.stack(split, dim=-1), (0, extra - parts))  # [b, k, extra]
         k_extra = k_extra[:, None].expand(key.shape[0], key.shape[1], k_len, extra)
-        q_extra = torch.nn.functional.pad(query.new_ones(2), (0, extra - 2)).expand(*query.shape[:-1], extra)
+        q_extra = torch.nn.functional.pad(query.new_ones(parts), (0, extra - parts)).expand(*query.shape[:-1], extra)
         found = (q_extra, k_extra)
         if cache is not None:
             cache[cache_key] = found
@@ -446,13 +476,67 @@ def _one_query_mask(
         hit = cache.get(ident)
         if hit is not None and hit[0] is attention_mask:
             return hit[1]
-    lw = bias.log_w
-    if lw.shape[-1] < k_len:  # a static cache longer than the sequence: unseen keys weigh 1
-        lw = torch.nn.functional.pad(lw, (0, k_len - lw.shape[-1]))
-    mask = _with_bias(attention_mask, lw[:, :k_len], 1, dtype)
+    mask = _with_bias(attention_mask, _keys_log_w(bias.log_w, k_len), 1, dtype)
     if cache is not None:
         cache[ident] = (attention_mask, mask)
     return mask
+
+
+def _cpu_flash_with_mask() -> Callable | None:
+    """PyTorch's fused CPU attention (``aten._scaled_dot_product_flash_attention_for_cpu``) where it
+    takes ``attn_mask`` and ``is_causal`` together (``scaled_dot_product_attention`` refuses both)."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    try:
+        return op if op is not None and "attn_mask" in str(op.default._schema) else None
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch without the overload
+        return None
+
+
+_CPU_FLASH = _cpu_flash_with_mask()
+
+
+def _causal_row_bias_applies(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, bias: _KeyBias, kwargs: dict[str, Any],
+) -> bool:
+    """Whether a call can take ``log(w)`` as a one-row mask ``[batch, 1, 1, keys]`` on the causal
+    fast path: on a CPU, where transformers' SDPA function would run causally without a mask (no
+    padding; ``is_causal``; more than one query), no dropout, nothing to differentiate (the fused
+    kernel has no gradient for the mask) and none of the arguments ``sdpa`` treats specially."""
+    if _CPU_FLASH is None or query.device.type != "cpu" or attention_mask is not None or query.shape[-2] < 2:
+        return False
+    is_causal = kwargs.get("is_causal")
+    if not (getattr(module, "is_causal", True) if is_causal is None else is_causal) or kwargs.get("dropout", 0.0):
+        return False
+    if any(kwargs.get(k) is not None for k in ("position_bias", "softcap")) or kwargs.get("output_attentions"):
+        return False
+    if key.shape[-2] < query.shape[-2] or query.shape[1] % key.shape[1]:
+        return False
+    tensors = (query, key, value, bias.log_w)
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _causal_row_bias(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: _KeyBias, kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, None]:
+    """Causal attention with ``log(w)`` of the keys as a ``[batch, 1, 1, keys]`` float32 mask, through
+    the fused CPU kernel: the host's head size and layout, grouped-query attention kept (the kernel
+    takes fewer key/value heads), memory linear in the sequence length. Same output layout as
+    transformers' ``sdpa`` function. Keys beyond the queries (an empty static cache's slots) are
+    dropped first, as transformers does before a causal call."""
+    q_len = query.shape[-2]
+    if key.shape[-2] > q_len:
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    cache, ident = bias.cache, ("causal_row", q_len)
+    mask = None if cache is None else cache.get(ident)
+    if mask is None:
+        mask = _keys_log_w(bias.log_w.float(), q_len)[:, None, None, :]
+        if cache is not None:
+            cache[ident] = mask
+    if query.dtype == torch.float64:
+        mask = mask.double()
+    out, _ = _CPU_FLASH(query, key, value, 0.0, True, attn_mask=mask, scale=kwargs.get("scaling"))
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _fast_attention(base: str) -> Callable:
@@ -474,6 +558,8 @@ def _fast_attention(base: str) -> Callable:
         if base == "sdpa" and query.shape[-2] == 1:  # one query (a decode step): a one-row bias as the mask
             mask = _one_query_mask(bias, attention_mask, key.shape[-2], query.dtype)
             return inner(module, query, key, value, mask, **kwargs)
+        if base == "sdpa" and _causal_row_bias_applies(module, query, key, value, attention_mask, bias, kwargs):
+            return _causal_row_bias(query, key, value, bias, kwargs)
         return biased_attention(
             inner, module, query, key, value, attention_mask, bias.log_w, cache=bias.cache, **kwargs
         )

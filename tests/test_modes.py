@@ -151,8 +151,10 @@ class _Spy:
 
 def test_attn_bias_fast_path_keeps_the_hosts_mask_and_adds_log_w(internvl_model, internvl_inputs):
     """SDPA: the kernel receives the host's own mask (so the implicit causal mask and GQA stay),
-    the host's queries and keys plus two bias dimensions (padded to a multiple of 8), and
-    ``scale`` such that every logit gets exactly + log(w) of its key."""
+    the host's queries and keys plus the bias dimensions (one in float32 on a CPU; see
+    ``_bias_head_dim``), and ``scale`` such that every logit gets exactly + log(w) of its key."""
+    from gswa_plugin.apply import _bias_head_dim
+
     set_attn(internvl_model, "sdpa")
     with _Spy() as plain, torch.no_grad():
         internvl_model(**internvl_inputs)
@@ -162,7 +164,7 @@ def test_attn_bias_fast_path_keeps_the_hosts_mask_and_adds_log_w(internvl_model,
         internvl_model(**internvl_inputs)
     (q0, k0, _, m0, _), (q1, k1, v1_shape, m1, kw1) = plain.calls[0], spy.calls[0]
     d = q0.shape[-1]
-    assert q1.shape[-1] == k1.shape[-1] == v1_shape[-1] == 8 * ((d + 9) // 8) > d
+    assert q1.shape[-1] == k1.shape[-1] == v1_shape[-1] == _bias_head_dim(d, q0.dtype, q0.device) > d
     assert k1.shape[1] == k0.shape[1] < q1.shape[1] or k0.shape[1] == q0.shape[1]  # KV heads not repeated
     assert (m0 is None and m1 is None) or torch.equal(m0, m1)
     torch.testing.assert_close(q1[..., :d], q0, rtol=0, atol=0)
@@ -270,6 +272,89 @@ def test_biased_attention_equals_sdpa_with_a_dense_bias(dtype):
     ).transpose(1, 2)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+
+
+def test_bias_head_dim_per_device_and_dtype():
+    """FlashAttention and CUDA SDPA need a multiple of 8; the CPU kernel is fastest at multiples of
+    16 in half precision, and float32 needs one extra dimension only."""
+    from gswa_plugin.apply import _bias_head_dim
+
+    assert _bias_head_dim(64, torch.bfloat16, "cuda") == _bias_head_dim(64, torch.float32, "cuda") == 72
+    assert _bias_head_dim(128, torch.float16, "cuda") == 136
+    assert _bias_head_dim(64, torch.bfloat16, "cpu") == _bias_head_dim(64, torch.float16, "cpu") == 80
+    assert _bias_head_dim(64, torch.float32, "cpu") == 65
+    assert _bias_head_dim(16, torch.float32, torch.device("cpu")) == 17
+
+
+class _RecordCpuFlash:
+    """Stands in for the fused CPU kernel ``attn_bias`` calls with a one-row mask, and records the masks."""
+
+    def __init__(self, monkeypatch):
+        from gswa_plugin import apply
+
+        self.real, self.masks = apply._CPU_FLASH, []
+        assert self.real is not None, "this torch has no fused CPU attention taking a mask with is_causal"
+        monkeypatch.setattr(apply, "_CPU_FLASH", self)
+
+    def __call__(self, query, key, value, dropout, is_causal, attn_mask=None, scale=None):
+        assert is_causal and dropout == 0.0
+        self.masks.append(attn_mask)
+        return self.real(query, key, value, dropout, is_causal, attn_mask=attn_mask, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_causal_prefill_on_cpu_takes_the_bias_as_one_row(monkeypatch, dtype):
+    """A causal call without a mask on a CPU (inference): log(w) reaches the fused kernel as a
+    ``[batch, 1, 1, keys]`` mask with ``is_causal`` (host head size, GQA kept, memory linear in the
+    sequence), and the output equals SDPA with the dense additive mask."""
+    from gswa_plugin.apply import _fast_attention, _KeyBias
+
+    record = _RecordCpuFlash(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    b, h, kv, s, d = 2, 14, 2, 40, 64
+    q, k, v = (torch.randn(b, n, s, d, generator=g).to(dtype) for n in (h, kv, kv))
+    w = torch.rand(b, s, generator=g) * 3 + 0.05
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = h // kv, True
+    with torch.no_grad():
+        out, _ = _fast_attention("sdpa")(module, q, k, v, None, scaling=d**-0.5, gswa_log_w=_KeyBias(w))
+    (mask,) = record.masks
+    assert mask.shape == (b, 1, 1, s) and mask.dtype == torch.float32
+    causal = torch.ones(s, s, dtype=torch.bool).tril()
+    dense = torch.where(causal, torch.log(w)[:, None, None, :], float("-inf"))
+    k_all, v_all = (t.float().repeat_interleave(h // kv, 1) for t in (k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k_all, v_all, attn_mask=dense, scale=d**-0.5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2), rtol=tol, atol=tol)
+    # autograd on: the extra-dimension path (the fused kernel has no gradient for the mask)
+    bias = _KeyBias(w.requires_grad_(True))
+    out_grad, _ = _fast_attention("sdpa")(module, q, k, v, None, scaling=d**-0.5, gswa_log_w=bias)
+    assert len(record.masks) == 1
+    torch.testing.assert_close(out_grad.detach().float(), ref.transpose(1, 2), rtol=tol, atol=tol)
+
+
+def test_attn_bias_unpadded_cpu_prefill_uses_the_row_mask_and_matches_eager(
+    monkeypatch, internvl_model, internvl_processor, photos
+):
+    """One unpadded prompt under ``sdpa`` on a CPU: every layer's prefill runs the fused kernel with
+    the one-row mask, and the logits equal the dense-mask path's (``eager``)."""
+    one = internvl_processor(text=["<IMG_CONTEXT> describe the image"], images=[photos[0]], return_tensors="pt")
+    handle = gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+    peaked(internvl_model)
+    state = {k: v.clone() for k, v in handle.module.state_dict().items()}
+    outs = {}
+    for impl in ("eager", "sdpa"):
+        gswa_plugin.disable(internvl_model)
+        set_attn(internvl_model, impl)
+        handle = gswa_plugin.enable(internvl_model, {**SMALL, "mode": "attn_bias"})
+        handle.module.load_state_dict(state)
+        record = _RecordCpuFlash(monkeypatch)
+        with torch.no_grad():
+            outs[impl] = internvl_model(**one).logits
+    s = one["input_ids"].shape[1]
+    layers = len(internvl_model.model.language_model.layers)
+    assert [tuple(m.shape) for m in record.masks] == [(1, 1, 1, s)] * layers
+    torch.testing.assert_close(outs["sdpa"], outs["eager"], rtol=1e-4, atol=1e-4)
 
 
 def test_fast_attention_takes_dropout_and_scaling_positionally():
@@ -408,3 +493,13 @@ def test_docs_example_runs(monkeypatch, capsys):
     runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert all(m in out for m in ("embed", "value", "attn_bias"))
+
+
+def test_attn_bias_kernel_benchmark_runs():
+    """``benchmarks/attn_bias_kernel.py`` (the head-size table of the cost page) at a tiny length."""
+    from benchmarks import attn_bias_kernel
+
+    rows = attn_bias_kernel.main(["--repeats", "1", "--seq", "12"])
+    paths = {(r[0], r[1], r[2]) for r in rows}
+    assert {("bfloat16", "extra dims", 80), ("float32", "extra dims", 65), ("bfloat16", "row mask", 64)} <= paths
+    assert all(r[6] < 3e-2 for r in rows if r[1] in ("extra dims", "row mask"))

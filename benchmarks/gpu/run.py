@@ -9,7 +9,7 @@ Sections, each recorded in one JSON file and one Markdown table:
    ([`gswa_plugin.tools.bench.run`][gswa_plugin.tools.bench.run], synchronised clocks).
 3. ``modes``: image encoding, prefill, decode step and training step per mode, host and GSWA
    side by side, with ``sdpa`` and, where ``flash_attn`` is installed, ``flash_attention_2``
-   (``attn_bias`` wraps either kernel: two extra head dimensions carry ``log w``).
+   (``attn_bias`` wraps either kernel: extra head dimensions carry ``log w``, head size a multiple of 8).
 4. ``training``: 20 steps of the SleighVL recipe (vision encoder frozen; projector, language model
    and GSWA train; AdamW; bf16; gradient checkpointing) per mode (``embed``, ``value``) and for the
    host alone: steps per second and peak memory.
