@@ -70,6 +70,36 @@ HELDOUT_SEEDS: tuple[int, ...] = tuple(
     sorted(int(s) for s in np.random.default_rng(24).choice(np.arange(10_000, 100_000), size=10, replace=False))
 )
 
+#: Seeds run after a held-out draw had used them, now treated as development seeds: 80614, the seed of
+#: the second draw that lost green with the then-recommended configuration (``summary: mean``).
+DEV_SEEDS_EXTRA: tuple[int, ...] = (80614,)
+#: What a configuration must reach, vision encoder trained, before a held-out draw may be run for it
+#: (written down before the third draw, unchanged from the second apart from the extra seed): on all
+#: :data:`DEV_SEEDS` a mean hit rate of at least 93 %, no seed below 80 %, no answer colour below
+#: 50 % in any seed; and on every seed of :data:`DEV_SEEDS_EXTRA` every colour at 50 % or more.
+DEV_CRITERION: dict[str, float] = {"mean_hit": 0.93, "min_seed_hit": 0.80, "min_colour_hit": 0.50}
+#: The third held-out draw, made (and written here) before any run on it:
+#: ``np.random.default_rng(26).choice(np.arange(100_000, 1_000_000), size=10, replace=False)`` (sorted;
+#: above every seed used before). It is run once, for a configuration that first met
+#: :data:`DEV_CRITERION`, fixed and committed before; until then it is unused.
+HELDOUT_SEEDS_3: tuple[int, ...] = tuple(
+    sorted(int(s) for s in np.random.default_rng(26).choice(np.arange(100_000, 1_000_000), size=10, replace=False))
+)
+
+
+def meets_dev_criterion(dev: dict[int, dict[str, Any]], extra: dict[int, dict[str, Any]]) -> bool:
+    """Whether results (seed -> ``{"hit_rate": .., "hit_by_answer": {colour: ..}}``) meet
+    :data:`DEV_CRITERION`: ``dev`` must hold every seed of :data:`DEV_SEEDS`, ``extra`` every seed of
+    :data:`DEV_SEEDS_EXTRA`."""
+    if set(dev) != set(DEV_SEEDS) or set(extra) != set(DEV_SEEDS_EXTRA):
+        return False
+    c = DEV_CRITERION
+    hits = [r["hit_rate"] for r in dev.values()]
+    worst = [min(r["hit_by_answer"].values()) for r in dev.values()]
+    return (sum(hits) / len(hits) >= c["mean_hit"] and min(hits) >= c["min_seed_hit"]
+            and min(worst) >= c["min_colour_hit"]
+            and all(min(r["hit_by_answer"].values()) >= c["min_colour_hit"] for r in extra.values()))
+
 
 def data_seeds(seed: int) -> tuple[int, int]:
     """Generator seeds of run ``seed``'s training and held-out images (distinct for every run seed)."""
@@ -281,6 +311,17 @@ class RunConfig:
             (centred per image), whatever its weight; through the softmax alone that gradient is
             scaled by the tile's weight, so it vanishes for a tile whose weight collapsed. 0: none.
         gswa_heads: GSWA's ``num_heads`` (the tile weights are the mean of the heads' distributions).
+        gswa_weight_decay: AdamW's decoupled weight decay on GSWA's parameters (0: none, as before).
+            It pulls the scorer's query projection, hence every logit, back towards 0 (uniform weights)
+            unless the answer loss keeps it there, so a weight that collapsed early without the loss
+            asking for it drifts back (``gswa_weight_decay`` of the transformers trainer).
+        standardise_summaries: standardise each channel of the summaries over the image's views
+            (thumbnail and tiles: ``(s - mean) / std``) before GSWA's input norm, so every channel's
+            deviation is measured against its own spread in that image (dev candidate).
+        gswa_eps: AdamW's ``eps`` for GSWA's parameters (the host keeps 1e-8). Adam divides each
+            step by the gradient's running RMS, so a gradient of any size moves GSWA by about
+            ``gswa_lr`` per step, even while the host does not yet answer from the image (gradients
+            near 0); a larger ``eps`` makes such steps proportionally smaller.
     """
 
     mode: str = "value"
@@ -319,6 +360,9 @@ class RunConfig:
     train_min_weight: float = 0.0
     linear_score_grad: float = 0.0
     gswa_heads: int = 4
+    gswa_eps: float = 1e-8
+    gswa_weight_decay: float = 0.0
+    standardise_summaries: bool = False
 
 
 def temperature_factor(cfg: RunConfig, step: int) -> float:
@@ -352,6 +396,19 @@ class _DeviationScorer(torch.nn.Module):
 
     def is_identity(self) -> bool:
         return not bool(self.scale)
+
+
+class _StandardisedInput(torch.nn.Module):
+    """Per channel, ``(s - mean) / std`` over each image's views (padded ``[images, 1 + T, dim]``,
+    every view valid in the needle task), then the scorer's input norm (dev candidate)."""
+
+    def __init__(self, norm: torch.nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-5)
+        return self.norm(x)
 
 
 class _QuadraticInput(torch.nn.Module):
@@ -410,6 +467,8 @@ def _modify_scorer(model: Any, cfg: "RunConfig") -> None:
         model.gswa.scorer = _DeviationScorer(scorer.in_norm, scorer.in_norm.normalized_shape[0])
         model.gswa.scorer.metric.requires_grad_(cfg.deviation_metric)
         return
+    if cfg.standardise_summaries:
+        scorer.in_norm = _StandardisedInput(scorer.in_norm)
     if cfg.score_features == "linear" and not cfg.centre_summaries:
         return
     inp = _QuadraticInput(scorer.in_norm, cfg.centre_summaries)
@@ -538,7 +597,7 @@ def make_optimizer(model: Any, cfg: RunConfig) -> tuple[torch.optim.Optimizer, l
     if vision:
         groups.append({"params": vision, "lr": cfg.lr if cfg.vision_lr is None else cfg.vision_lr})
     if gswa_params:
-        groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": 0.0})
+        groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": cfg.gswa_weight_decay, "eps": cfg.gswa_eps})
     return torch.optim.AdamW(groups), gswa_params
 
 
