@@ -184,6 +184,17 @@ def test_fourth_attempt_candidates_reach_the_optimizer_and_keep_identity():
     with torch.no_grad():
         model.gswa.scorer.query.weight.normal_(generator=torch.Generator().manual_seed(0))
     assert (needle.evaluate(model, handle, data, ids)["weights"] - 1).abs().max() > 1e-3
+    # a reset puts GSWA back at identity and drops its optimizer state
+    opt, gswa_params = needle.make_optimizer(model, cfg)
+    opt.state[gswa_params[0]]["step"] = torch.tensor(1.0)
+    needle.reset_to_identity(model, opt, gswa_params)
+    assert model.gswa.is_identity() and gswa_params[0] not in opt.state
+    assert torch.equal(needle.evaluate(model, handle, data, ids)["weights"], torch.ones_like(w))
+    # the low-weight penalty: zero while every weight is above exp(-margin), positive below
+    logits = torch.zeros(2, 4, 9)
+    assert float(needle.low_weight_term(logits, 2.0)) == 0.0
+    logits[0, 0, 3] = -5.0
+    assert float(needle.low_weight_term(logits, 2.0)) > 0.0
 
 
 def test_dynamics_measures_what_the_scorer_reads():

@@ -22,6 +22,7 @@ Used by ``benchmarks/needle/run.py`` (the full comparison) and by the tests (a C
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -311,6 +312,14 @@ class RunConfig:
             (centred per image), whatever its weight; through the softmax alone that gradient is
             scaled by the tile's weight, so it vanishes for a tile whose weight collapsed. 0: none.
         gswa_heads: GSWA's ``num_heads`` (the tile weights are the mean of the heads' distributions).
+        gswa_reset_at: after this training step, GSWA's scorer goes back to its identity start (query
+            projection zeroed: every weight 1) and AdamW forgets GSWA's moments, while the host keeps
+            what it learned: GSWA then learns again from a host that already answers (0: never).
+        low_weight_penalty, low_weight_margin: adds ``low_weight_penalty`` times the mean over images,
+            heads and tiles of ``relu(-low_weight_margin - log(T a_i))**2`` (``a``: a scoring head's
+            attention over the image's ``T`` tiles) to the training loss: a tile whose weight falls
+            below ``exp(-low_weight_margin)`` is pulled back up, the others are left alone, so a
+            weight cannot collapse to 0 and stay there (an unsupervised term; 0: none).
         gswa_weight_decay: AdamW's decoupled weight decay on GSWA's parameters (0: none, as before).
             It pulls the scorer's query projection, hence every logit, back towards 0 (uniform weights)
             unless the answer loss keeps it there, so a weight that collapsed early without the loss
@@ -362,7 +371,29 @@ class RunConfig:
     gswa_heads: int = 4
     gswa_eps: float = 1e-8
     gswa_weight_decay: float = 0.0
+    low_weight_penalty: float = 0.0
+    gswa_reset_at: int = 0
+    low_weight_margin: float = 2.0
     standardise_summaries: bool = False
+
+
+def reset_to_identity(model: Any, opt: torch.optim.Optimizer, gswa_params: list[torch.Tensor]) -> None:
+    """Zero the scoring layer's query projection (every weight back to exactly 1) and drop AdamW's
+    state for GSWA's parameters, so their next steps start from fresh moments."""
+    with torch.no_grad():
+        model.gswa.scorer.query.weight.zero_()
+        model.gswa.scorer.query.bias.zero_()
+    for p in gswa_params:
+        opt.state.pop(p, None)
+    if not model.gswa.is_identity():
+        raise RuntimeError("GSWA did not return to identity")
+
+
+def low_weight_term(logits: torch.Tensor, margin: float) -> torch.Tensor:
+    """``mean(relu(-margin - log(T a))**2)`` over scoring logits ``[images, heads, T]`` or ``[images, T]``
+    (every tile valid, as in the needle task): zero unless a tile's weight ``T a`` is below ``exp(-margin)``."""
+    logw = torch.log_softmax(logits.float(), -1) + math.log(logits.shape[-1])
+    return torch.relu(-margin - logw).pow(2).mean()
 
 
 def temperature_factor(cfg: RunConfig, step: int) -> float:
@@ -671,6 +702,13 @@ def train(
     hooks = []
     if handle is not None and cfg.entropy_weight:
         hooks.append(model.gswa.register_forward_hook(lambda m, a, out: captured.__setitem__("w", out)))
+    if handle is not None and cfg.low_weight_penalty:
+
+        def _keep_scores(module: Any, args: Any, out: torch.Tensor) -> None:
+            if module.training:
+                captured["scores"] = out
+
+        hooks.append(model.gswa.scorer.register_forward_hook(_keep_scores))
     if handle is not None and cfg.logit_noise:
         noise_gen = torch.Generator().manual_seed(cfg.seed + 104729)
 
@@ -756,6 +794,8 @@ def train(
             views = train_data.pixel_values.shape[1]
             a = captured.pop("w").view(-1, views)[:, : views - 1] / (views - 1)  # thumbnail last
             loss = loss + cfg.entropy_weight * -(a * a.clamp_min(1e-12).log()).sum(-1).mean()
+        if "scores" in captured:
+            loss = loss + cfg.low_weight_penalty * low_weight_term(captured.pop("scores"), cfg.low_weight_margin)
         if "pool" in captured:
             summ, w = captured.pop("pool")
             views = train_data.pixel_values.shape[1]
@@ -771,6 +811,8 @@ def train(
             for p in gswa_params:
                 p.grad = None  # AdamW skips parameters without a gradient: GSWA stays at identity
         opt.step()
+        if cfg.gswa_reset_at and step == cfg.gswa_reset_at and handle is not None:
+            reset_to_identity(model, opt, gswa_params)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             ev = evaluate(model, handle, eval_data, ids)
             history.append([step, ev["accuracy"], ev["hit_rate"]])
