@@ -174,6 +174,10 @@ def test_fourth_attempt_candidates_reach_the_optimizer_and_keep_identity():
     mine = [g for g in opt.param_groups if g["params"] == gswa_params]
     assert len(mine) == 1 and mine[0]["weight_decay"] == 1.0 and mine[0]["eps"] == 1e-5
     assert all(g["eps"] == 1e-8 for g in opt.param_groups if g is not mine[0])
+    only = needle.RunConfig(**{**vars(cfg), "gswa_decay_matrices_only": True})
+    decayed = {id(p) for g in needle.make_optimizer(model, only)[0].param_groups if g["weight_decay"] == 1.0
+               for p in g["params"]}
+    assert decayed == {id(p) for p in gswa_params if p.dim() >= 2} and decayed
     data = needle.make_data(4, seed=3)
     ids = needle.prompt_ids(None, tokens_per_view=1)
     model, handle = needle.build_model(needle.RunConfig(mode="value", seed=2, standardise_summaries=True,

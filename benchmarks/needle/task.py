@@ -324,6 +324,8 @@ class RunConfig:
             It pulls the scorer's query projection, hence every logit, back towards 0 (uniform weights)
             unless the answer loss keeps it there, so a weight that collapsed early without the loss
             asking for it drifts back (``gswa_weight_decay`` of the transformers trainer).
+        gswa_decay_matrices_only: apply ``gswa_weight_decay`` to GSWA's 2-D weights only (projections),
+            not to its LayerNorm gains and biases (the usual exclusion).
         standardise_summaries: standardise each channel of the summaries over the image's views
             (thumbnail and tiles: ``(s - mean) / std``) before GSWA's input norm, so every channel's
             deviation is measured against its own spread in that image (dev candidate).
@@ -371,6 +373,7 @@ class RunConfig:
     gswa_heads: int = 4
     gswa_eps: float = 1e-8
     gswa_weight_decay: float = 0.0
+    gswa_decay_matrices_only: bool = False
     low_weight_penalty: float = 0.0
     gswa_reset_at: int = 0
     low_weight_margin: float = 2.0
@@ -627,7 +630,14 @@ def make_optimizer(model: Any, cfg: RunConfig) -> tuple[torch.optim.Optimizer, l
     groups = [{"params": [p for n, p in host if "vision_tower" not in n], "lr": cfg.lr}]
     if vision:
         groups.append({"params": vision, "lr": cfg.lr if cfg.vision_lr is None else cfg.vision_lr})
-    if gswa_params:
+    if gswa_params and cfg.gswa_decay_matrices_only:  # decay the 2-D weights only, not norms and biases
+        named = [(n, p) for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
+        for decayed in (True, False):
+            ps = [p for n, p in named if (p.dim() >= 2) == decayed]
+            if ps:
+                groups.append({"params": ps, "lr": cfg.gswa_lr, "eps": cfg.gswa_eps,
+                               "weight_decay": cfg.gswa_weight_decay if decayed else 0.0})
+    elif gswa_params:
         groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": cfg.gswa_weight_decay, "eps": cfg.gswa_eps})
     return torch.optim.AdamW(groups), gswa_params
 
