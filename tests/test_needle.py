@@ -188,6 +188,24 @@ def test_fourth_attempt_candidates_reach_the_optimizer_and_keep_identity():
     with torch.no_grad():
         model.gswa.scorer.query.weight.normal_(generator=torch.Generator().manual_seed(0))
     assert (needle.evaluate(model, handle, data, ids)["weights"] - 1).abs().max() > 1e-3
+    # the linear schedule takes GSWA's learning rate (and its decoupled decay) to 0 at the last step
+    seen = []
+    orig = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        out = orig(self, *a, **k)
+        seen.append(sorted(g["lr"] for g in self.param_groups))
+        return out
+
+    torch.optim.AdamW.step = spy
+    try:
+        needle.train(needle.RunConfig(mode="value", seed=2, steps=2, batch_size=4, eval_every=0,
+                                      gswa_lr_schedule="linear", **needle.RECOMMENDED), data, data)
+    finally:
+        torch.optim.AdamW.step = orig
+    assert seen == [[2e-4, 1e-3, 3e-3], [2e-4, 1e-3, 1.5e-3]]  # GSWA: full rate, then half (0 after the last)
+    with pytest.raises(ValueError):
+        needle.train(needle.RunConfig(mode="value", steps=1, gswa_lr_schedule="cosine"), data, data)
     # a reset puts GSWA back at identity and drops its optimizer state
     opt, gswa_params = needle.make_optimizer(model, cfg)
     opt.state[gswa_params[0]]["step"] = torch.tensor(1.0)

@@ -324,6 +324,8 @@ class RunConfig:
             It pulls the scorer's query projection, hence every logit, back towards 0 (uniform weights)
             unless the answer loss keeps it there, so a weight that collapsed early without the loss
             asking for it drifts back (``gswa_weight_decay`` of the transformers trainer).
+        gswa_lr_schedule: ``constant`` or ``linear`` (GSWA's learning rate, and with it AdamW's decoupled
+            weight decay, falls linearly to 0 at the last step; the host's stays constant).
         gswa_decay_matrices_only: apply ``gswa_weight_decay`` to GSWA's 2-D weights only (projections),
             not to its LayerNorm gains and biases (the usual exclusion).
         standardise_summaries: standardise each channel of the summaries over the image's views
@@ -374,6 +376,7 @@ class RunConfig:
     gswa_eps: float = 1e-8
     gswa_weight_decay: float = 0.0
     gswa_decay_matrices_only: bool = False
+    gswa_lr_schedule: str = "constant"
     low_weight_penalty: float = 0.0
     gswa_reset_at: int = 0
     low_weight_margin: float = 2.0
@@ -702,6 +705,12 @@ def train(
     model, handle = build_model(cfg)
     ids = None
     opt, gswa_params = make_optimizer(model, cfg)
+    if cfg.gswa_lr_schedule not in ("constant", "linear"):
+        raise ValueError(f"gswa_lr_schedule must be 'constant' or 'linear', got {cfg.gswa_lr_schedule!r}")
+    mine = {id(p) for p in gswa_params}
+    for g in opt.param_groups:
+        if any(id(p) in mine for p in g["params"]):
+            g["gswa_lr0"] = g["lr"]
     order = torch.Generator().manual_seed(cfg.seed)
     target_ids = answer_ids()
     tpv = (cfg.tile // 14) ** 2 // 4
@@ -821,6 +830,10 @@ def train(
             for p in gswa_params:
                 p.grad = None  # AdamW skips parameters without a gradient: GSWA stays at identity
         opt.step()
+        if cfg.gswa_lr_schedule == "linear":  # GSWA's groups: lr (and so AdamW's decoupled decay) falls to 0
+            for g in opt.param_groups:
+                if "gswa_lr0" in g:
+                    g["lr"] = g["gswa_lr0"] * (1.0 - step / cfg.steps)
         if cfg.gswa_reset_at and step == cfg.gswa_reset_at and handle is not None:
             reset_to_identity(model, opt, gswa_params)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
