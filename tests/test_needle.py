@@ -165,6 +165,75 @@ def test_third_attempt_candidates_keep_the_forward_and_act():
         assert (res["weights"] - 1).abs().max() > 0, extra
 
 
+def test_fourth_attempt_candidates_reach_the_optimizer_and_keep_identity():
+    """GSWA's own AdamW settings (weight decay, eps) reach its parameter group only; standardised
+    summaries keep the identity start."""
+    cfg = needle.RunConfig(mode="value", seed=2, gswa_weight_decay=1.0, gswa_eps=1e-5, **needle.RECOMMENDED)
+    model, handle = needle.build_model(cfg)
+    opt, gswa_params = needle.make_optimizer(model, cfg)
+    mine = [g for g in opt.param_groups if g["params"] == gswa_params]
+    assert len(mine) == 1 and mine[0]["weight_decay"] == 1.0 and mine[0]["eps"] == 1e-5
+    assert all(g["eps"] == 1e-8 for g in opt.param_groups if g is not mine[0])
+    only = needle.RunConfig(**{**vars(cfg), "gswa_decay_matrices_only": True})
+    decayed = {id(p) for g in needle.make_optimizer(model, only)[0].param_groups if g["weight_decay"] == 1.0
+               for p in g["params"]}
+    assert decayed == {id(p) for p in gswa_params if p.dim() >= 2} and decayed
+    data = needle.make_data(4, seed=3)
+    ids = needle.prompt_ids(None, tokens_per_view=1)
+    model, handle = needle.build_model(needle.RunConfig(mode="value", seed=2, standardise_summaries=True,
+                                                        **needle.RECOMMENDED))
+    assert isinstance(model.gswa.scorer.in_norm, needle._StandardisedInput) and model.gswa.is_identity()
+    w = needle.evaluate(model, handle, data, ids)["weights"]
+    assert torch.equal(w, torch.ones_like(w))
+    with torch.no_grad():
+        model.gswa.scorer.query.weight.normal_(generator=torch.Generator().manual_seed(0))
+    assert (needle.evaluate(model, handle, data, ids)["weights"] - 1).abs().max() > 1e-3
+    # the linear schedule takes GSWA's learning rate (and its decoupled decay) to 0 at the last step
+    seen = []
+    orig = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        out = orig(self, *a, **k)
+        seen.append(sorted(g["lr"] for g in self.param_groups))
+        return out
+
+    torch.optim.AdamW.step = spy
+    try:
+        needle.train(needle.RunConfig(mode="value", seed=2, steps=2, batch_size=4, eval_every=0,
+                                      gswa_lr_schedule="linear", **needle.RECOMMENDED), data, data)
+    finally:
+        torch.optim.AdamW.step = orig
+    assert seen == [[2e-4, 1e-3, 3e-3], [2e-4, 1e-3, 1.5e-3]]  # GSWA: full rate, then half (0 after the last)
+    with pytest.raises(ValueError):
+        needle.train(needle.RunConfig(mode="value", steps=1, gswa_lr_schedule="cosine"), data, data)
+    # a reset puts GSWA back at identity and drops its optimizer state
+    opt, gswa_params = needle.make_optimizer(model, cfg)
+    opt.state[gswa_params[0]]["step"] = torch.tensor(1.0)
+    needle.reset_to_identity(model, opt, gswa_params)
+    assert model.gswa.is_identity() and gswa_params[0] not in opt.state
+    assert torch.equal(needle.evaluate(model, handle, data, ids)["weights"], torch.ones_like(w))
+    # the low-weight penalty: zero while every weight is above exp(-margin), positive below
+    logits = torch.zeros(2, 4, 9)
+    assert float(needle.low_weight_term(logits, 2.0)) == 0.0
+    logits[0, 0, 3] = -5.0
+    assert float(needle.low_weight_term(logits, 2.0)) > 0.0
+
+
+def test_dynamics_measures_what_the_scorer_reads():
+    """dynamics.py's distinctiveness (squared deviation from the image's mean tile) and grey levels."""
+    from benchmarks.needle import dynamics
+
+    greys, kinds = dynamics.grey_levels(6, seed=5), needle.tile_kinds(6, seed=5)
+    assert all((g is not None) == (k == "grey") and (g is None or 90 <= g < 170)
+               for gs, ks in zip(greys, kinds) for g, k in zip(gs, ks))
+    s = torch.zeros(2, 10, 4)  # two images, 9 tiles + thumbnail; the needle (tile 3 / 5) stands out
+    s[0, 3, 0], s[1, 5, 1] = 3.0, 3.0
+    rows = [["needle" if t == k else ("grey" if t % 2 else "outline") for t in range(9)] for k in (3, 5)]
+    d = dynamics.distinctiveness(s, rows, torch.tensor([0, 1]), torch.tensor([3, 5]))
+    assert d["top red"] == d["top green"] == 1.0 and d["needle red"] == pytest.approx(64 / 9, abs=1e-3)
+    assert d["grey"] == d["outline"] == pytest.approx(1 / 9, abs=1e-3)
+
+
 def test_tile_kinds_replay_the_data_generator():
     data = needle.make_data(6, seed=5)
     kinds = needle.tile_kinds(6, seed=5)
@@ -197,15 +266,38 @@ def test_held_out_seeds_are_the_documented_draw_and_never_dev_seeds():
     dev_drawn = np.random.default_rng(2415).choice(np.arange(100, 10_000), size=8, replace=False)
     assert needle.DEV_SEEDS == (*range(24), *sorted(int(s) for s in dev_drawn))
     assert len(needle.HELDOUT_SEEDS) >= 10 and len(set(needle.DEV_SEEDS)) == 32
+    third = np.random.default_rng(26).choice(np.arange(100_000, 1_000_000), size=10, replace=False)
+    assert needle.HELDOUT_SEEDS_3 == tuple(sorted(int(s) for s in third))
+    # 80614 (second draw, used) is a development seed now; the third draw meets no seed run before
+    # (the sets below and the 32 seeds 24-55 run after the second draw, which are past the dev set's 0-23)
+    assert needle.DEV_SEEDS_EXTRA == (80614,) and set(needle.DEV_SEEDS_EXTRA) <= set(needle.HELDOUT_SEEDS)
+    assert not set(needle.HELDOUT_SEEDS_3) & {*range(24, 56), *needle.DEV_SEEDS_EXTRA}
     # no seed is in two sets: the used stop-24 seeds are neither dev nor held-out now
-    sets = [set(needle.DEV_SEEDS), set(needle.HELDOUT_SEEDS), set(needle.HELDOUT_SEEDS_STOP24)]
+    sets = [set(needle.DEV_SEEDS), set(needle.HELDOUT_SEEDS), set(needle.HELDOUT_SEEDS_STOP24),
+            set(needle.HELDOUT_SEEDS_3)]
     assert sum(map(len, sets)) == len(set().union(*sets))
     # every run seed draws its own training and held-out images
-    pairs = [needle.data_seeds(s) for s in (*needle.DEV_SEEDS, *needle.HELDOUT_SEEDS, *needle.HELDOUT_SEEDS_STOP24)]
+    pairs = [needle.data_seeds(s) for s in (*needle.DEV_SEEDS, *needle.HELDOUT_SEEDS, *needle.HELDOUT_SEEDS_STOP24,
+                                            *needle.HELDOUT_SEEDS_3, *range(24, 56))]
     flat = [x for p in pairs for x in p]
     assert len(set(flat)) == len(flat)
     a, b = needle.make_data(2, seed=needle.data_seeds(0)[0]), needle.make_data(2, seed=needle.data_seeds(1)[0])
     assert not torch.equal(a.pixel_values, b.pixel_values)
+
+
+def test_dev_criterion_is_the_documented_one():
+    """The bar a configuration must clear on the development seeds before a held-out draw runs."""
+    assert needle.DEV_CRITERION == {"mean_hit": 0.93, "min_seed_hit": 0.80, "min_colour_hit": 0.50}
+    good = {"hit_rate": 0.97, "hit_by_answer": {"red": 0.95, "green": 0.9, "blue": 1.0, "yellow": 1.0}}
+    dev = {s: good for s in needle.DEV_SEEDS}
+    extra = {s: good for s in needle.DEV_SEEDS_EXTRA}
+    assert needle.meets_dev_criterion(dev, extra)
+    lost = {"hit_rate": 0.97, "hit_by_answer": {"red": 1.0, "green": 0.4, "blue": 1.0, "yellow": 1.0}}
+    assert not needle.meets_dev_criterion({**dev, 5: lost}, extra)  # a colour below 50 % on one dev seed
+    assert not needle.meets_dev_criterion(dev, {80614: lost})  # 80614 loses green
+    assert not needle.meets_dev_criterion({**dev, 5: {**good, "hit_rate": 0.79}}, extra)  # a seed below 80 %
+    assert not needle.meets_dev_criterion({s: {**good, "hit_rate": 0.92} for s in needle.DEV_SEEDS}, extra)
+    assert not needle.meets_dev_criterion({s: good for s in needle.DEV_SEEDS[:-1]}, extra)  # a seed missing
 
 
 def test_runner_takes_any_seed_list_and_any_cell():
@@ -215,6 +307,8 @@ def test_runner_takes_any_seed_list_and_any_cell():
     assert run.parse_seeds("dev") == list(needle.DEV_SEEDS)
     assert run.parse_seeds("heldout,5") == [*needle.HELDOUT_SEEDS, 5]
     assert run.parse_seeds("heldout-stop24") == list(needle.HELDOUT_SEEDS_STOP24)
+    assert run.parse_seeds("heldout3") == list(needle.HELDOUT_SEEDS_3)
+    assert run.parse_seeds("dev-extra") == [80614]
     cells = run.parse_cells("trainable/value/self_attn,frozen/none/x")
     assert cells == [{"setting": "trainable", "mode": "value", "variant": "self_attn"},
                      {"setting": "frozen", "mode": "none", "variant": "-"}]

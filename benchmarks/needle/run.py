@@ -60,14 +60,17 @@ NAMED_CELLS: dict[str, list[str]] = {
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``dev``, ``heldout``, ``heldout-stop24`` (``task.DEV_SEEDS`` / ``HELDOUT_SEEDS`` /
-    ``HELDOUT_SEEDS_STOP24``, the first held-out draw, used) or a comma list of integers."""
+    """``dev``, ``dev-extra``, ``heldout``, ``heldout-stop24``, ``heldout3`` (``task.DEV_SEEDS`` /
+    ``DEV_SEEDS_EXTRA`` / ``HELDOUT_SEEDS`` (the second draw, used) / ``HELDOUT_SEEDS_STOP24`` (the first,
+    used) / ``HELDOUT_SEEDS_3`` (the third)) or a comma list of integers."""
     from benchmarks.needle import task as needle
 
     named = {
         "dev": list(needle.DEV_SEEDS),
         "heldout": list(needle.HELDOUT_SEEDS),
         "heldout-stop24": list(needle.HELDOUT_SEEDS_STOP24),
+        "heldout3": list(needle.HELDOUT_SEEDS_3),
+        "dev-extra": list(needle.DEV_SEEDS_EXTRA),
     }
     out: list[int] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
@@ -76,8 +79,8 @@ def parse_seeds(text: str) -> list[int]:
         elif part.lstrip("-").isdigit() and int(part) >= 0:
             out.append(int(part))
         else:
-            raise SystemExit(f"--seeds: {part!r} is not a seed; give a comma list of integers >= 0, 'dev', 'heldout' "
-                "or 'heldout-stop24'")
+            raise SystemExit(f"--seeds: {part!r} is not a seed; give a comma list of integers >= 0, 'dev', "
+                "'dev-extra', 'heldout', 'heldout-stop24' or 'heldout3'")
     return out
 
 
@@ -176,7 +179,7 @@ def _run(job: tuple[dict, dict, str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE, help="folder for results.jsonl and data (default: here)")
-    ap.add_argument("--seeds", default="heldout", help="comma list of seeds, 'dev', 'heldout' (default) or 'heldout-stop24'")
+    ap.add_argument("--seeds", default="heldout", help="comma list of seeds, 'dev', 'dev-extra', 'heldout' (default), 'heldout-stop24', 'heldout3'")
     ap.add_argument("--cells", default="final", help="comma list of setting/mode/variant, or 'final' (default), 'grid'")
     ap.add_argument("--steps", type=int, default=None, help="training steps per run (default: RunConfig's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a RunConfig field for every run")

@@ -22,6 +22,7 @@ Used by ``benchmarks/needle/run.py`` (the full comparison) and by the tests (a C
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -69,6 +70,36 @@ HELDOUT_SEEDS_STOP24: tuple[int, ...] = tuple(
 HELDOUT_SEEDS: tuple[int, ...] = tuple(
     sorted(int(s) for s in np.random.default_rng(24).choice(np.arange(10_000, 100_000), size=10, replace=False))
 )
+
+#: Seeds run after a held-out draw had used them, now treated as development seeds: 80614, the seed of
+#: the second draw that lost green with the then-recommended configuration (``summary: mean``).
+DEV_SEEDS_EXTRA: tuple[int, ...] = (80614,)
+#: What a configuration must reach, vision encoder trained, before a held-out draw may be run for it
+#: (written down before the third draw, unchanged from the second apart from the extra seed): on all
+#: :data:`DEV_SEEDS` a mean hit rate of at least 93 %, no seed below 80 %, no answer colour below
+#: 50 % in any seed; and on every seed of :data:`DEV_SEEDS_EXTRA` every colour at 50 % or more.
+DEV_CRITERION: dict[str, float] = {"mean_hit": 0.93, "min_seed_hit": 0.80, "min_colour_hit": 0.50}
+#: The third held-out draw, made (and written here) before any run on it:
+#: ``np.random.default_rng(26).choice(np.arange(100_000, 1_000_000), size=10, replace=False)`` (sorted;
+#: above every seed used before). It is run once, for a configuration that first met
+#: :data:`DEV_CRITERION`, fixed and committed before; until then it is unused.
+HELDOUT_SEEDS_3: tuple[int, ...] = tuple(
+    sorted(int(s) for s in np.random.default_rng(26).choice(np.arange(100_000, 1_000_000), size=10, replace=False))
+)
+
+
+def meets_dev_criterion(dev: dict[int, dict[str, Any]], extra: dict[int, dict[str, Any]]) -> bool:
+    """Whether results (seed -> ``{"hit_rate": .., "hit_by_answer": {colour: ..}}``) meet
+    :data:`DEV_CRITERION`: ``dev`` must hold every seed of :data:`DEV_SEEDS`, ``extra`` every seed of
+    :data:`DEV_SEEDS_EXTRA`."""
+    if set(dev) != set(DEV_SEEDS) or set(extra) != set(DEV_SEEDS_EXTRA):
+        return False
+    c = DEV_CRITERION
+    hits = [r["hit_rate"] for r in dev.values()]
+    worst = [min(r["hit_by_answer"].values()) for r in dev.values()]
+    return (sum(hits) / len(hits) >= c["mean_hit"] and min(hits) >= c["min_seed_hit"]
+            and min(worst) >= c["min_colour_hit"]
+            and all(min(r["hit_by_answer"].values()) >= c["min_colour_hit"] for r in extra.values()))
 
 
 def data_seeds(seed: int) -> tuple[int, int]:
@@ -281,6 +312,29 @@ class RunConfig:
             (centred per image), whatever its weight; through the softmax alone that gradient is
             scaled by the tile's weight, so it vanishes for a tile whose weight collapsed. 0: none.
         gswa_heads: GSWA's ``num_heads`` (the tile weights are the mean of the heads' distributions).
+        gswa_reset_at: after this training step, GSWA's scorer goes back to its identity start (query
+            projection zeroed: every weight 1) and AdamW forgets GSWA's moments, while the host keeps
+            what it learned: GSWA then learns again from a host that already answers (0: never).
+        low_weight_penalty, low_weight_margin: adds ``low_weight_penalty`` times the mean over images,
+            heads and tiles of ``relu(-low_weight_margin - log(T a_i))**2`` (``a``: a scoring head's
+            attention over the image's ``T`` tiles) to the training loss: a tile whose weight falls
+            below ``exp(-low_weight_margin)`` is pulled back up, the others are left alone, so a
+            weight cannot collapse to 0 and stay there (an unsupervised term; 0: none).
+        gswa_weight_decay: AdamW's decoupled weight decay on GSWA's parameters (0: none, as before).
+            It pulls the scorer's query projection, hence every logit, back towards 0 (uniform weights)
+            unless the answer loss keeps it there, so a weight that collapsed early without the loss
+            asking for it drifts back (``gswa_weight_decay`` of the transformers trainer).
+        gswa_lr_schedule: ``constant`` or ``linear`` (GSWA's learning rate, and with it AdamW's decoupled
+            weight decay, falls linearly to 0 at the last step; the host's stays constant).
+        gswa_decay_matrices_only: apply ``gswa_weight_decay`` to GSWA's 2-D weights only (projections),
+            not to its LayerNorm gains and biases (the usual exclusion).
+        standardise_summaries: standardise each channel of the summaries over the image's views
+            (thumbnail and tiles: ``(s - mean) / std``) before GSWA's input norm, so every channel's
+            deviation is measured against its own spread in that image (dev candidate).
+        gswa_eps: AdamW's ``eps`` for GSWA's parameters (the host keeps 1e-8). Adam divides each
+            step by the gradient's running RMS, so a gradient of any size moves GSWA by about
+            ``gswa_lr`` per step, even while the host does not yet answer from the image (gradients
+            near 0); a larger ``eps`` makes such steps proportionally smaller.
     """
 
     mode: str = "value"
@@ -319,6 +373,33 @@ class RunConfig:
     train_min_weight: float = 0.0
     linear_score_grad: float = 0.0
     gswa_heads: int = 4
+    gswa_eps: float = 1e-8
+    gswa_weight_decay: float = 0.0
+    gswa_decay_matrices_only: bool = False
+    gswa_lr_schedule: str = "constant"
+    low_weight_penalty: float = 0.0
+    gswa_reset_at: int = 0
+    low_weight_margin: float = 2.0
+    standardise_summaries: bool = False
+
+
+def reset_to_identity(model: Any, opt: torch.optim.Optimizer, gswa_params: list[torch.Tensor]) -> None:
+    """Zero the scoring layer's query projection (every weight back to exactly 1) and drop AdamW's
+    state for GSWA's parameters, so their next steps start from fresh moments."""
+    with torch.no_grad():
+        model.gswa.scorer.query.weight.zero_()
+        model.gswa.scorer.query.bias.zero_()
+    for p in gswa_params:
+        opt.state.pop(p, None)
+    if not model.gswa.is_identity():
+        raise RuntimeError("GSWA did not return to identity")
+
+
+def low_weight_term(logits: torch.Tensor, margin: float) -> torch.Tensor:
+    """``mean(relu(-margin - log(T a))**2)`` over scoring logits ``[images, heads, T]`` or ``[images, T]``
+    (every tile valid, as in the needle task): zero unless a tile's weight ``T a`` is below ``exp(-margin)``."""
+    logw = torch.log_softmax(logits.float(), -1) + math.log(logits.shape[-1])
+    return torch.relu(-margin - logw).pow(2).mean()
 
 
 def temperature_factor(cfg: RunConfig, step: int) -> float:
@@ -352,6 +433,19 @@ class _DeviationScorer(torch.nn.Module):
 
     def is_identity(self) -> bool:
         return not bool(self.scale)
+
+
+class _StandardisedInput(torch.nn.Module):
+    """Per channel, ``(s - mean) / std`` over each image's views (padded ``[images, 1 + T, dim]``,
+    every view valid in the needle task), then the scorer's input norm (dev candidate)."""
+
+    def __init__(self, norm: torch.nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-5)
+        return self.norm(x)
 
 
 class _QuadraticInput(torch.nn.Module):
@@ -410,6 +504,8 @@ def _modify_scorer(model: Any, cfg: "RunConfig") -> None:
         model.gswa.scorer = _DeviationScorer(scorer.in_norm, scorer.in_norm.normalized_shape[0])
         model.gswa.scorer.metric.requires_grad_(cfg.deviation_metric)
         return
+    if cfg.standardise_summaries:
+        scorer.in_norm = _StandardisedInput(scorer.in_norm)
     if cfg.score_features == "linear" and not cfg.centre_summaries:
         return
     inp = _QuadraticInput(scorer.in_norm, cfg.centre_summaries)
@@ -537,8 +633,15 @@ def make_optimizer(model: Any, cfg: RunConfig) -> tuple[torch.optim.Optimizer, l
     groups = [{"params": [p for n, p in host if "vision_tower" not in n], "lr": cfg.lr}]
     if vision:
         groups.append({"params": vision, "lr": cfg.lr if cfg.vision_lr is None else cfg.vision_lr})
-    if gswa_params:
-        groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": 0.0})
+    if gswa_params and cfg.gswa_decay_matrices_only:  # decay the 2-D weights only, not norms and biases
+        named = [(n, p) for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
+        for decayed in (True, False):
+            ps = [p for n, p in named if (p.dim() >= 2) == decayed]
+            if ps:
+                groups.append({"params": ps, "lr": cfg.gswa_lr, "eps": cfg.gswa_eps,
+                               "weight_decay": cfg.gswa_weight_decay if decayed else 0.0})
+    elif gswa_params:
+        groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": cfg.gswa_weight_decay, "eps": cfg.gswa_eps})
     return torch.optim.AdamW(groups), gswa_params
 
 
@@ -602,6 +705,12 @@ def train(
     model, handle = build_model(cfg)
     ids = None
     opt, gswa_params = make_optimizer(model, cfg)
+    if cfg.gswa_lr_schedule not in ("constant", "linear"):
+        raise ValueError(f"gswa_lr_schedule must be 'constant' or 'linear', got {cfg.gswa_lr_schedule!r}")
+    mine = {id(p) for p in gswa_params}
+    for g in opt.param_groups:
+        if any(id(p) in mine for p in g["params"]):
+            g["gswa_lr0"] = g["lr"]
     order = torch.Generator().manual_seed(cfg.seed)
     target_ids = answer_ids()
     tpv = (cfg.tile // 14) ** 2 // 4
@@ -612,6 +721,13 @@ def train(
     hooks = []
     if handle is not None and cfg.entropy_weight:
         hooks.append(model.gswa.register_forward_hook(lambda m, a, out: captured.__setitem__("w", out)))
+    if handle is not None and cfg.low_weight_penalty:
+
+        def _keep_scores(module: Any, args: Any, out: torch.Tensor) -> None:
+            if module.training:
+                captured["scores"] = out
+
+        hooks.append(model.gswa.scorer.register_forward_hook(_keep_scores))
     if handle is not None and cfg.logit_noise:
         noise_gen = torch.Generator().manual_seed(cfg.seed + 104729)
 
@@ -697,6 +813,8 @@ def train(
             views = train_data.pixel_values.shape[1]
             a = captured.pop("w").view(-1, views)[:, : views - 1] / (views - 1)  # thumbnail last
             loss = loss + cfg.entropy_weight * -(a * a.clamp_min(1e-12).log()).sum(-1).mean()
+        if "scores" in captured:
+            loss = loss + cfg.low_weight_penalty * low_weight_term(captured.pop("scores"), cfg.low_weight_margin)
         if "pool" in captured:
             summ, w = captured.pop("pool")
             views = train_data.pixel_values.shape[1]
@@ -712,6 +830,12 @@ def train(
             for p in gswa_params:
                 p.grad = None  # AdamW skips parameters without a gradient: GSWA stays at identity
         opt.step()
+        if cfg.gswa_lr_schedule == "linear":  # GSWA's groups: lr (and so AdamW's decoupled decay) falls to 0
+            for g in opt.param_groups:
+                if "gswa_lr0" in g:
+                    g["lr"] = g["gswa_lr0"] * (1.0 - step / cfg.steps)
+        if cfg.gswa_reset_at and step == cfg.gswa_reset_at and handle is not None:
+            reset_to_identity(model, opt, gswa_params)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             ev = evaluate(model, handle, eval_data, ids)
             history.append([step, ev["accuracy"], ev["hit_rate"]])
