@@ -290,3 +290,30 @@ def test_the_importance_term_reaches_only_gswa_in_the_two_needle_task():
     res = tn.train(cfg, data, data)
     assert 0.0 <= res["grad_asked"] + res["grad_other"] <= 1.0
     assert set(res["hit_by_question"]) == set(tn.ASKED)
+
+
+@pytest.mark.parametrize("variant", ["text_guided", "text_cross_attn"])
+def test_score_input_reaches_the_question_aware_variants(variant):
+    """``score_input: squared_deviation`` changes what the text variants' keys read (issue 18), and
+    an untrained one is still the identity for any text; with the query's text part at zero the
+    logits are the image-only scorer's."""
+    from types import SimpleNamespace
+
+    from gswa_plugin import weighting as W
+
+    base = dict(hidden_size=16, num_heads=2, mlp_ratio=2.0, dropout=0.0, num_layers=1)
+    tokens, mask, text = torch.randn(3, 5, 8), torch.ones(3, 4, dtype=torch.bool), torch.randn(3, 6)
+    out = {}
+    for score_input in ("summary", "squared_deviation"):
+        cfg = SimpleNamespace(**base, identity_init=False, score_input=score_input)
+        torch.manual_seed(0)
+        scorer = W.TEXT_VARIANTS[variant](8, cfg, text_dim=6)
+        out[score_input] = scorer(tokens, mask, text)
+        torch.manual_seed(0)
+        image_only = W.BUILTIN_VARIANTS[variant.replace("text_guided", "self_attn").replace("text_", "")](8, cfg)
+        torch.nn.init.zeros_(scorer.text_query.weight)
+        torch.nn.init.zeros_(scorer.text_query.bias)
+        torch.testing.assert_close(scorer(tokens, mask, text), image_only(tokens, mask))
+        ident = W.TEXT_VARIANTS[variant](8, SimpleNamespace(**base, identity_init=True, score_input=score_input), text_dim=6)
+        assert torch.equal(ident(tokens, mask, text), torch.zeros(3, 2, 4))
+    assert not torch.allclose(out["summary"], out["squared_deviation"])
