@@ -203,8 +203,11 @@ def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
     ids = tn.prompts(1)
     assert ids.shape[0] == 2 and (ids[0] != ids[1]).sum() == 1  # the prompts differ only in the shape word
     # the held-out draw is the one written down, and meets neither the dev seeds nor the used draw
-    assert tn.HELD_OUT_SEEDS == tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
-    assert not set(tn.HELD_OUT_SEEDS) & (set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24))
+    assert tn.HELD_OUT_SEEDS == tuple(int(s) for s in np.random.default_rng(2618).integers(1_000_000, 10_000_000, 8))
+    assert tn.HELD_OUT_SEEDS_1825 == tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
+    used = set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24) | set(tn.HELD_OUT_SEEDS_1825)
+    assert len(set(tn.HELD_OUT_SEEDS)) == 8 and not set(tn.HELD_OUT_SEEDS) & used
+    assert not set(tn.HELD_OUT_SEEDS_1825) & (set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24))
 
 
 def test_gswa_train_moves_the_text_query(tmp_path):

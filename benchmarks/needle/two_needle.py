@@ -10,10 +10,11 @@ most one of the two needles can hold the largest weight: its hit rate on the *as
 most about 50%. A question-aware variant can find the asked tile.
 
 Honest protocol: the settings below were tuned on the development seeds (:data:`DEV_SEEDS`,
-101-108) only; each held-out draw is run once, with the configuration fixed beforehand, and each
-seed resamples the training and evaluation images and the host's initialisation. Every seed's row
-is reported. The first held-out draw (:data:`HELD_OUT_SEEDS_STOP24`) is used; the current one is
-``numpy.random.default_rng(1825).integers(100_000, 1_000_000, 5)``.
+101-124; 101-108 before the third round) only; each held-out draw is run once, with the
+configuration fixed beforehand, and each seed resamples the training and evaluation images and the
+host's initialisation. Every seed's row is reported. The first two held-out draws
+(:data:`HELD_OUT_SEEDS_STOP24`, :data:`HELD_OUT_SEEDS_1825`) are used; the current one is
+``numpy.random.default_rng(2618).integers(1_000_000, 10_000_000, 8)``.
 
     nice -n 19 python benchmarks/needle/two_needle.py --seeds dev --out benchmarks/needle/two_needle_dev.jsonl
     nice -n 19 python benchmarks/needle/two_needle.py --seeds heldout --jobs 2
@@ -51,17 +52,23 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "two_needle.jsonl"
 #: The shapes a question can name (``task._shape`` kinds) and their words.
 ASKED: dict[str, int] = {"square": 0, "circle": 1}
-#: Development seeds (tuning only): 101-108. The first dev set, ``101, 102``, was too few: the
-#: settings chosen on it gave a held-out hit rate of 0.42-0.89 on the asked tile.
-DEV_SEEDS: tuple[int, ...] = tuple(range(101, 109))
+#: Development seeds (tuning only): 101-124 since the third round (the second round tuned on
+#: 101-108). The first dev set, ``101, 102``, was too few: the settings chosen on it gave a held-out
+#: hit rate of 0.42-0.89 on the asked tile.
+DEV_SEEDS: tuple[int, ...] = tuple(range(101, 125))
 #: USED (burnt): the held-out seeds of the first final table (the settings without the importance
 #: term), drawn once by ``np.random.default_rng(18).integers(10_000, 100_000, 5)``; their results are
 #: published (docs/question-aware.md). Never tune on them or reuse them as held-out.
 HELD_OUT_SEEDS_STOP24: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(18).integers(10_000, 100_000, 5))
-#: The held-out seeds of the current final table (issue 18, importance term): the formula was written
-#: down while tuning on :data:`DEV_SEEDS`, and no run used these seeds before the configuration was fixed:
-#: ``np.random.default_rng(1825).integers(100_000, 1_000_000, 5)`` (above every dev and used seed).
-HELD_OUT_SEEDS: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
+#: USED (burnt): the held-out seeds of the second round (issue 18, importance term, GSWA reading the
+#: CLS summary), drawn by ``np.random.default_rng(1825).integers(100_000, 1_000_000, 5)``; results
+#: published (docs/question-aware.md). Never tune on them or reuse them as held-out.
+HELD_OUT_SEEDS_1825: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
+#: The held-out seeds of the third round (issue 18): the formula was written down and committed
+#: before any run on these seeds and before the configuration was fixed, while tuning on
+#: :data:`DEV_SEEDS`: ``np.random.default_rng(2618).integers(1_000_000, 10_000_000, 8)`` (above every
+#: dev and used seed). Run once, every cell, every seed reported.
+HELD_OUT_SEEDS: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(2618).integers(1_000_000, 10_000_000, 8))
 #: The compared cells: (name, mode, variant); ``none`` is the host without GSWA.
 CELLS: tuple[tuple[str, str, str], ...] = (
     ("text_guided", "value", "text_guided"),
@@ -249,6 +256,14 @@ def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleDa
 #: ``text_guided`` candidate with the highest *smallest* dev hit rate on the asked tile, ties by the
 #: mean; the other cells take the same settings (image-only ``self_attn`` with the same term).
 #: Chosen: weight 3, importance temperature 1, GSWA temperature 0.5 (dev hit 0.75-1.00, mean 0.91).
+#: Third round (the second round's held-out hit 0.77-1.00): on the weak dev seeds every miss was one
+#: needle colour per question whose tile GSWA did not raise (seed 105: yellow, seed 103: blue circles),
+#: the lost colour of the single-needle task. Candidate: the single-needle task's recommended scorer
+#: input (``score_input: squared_deviation``, ``summary: mean``, ``gswa_lr: 3e-3``, which now reaches
+#: the text variants) on top of the second round's settings, 800 steps. Criterion, written down
+#: before its dev results were read and before any held-out run: adopted if ``text_guided`` on the 24
+#: :data:`DEV_SEEDS` has a mean hit rate >= 0.90 and no seed below 0.80 (the issue's target, on dev);
+#: otherwise :data:`HELD_OUT_SEEDS` are not run.
 SETTINGS: dict[str, Any] = {
     "steps": 800,
     "train_images": 800,
@@ -299,7 +314,7 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="dev", help="dev, heldout, heldout-stop24 (used), or a comma list of seeds")
+    ap.add_argument("--seeds", default="dev", help="dev, heldout, heldout-1825 / heldout-stop24 (used), or a comma list of seeds")
     ap.add_argument("--cells", default=",".join(c[0] for c in CELLS))
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -314,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             settings[k] = value
         else:
             settings["run"][k] = value
-    named = {"dev": DEV_SEEDS, "heldout": HELD_OUT_SEEDS, "heldout-stop24": HELD_OUT_SEEDS_STOP24}
+    named = {"dev": DEV_SEEDS, "heldout": HELD_OUT_SEEDS, "heldout-1825": HELD_OUT_SEEDS_1825,
+             "heldout-stop24": HELD_OUT_SEEDS_STOP24}
     seeds = named.get(args.seeds) or tuple(int(s) for s in args.seeds.split(","))
     rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()] if args.out.exists() else []
     rows = [r for r in rows if r["settings"] == settings]
