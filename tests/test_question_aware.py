@@ -210,6 +210,31 @@ def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
     assert not set(tn.HELD_OUT_SEEDS_1825) & (set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24))
 
 
+def test_two_needle_images_can_leave_the_asked_needle_out():
+    """``asked_absent`` (issue 18, third round): the asked needle's tile holds no needle colour at its
+    centre, the other needle stays, the answer is ``tile``; 0 draws the earlier rounds' images."""
+    import numpy as np
+
+    from benchmarks.needle import task
+    from benchmarks.needle import two_needle as tn
+
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(10):
+        assert np.array_equal(np.asarray(tn.make_image(a, 28)[0]), np.asarray(tn.make_image(b, 28, 0.0)[0]))
+    rng, tile, seen = np.random.default_rng(1), 28, 0
+    saturated = np.asarray(list(task.COLOURS.values()))
+    for _ in range(30):
+        img, asked, answer, asked_tile, other_tile = tn.make_image(rng, tile, asked_absent=1.0)
+        assert asked_tile == -1 and answer == len(task.COLOURS)
+        if other_tile < 0:
+            continue
+        seen += 1
+        r, c = divmod(other_tile, task.GRID)
+        centre = np.asarray(img)[r * tile + tile // 2, c * tile + tile // 2]
+        assert (np.abs(saturated - centre).sum(-1) < 10).any()  # the other needle is still drawn
+    assert seen > 15
+
+
 def test_gswa_train_moves_the_text_query(tmp_path):
     """A tiny `gswa train` run (the console command, transformers Trainer) with `text_guided`:
     the text reaches GSWA in training and its text query leaves zero."""
