@@ -282,7 +282,25 @@ def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleDa
 #: quarter of the images with needles lose the asked needle and answer ``tile``, which removes the
 #: exclusion route; see :func:`make_image`) with the first candidate's settings and importance
 #: temperature 0.5. Same criterion, written down before its 24 dev runs; if it fails, no held-out run.
+#: Result: adopted (``text_guided`` dev hit rate 0.99 on average, 0.85-1.00 over the 24 seeds). The
+#: second round's settings are :data:`SETTINGS_ROUND2` (``--round 2``; their held-out draw is used).
 SETTINGS: dict[str, Any] = {
+    "steps": 800,
+    "train_images": 800,
+    "eval_images": 200,
+    "asked_absent": 0.25,
+    "run": {
+        "text_layers": 1,
+        "temperature": 0.5,
+        "importance_weight": 3.0,
+        "importance_temperature": 0.5,
+        "score_input": "squared_deviation",
+        "summary": "mean",
+        "gswa_lr": 3e-3,
+    },
+}
+#: The second round's settings (task without ``asked_absent``); reported with ``--round 2``.
+SETTINGS_ROUND2: dict[str, Any] = {
     "steps": 800,
     "train_images": 800,
     "eval_images": 200,
@@ -342,9 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report", action="store_true", help="print the held-out table and exit")
+    ap.add_argument("--round", type=int, default=3, choices=(2, 3), help="2: the second round's settings and task")
     ap.add_argument("--set", action="append", default=[], help="tuning on dev seeds: KEY=VALUE (a SETTINGS key or a RunConfig field)")
     args = ap.parse_args(argv)
-    settings = json.loads(json.dumps(SETTINGS))
+    settings = json.loads(json.dumps(SETTINGS_ROUND2 if args.round == 2 else SETTINGS))
     for item in args.set:
         k, v = item.split("=", 1)
         value = json.loads(v) if v[:1] in "0123456789-[{tfn" else v
