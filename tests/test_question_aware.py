@@ -345,3 +345,21 @@ def test_score_input_reaches_the_question_aware_variants(variant):
         ident = W.TEXT_VARIANTS[variant](8, SimpleNamespace(**base, identity_init=True, score_input=score_input), text_dim=6)
         assert torch.equal(ident(tokens, mask, text), torch.zeros(3, 2, 4))
     assert not torch.allclose(out["summary"], out["squared_deviation"])
+
+
+def test_two_needle_misses_breaks_a_run_down_by_needle_colour(capsys):
+    """``benchmarks/needle/two_needle_misses.py`` (issue 18): a tiny run on a development seed gives,
+    per question, hit rates by colour pair and where the answer loss's gradient points; a seed
+    outside the development set is refused."""
+    import json
+
+    from benchmarks.needle import two_needle_misses as tm
+
+    tm.main(["101", "--set", "steps=2", "--set", "train_images=16", "--set", "eval_images=40"])
+    out = json.loads(capsys.readouterr().out)
+    for word in ("square", "circle"):
+        pairs = out[word]["hit_by_colours"]
+        assert pairs and all(" vs " in k and v[0] >= 1 and 0 <= v[1] <= 1 for k, v in pairs.items())
+        assert all(0 <= v <= 1 for v in out[word]["grad_on_asked_by_colour"].values())
+    with pytest.raises(SystemExit):
+        tm.main(["9580646"])
