@@ -207,6 +207,8 @@ def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
     assert tn.HELD_OUT_SEEDS_1825 == tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
     used = set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24) | set(tn.HELD_OUT_SEEDS_1825)
     assert len(set(tn.HELD_OUT_SEEDS)) == 8 and not set(tn.HELD_OUT_SEEDS) & used
+    frozen = tuple(int(s) for s in np.random.default_rng(2619).integers(1_000_000, 10_000_000, 8))
+    assert tn.HELD_OUT_SEEDS_FROZEN == frozen and not set(frozen) & (used | set(tn.HELD_OUT_SEEDS))
     assert not set(tn.HELD_OUT_SEEDS_1825) & (set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24))
 
 
