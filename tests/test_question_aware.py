@@ -226,7 +226,7 @@ def test_two_needle_images_can_leave_the_asked_needle_out():
     rng, tile, seen = np.random.default_rng(1), 28, 0
     saturated = np.asarray(list(task.COLOURS.values()))
     for _ in range(30):
-        img, asked, answer, asked_tile, other_tile = tn.make_image(rng, tile, asked_absent=1.0)
+        img, _, answer, asked_tile, other_tile = tn.make_image(rng, tile, asked_absent=1.0)
         assert asked_tile == -1 and answer == len(task.COLOURS)
         if other_tile < 0:
             continue
@@ -331,7 +331,7 @@ def test_score_input_reaches_the_question_aware_variants(variant):
 
     from gswa_plugin import weighting as W
 
-    base = dict(hidden_size=16, num_heads=2, mlp_ratio=2.0, dropout=0.0, num_layers=1)
+    base = {"hidden_size": 16, "num_heads": 2, "mlp_ratio": 2.0, "dropout": 0.0, "num_layers": 1}
     tokens, mask, text = torch.randn(3, 5, 8), torch.ones(3, 4, dtype=torch.bool), torch.randn(3, 6)
     out = {}
     for score_input in ("summary", "squared_deviation"):

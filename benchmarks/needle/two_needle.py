@@ -290,7 +290,7 @@ def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleDa
 #: otherwise :data:`HELD_OUT_SEEDS` are not run. Result: not adopted (seeds 103 and 104 at 0.68 and
 #: 0.78 among the first five, so the run was stopped): there one colour (blue) was lost for both
 #: questions, and the answer loss's per-tile gradient almost never pointed at a blue asked needle
-#: (0-6 % of seed 104's evaluation images, against 37-96 % for the other colours): the language model
+#: (0-6 % of seed 104's evaluation images with importance temperature 0.5, against 37-96 % for the other colours): the language model
 #: answered blue by exclusion, so neither the answer loss nor the importance term asked for that tile.
 #: Second candidate, from probes on seeds 103 and 104 only: the task's ``asked_absent: 0.25`` (a
 #: quarter of the images with needles lose the asked needle and answer ``tile``, which removes the
