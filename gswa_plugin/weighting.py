@@ -113,7 +113,8 @@ class AttentionScorer(nn.Module):
             nn.init.zeros_(self.query.weight)
             nn.init.zeros_(self.query.bias)
 
-    def forward(self, tokens: torch.Tensor, tile_mask: torch.Tensor) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor, tile_mask: torch.Tensor) -> torch.Tensor:
+        """The normalised output of the blocks, ``[B, 1 + T, hidden]`` (thumbnail in slot 0)."""
         h = self.in_norm(tokens)
         if self.score_input == "squared_deviation":
             # per channel, (view - mean of the image's tiles)^2: how unlike the other tiles, without a sign
@@ -125,11 +126,18 @@ class AttentionScorer(nn.Module):
         pad = torch.cat([torch.zeros_like(tile_mask[:, :1]), ~tile_mask], dim=1)
         for block in self.blocks:
             x = block(x, pad)
-        h = self.score_norm(x)
+        return self.score_norm(x)
+
+    def score(self, q: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Per-head scaled dot products of the query ``q [B, hidden]`` with the tile keys of ``h``."""
         b = h.shape[0]
-        q = self.query(h[:, :1]).view(b, 1, self.heads, self.head_dim).transpose(1, 2)  # [B, H, 1, d]
+        q = q.view(b, 1, self.heads, self.head_dim).transpose(1, 2)  # [B, H, 1, d]
         k = self.key(h[:, 1:]).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
         return (q @ k.transpose(-1, -2)).squeeze(-2) / math.sqrt(self.head_dim)  # [B, H, T]
+
+    def forward(self, tokens: torch.Tensor, tile_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encode(tokens, tile_mask)
+        return self.score(self.query(h[:, 0]), h)
 
     def is_identity(self) -> bool:
         """Whether every logit is 0 for any input (the query projection is all zeros)."""
@@ -155,7 +163,8 @@ class TextGuidedScorer(AttentionScorer):
     ``text_guided``, thumbnail-only blocks for ``text_cross_attn``), but the scoring query also
     reads the request's text: ``q = W_q h_g + W_t Linear_up(LayerNorm(t))``, where ``t`` is one
     vector per image (the adapter's pooled prompt embedding, width ``text_dim``). The tile keys are
-    unchanged, so a question can move the weight between tiles of one image. With
+    unchanged (``score_input`` applies as for the image-only variants), so a question can move
+    the weight between tiles of one image. With
     ``identity_init`` both query projections start at zero: every logit is 0 and every weight
     exactly 1, for any image and any text.
     """
@@ -183,16 +192,9 @@ class TextGuidedScorer(AttentionScorer):
                 f"the question-aware variant needs one text vector of width {self.text_dim} per image "
                 f"({tokens.shape[0]} images), got {got}"
             )
-        x = self.up(self.in_norm(tokens))
-        pad = torch.cat([torch.zeros_like(tile_mask[:, :1]), ~tile_mask], dim=1)
-        for block in self.blocks:
-            x = block(x, pad)
-        h = self.score_norm(x)
-        b = h.shape[0]
+        h = self.encode(tokens, tile_mask)
         t = self.text_up(self.text_norm(text.to(h.dtype)))
-        q = (self.query(h[:, 0]) + self.text_query(t)).view(b, 1, self.heads, self.head_dim).transpose(1, 2)
-        k = self.key(h[:, 1:]).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        return (q @ k.transpose(-1, -2)).squeeze(-2) / math.sqrt(self.head_dim)  # [B, H, T]
+        return self.score(self.query(h[:, 0]) + self.text_query(t), h)
 
     def is_identity(self) -> bool:
         """Whether every logit is 0 for any input and text (both query projections are zero)."""

@@ -203,8 +203,38 @@ def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
     ids = tn.prompts(1)
     assert ids.shape[0] == 2 and (ids[0] != ids[1]).sum() == 1  # the prompts differ only in the shape word
     # the held-out draw is the one written down, and meets neither the dev seeds nor the used draw
-    assert tn.HELD_OUT_SEEDS == tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
-    assert not set(tn.HELD_OUT_SEEDS) & (set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24))
+    assert tn.HELD_OUT_SEEDS == tuple(int(s) for s in np.random.default_rng(2618).integers(1_000_000, 10_000_000, 8))
+    assert tn.HELD_OUT_SEEDS_1825 == tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
+    used = set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24) | set(tn.HELD_OUT_SEEDS_1825)
+    assert len(set(tn.HELD_OUT_SEEDS)) == 8 and not set(tn.HELD_OUT_SEEDS) & used
+    frozen = tuple(int(s) for s in np.random.default_rng(2619).integers(1_000_000, 10_000_000, 8))
+    assert tn.HELD_OUT_SEEDS_FROZEN == frozen and not set(frozen) & (used | set(tn.HELD_OUT_SEEDS))
+    assert not set(tn.HELD_OUT_SEEDS_1825) & (set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24))
+
+
+def test_two_needle_images_can_leave_the_asked_needle_out():
+    """``asked_absent`` (issue 18, third round): the asked needle's tile holds no needle colour at its
+    centre, the other needle stays, the answer is ``tile``; 0 draws the earlier rounds' images."""
+    import numpy as np
+
+    from benchmarks.needle import task
+    from benchmarks.needle import two_needle as tn
+
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(10):
+        assert np.array_equal(np.asarray(tn.make_image(a, 28)[0]), np.asarray(tn.make_image(b, 28, 0.0)[0]))
+    rng, tile, seen = np.random.default_rng(1), 28, 0
+    saturated = np.asarray(list(task.COLOURS.values()))
+    for _ in range(30):
+        img, _, answer, asked_tile, other_tile = tn.make_image(rng, tile, asked_absent=1.0)
+        assert asked_tile == -1 and answer == len(task.COLOURS)
+        if other_tile < 0:
+            continue
+        seen += 1
+        r, c = divmod(other_tile, task.GRID)
+        centre = np.asarray(img)[r * tile + tile // 2, c * tile + tile // 2]
+        assert (np.abs(saturated - centre).sum(-1) < 10).any()  # the other needle is still drawn
+    assert seen > 15
 
 
 def test_gswa_train_moves_the_text_query(tmp_path):
@@ -290,3 +320,48 @@ def test_the_importance_term_reaches_only_gswa_in_the_two_needle_task():
     res = tn.train(cfg, data, data)
     assert 0.0 <= res["grad_asked"] + res["grad_other"] <= 1.0
     assert set(res["hit_by_question"]) == set(tn.ASKED)
+
+
+@pytest.mark.parametrize("variant", ["text_guided", "text_cross_attn"])
+def test_score_input_reaches_the_question_aware_variants(variant):
+    """``score_input: squared_deviation`` changes what the text variants' keys read (issue 18), and
+    an untrained one is still the identity for any text; with the query's text part at zero the
+    logits are the image-only scorer's."""
+    from types import SimpleNamespace
+
+    from gswa_plugin import weighting as W
+
+    base = {"hidden_size": 16, "num_heads": 2, "mlp_ratio": 2.0, "dropout": 0.0, "num_layers": 1}
+    tokens, mask, text = torch.randn(3, 5, 8), torch.ones(3, 4, dtype=torch.bool), torch.randn(3, 6)
+    out = {}
+    for score_input in ("summary", "squared_deviation"):
+        cfg = SimpleNamespace(**base, identity_init=False, score_input=score_input)
+        torch.manual_seed(0)
+        scorer = W.TEXT_VARIANTS[variant](8, cfg, text_dim=6)
+        out[score_input] = scorer(tokens, mask, text)
+        torch.manual_seed(0)
+        image_only = W.BUILTIN_VARIANTS[variant.replace("text_guided", "self_attn").replace("text_", "")](8, cfg)
+        torch.nn.init.zeros_(scorer.text_query.weight)
+        torch.nn.init.zeros_(scorer.text_query.bias)
+        torch.testing.assert_close(scorer(tokens, mask, text), image_only(tokens, mask))
+        ident = W.TEXT_VARIANTS[variant](8, SimpleNamespace(**base, identity_init=True, score_input=score_input), text_dim=6)
+        assert torch.equal(ident(tokens, mask, text), torch.zeros(3, 2, 4))
+    assert not torch.allclose(out["summary"], out["squared_deviation"])
+
+
+def test_two_needle_misses_breaks_a_run_down_by_needle_colour(capsys):
+    """``benchmarks/needle/two_needle_misses.py`` (issue 18): a tiny run on a development seed gives,
+    per question, hit rates by colour pair and where the answer loss's gradient points; a seed
+    outside the development set is refused."""
+    import json
+
+    from benchmarks.needle import two_needle_misses as tm
+
+    tm.main(["101", "--set", "steps=2", "--set", "train_images=16", "--set", "eval_images=40"])
+    out = json.loads(capsys.readouterr().out)
+    for word in ("square", "circle"):
+        pairs = out[word]["hit_by_colours"]
+        assert pairs and all(" vs " in k and v[0] >= 1 and 0 <= v[1] <= 1 for k, v in pairs.items())
+        assert all(0 <= v <= 1 for v in out[word]["grad_on_asked_by_colour"].values())
+    with pytest.raises(SystemExit):
+        tm.main(["9580646"])

@@ -5,15 +5,17 @@ saturated **square**, another a filled saturated **circle** of a different colou
 is ``what colour is the square ?`` or ``what colour is the circle ?`` (the tiny tokenizer has no
 other shape word). The seven other tiles hold the distractors of ``task.py`` (grey filled shapes,
 coloured outlines, any of square, circle, triangle). A fifth of the images hold neither needle
-and the answer ``tile``. An image-only allocator gives the same weights to both questions, so at
+and the answer ``tile``; since the third round (``asked_absent``) a quarter of the others leave the
+asked needle out and answer ``tile`` too. An image-only allocator gives the same weights to both questions, so at
 most one of the two needles can hold the largest weight: its hit rate on the *asked* tile is at
 most about 50%. A question-aware variant can find the asked tile.
 
 Honest protocol: the settings below were tuned on the development seeds (:data:`DEV_SEEDS`,
-101-108) only; each held-out draw is run once, with the configuration fixed beforehand, and each
-seed resamples the training and evaluation images and the host's initialisation. Every seed's row
-is reported. The first held-out draw (:data:`HELD_OUT_SEEDS_STOP24`) is used; the current one is
-``numpy.random.default_rng(1825).integers(100_000, 1_000_000, 5)``.
+101-124; 101-108 before the third round) only; each held-out draw is run once, with the
+configuration fixed beforehand, and each seed resamples the training and evaluation images and the
+host's initialisation. Every seed's row is reported. The first two held-out draws
+(:data:`HELD_OUT_SEEDS_STOP24`, :data:`HELD_OUT_SEEDS_1825`) are used; the current one is
+``numpy.random.default_rng(2618).integers(1_000_000, 10_000_000, 8)``.
 
     nice -n 19 python benchmarks/needle/two_needle.py --seeds dev --out benchmarks/needle/two_needle_dev.jsonl
     nice -n 19 python benchmarks/needle/two_needle.py --seeds heldout --jobs 2
@@ -51,17 +53,36 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "two_needle.jsonl"
 #: The shapes a question can name (``task._shape`` kinds) and their words.
 ASKED: dict[str, int] = {"square": 0, "circle": 1}
-#: Development seeds (tuning only): 101-108. The first dev set, ``101, 102``, was too few: the
-#: settings chosen on it gave a held-out hit rate of 0.42-0.89 on the asked tile.
-DEV_SEEDS: tuple[int, ...] = tuple(range(101, 109))
+#: Development seeds (tuning only): 101-124 since the third round (the second round tuned on
+#: 101-108). The first dev set, ``101, 102``, was too few: the settings chosen on it gave a held-out
+#: hit rate of 0.42-0.89 on the asked tile.
+DEV_SEEDS: tuple[int, ...] = tuple(range(101, 125))
 #: USED (burnt): the held-out seeds of the first final table (the settings without the importance
 #: term), drawn once by ``np.random.default_rng(18).integers(10_000, 100_000, 5)``; their results are
 #: published (docs/question-aware.md). Never tune on them or reuse them as held-out.
 HELD_OUT_SEEDS_STOP24: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(18).integers(10_000, 100_000, 5))
-#: The held-out seeds of the current final table (issue 18, importance term): the formula was written
-#: down while tuning on :data:`DEV_SEEDS`, and no run used these seeds before the configuration was fixed:
-#: ``np.random.default_rng(1825).integers(100_000, 1_000_000, 5)`` (above every dev and used seed).
-HELD_OUT_SEEDS: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
+#: USED (burnt): the held-out seeds of the second round (issue 18, importance term, GSWA reading the
+#: CLS summary), drawn by ``np.random.default_rng(1825).integers(100_000, 1_000_000, 5)``; results
+#: published (docs/question-aware.md). Never tune on them or reuse them as held-out.
+HELD_OUT_SEEDS_1825: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(1825).integers(100_000, 1_000_000, 5))
+#: The held-out seeds of the third round (issue 18): the formula was written down and committed
+#: before any run on these seeds and before the configuration was fixed, while tuning on
+#: :data:`DEV_SEEDS`: ``np.random.default_rng(2618).integers(1_000_000, 10_000_000, 8)`` (above every
+#: dev and used seed). Run once, every cell, every seed reported.
+HELD_OUT_SEEDS: tuple[int, ...] = tuple(int(s) for s in np.random.default_rng(2618).integers(1_000_000, 10_000_000, 8))
+#: The held-out seeds of the third round's frozen-encoder table (issue 18; the vision tower frozen as in
+#: issue 15's benchmark, ``--set frozen_encoder=true``, otherwise :data:`SETTINGS`), drawn by
+#: ``np.random.default_rng(2619).integers(1_000_000, 10_000_000, 8)``, written down and committed
+#: before any run on them. Criterion, written down after 4 of the 12 development seeds had been read
+#: for ``no GSWA`` / ``text_cross_attn`` only: the table is run (once, every cell) if, on development
+#: seeds 101-112 with the frozen encoder, ``text_guided`` meets the hit-rate target (mean >= 0.90, no
+#: seed below 0.80) and a question-aware cell's mean accuracy exceeds that of both ``no GSWA`` and
+#: ``self_attn`` by more than the larger of their standard deviations between seeds. Result: not met,
+#: so these seeds were NOT run (unused): ``text_cross_attn`` accuracy 0.995 against 0.929 without
+#: GSWA and 0.827 for ``self_attn``, a gap of 0.066 below the spread (0.112 / 0.127).
+HELD_OUT_SEEDS_FROZEN: tuple[int, ...] = tuple(
+    int(s) for s in np.random.default_rng(2619).integers(1_000_000, 10_000_000, 8)
+)
 #: The compared cells: (name, mode, variant); ``none`` is the host without GSWA.
 CELLS: tuple[tuple[str, str, str], ...] = (
     ("text_guided", "value", "text_guided"),
@@ -71,13 +92,20 @@ CELLS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def make_image(rng: np.random.Generator, tile: int) -> tuple[Image.Image, int, int, int, int]:
+def make_image(rng: np.random.Generator, tile: int, asked_absent: float = 0.0) -> tuple[Image.Image, int, int, int, int]:
     """One two-needle image.
+
+    ``asked_absent``: the fraction of images with needles whose *asked* needle is left out (a
+    distractor in its tile; the other needle stays) and whose answer is ``task.NO_NEEDLE``. Without
+    such images the language model can answer one colour by exclusion (the asked shape is there and
+    is not red, green or yellow: blue) without reading that needle (third round of issue 18).
+    0 draws exactly the images of the first two rounds.
 
     Returns:
         ``(image, asked, answer, asked_tile, other_tile)``: the picture, the asked shape (index in
         :data:`ASKED`), the answer's index in ``task.answer_words()``, and the row-major tiles of
-        the asked and the other needle (-1 for both in an image without needles).
+        the asked and the other needle (-1 for both in an image without needles; ``asked_tile``
+        -1 and ``other_tile`` the other needle's in an image whose asked needle is left out).
     """
     size = task.GRID * tile
     bg = int(rng.integers(215, 250))
@@ -91,6 +119,9 @@ def make_image(rng: np.random.Generator, tile: int) -> tuple[Image.Image, int, i
     answer, asked_tile, other_tile = int(colours[asked]), int(tiles[asked]), int(tiles[1 - asked])
     if rng.random() < task.NO_NEEDLE_FRACTION:
         needles, answer, asked_tile, other_tile = {}, len(names), -1, -1
+    elif asked_absent and rng.random() < asked_absent:
+        del needles[asked_tile]
+        answer, asked_tile = len(names), -1
     for t in range(task.GRID * task.GRID):
         r, c = divmod(t, task.GRID)
         if t in needles:  # large: a square's corners then fill the corners of the tile's 2x2 patches
@@ -128,13 +159,13 @@ class TwoNeedleData:
         return int(self.answer.shape[0])
 
 
-def make_data(n: int, seed: int, tile: int = 28, proc: Any = None) -> TwoNeedleData:
+def make_data(n: int, seed: int, tile: int = 28, proc: Any = None, asked_absent: float = 0.0) -> TwoNeedleData:
     rng = np.random.default_rng(seed)
     proc = proc or task.processor(tile)
     rows: list[tuple] = []
     pix = []
     for _ in range(n):
-        img, *row = make_image(rng, tile)
+        img, *row = make_image(rng, tile, asked_absent)
         pv = proc.image_processor(images=[img], return_tensors="pt")["pixel_values"]
         if pv.shape[0] != task.GRID * task.GRID + 1:
             raise RuntimeError(f"the processor cut an image into {pv.shape[0]} views, expected 10")
@@ -249,12 +280,50 @@ def train(cfg: task.RunConfig, train_data: TwoNeedleData, eval_data: TwoNeedleDa
 #: ``text_guided`` candidate with the highest *smallest* dev hit rate on the asked tile, ties by the
 #: mean; the other cells take the same settings (image-only ``self_attn`` with the same term).
 #: Chosen: weight 3, importance temperature 1, GSWA temperature 0.5 (dev hit 0.75-1.00, mean 0.91).
+#: Third round (the second round's held-out hit 0.77-1.00): on the weak dev seeds almost every miss was one
+#: needle colour per question whose tile GSWA did not raise (seed 105: yellow, seed 103: blue circles),
+#: the lost colour of the single-needle task. Candidate: the single-needle task's recommended scorer
+#: input (``score_input: squared_deviation``, ``summary: mean``, ``gswa_lr: 3e-3``, which now reaches
+#: the text variants) on top of the second round's settings, 800 steps. Criterion, written down
+#: before its dev results were read and before any held-out run: adopted if ``text_guided`` on the 24
+#: :data:`DEV_SEEDS` has a mean hit rate >= 0.90 and no seed below 0.80 (the issue's target, on dev);
+#: otherwise :data:`HELD_OUT_SEEDS` are not run. Result: not adopted (seeds 103 and 104 at 0.68 and
+#: 0.78 among the first five, so the run was stopped): there one colour (blue) was lost for both
+#: questions, and the answer loss's per-tile gradient almost never pointed at a blue asked needle
+#: (0-6 % of seed 104's evaluation images with importance temperature 0.5, against 37-96 % for the other colours): the language model
+#: answered blue by exclusion, so neither the answer loss nor the importance term asked for that tile.
+#: Second candidate, from probes on seeds 103 and 104 only: the task's ``asked_absent: 0.25`` (a
+#: quarter of the images with needles lose the asked needle and answer ``tile``, which removes the
+#: exclusion route; see :func:`make_image`) with the first candidate's settings and importance
+#: temperature 0.5. Same criterion, written down before its 24 dev runs; if it fails, no held-out run.
+#: Result: adopted (``text_guided`` dev hit rate 0.99 on average, 0.85-1.00 over the 24 seeds). The
+#: second round's settings are :data:`SETTINGS_ROUND2` (``--round 2``; their held-out draw is used).
 SETTINGS: dict[str, Any] = {
+    "steps": 800,
+    "train_images": 800,
+    "eval_images": 200,
+    "asked_absent": 0.25,
+    "run": {
+        "text_layers": 1,
+        "temperature": 0.5,
+        "importance_weight": 3.0,
+        "importance_temperature": 0.5,
+        "score_input": "squared_deviation",
+        "summary": "mean",
+        "gswa_lr": 3e-3,
+    },
+}
+#: The second round's settings (task without ``asked_absent``); reported with ``--round 2``.
+SETTINGS_ROUND2: dict[str, Any] = {
     "steps": 800,
     "train_images": 800,
     "eval_images": 200,
     "run": {"text_layers": 1, "temperature": 0.5, "importance_weight": 3.0, "importance_temperature": 1.0},
 }
+
+
+#: ``--set`` keys that shape the images rather than the run (``make_image``'s ``asked_absent``).
+DATA_KEYS: tuple[str, ...] = ("asked_absent",)
 
 
 def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
@@ -265,8 +334,9 @@ def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     cfg = replace(cfg, **settings.get("run", {}))
     proc = task.processor(cfg.tile)
     # each seed resamples its images: training and evaluation data from the seed's own generators
-    train_data = make_data(settings["train_images"], seed=seed * 10 + 1, tile=cfg.tile, proc=proc)
-    eval_data = make_data(settings["eval_images"], seed=seed * 10 + 2, tile=cfg.tile, proc=proc)
+    absent = settings.get("asked_absent", 0.0)
+    train_data = make_data(settings["train_images"], seed=seed * 10 + 1, tile=cfg.tile, proc=proc, asked_absent=absent)
+    eval_data = make_data(settings["eval_images"], seed=seed * 10 + 2, tile=cfg.tile, proc=proc, asked_absent=absent)
     res = train(cfg, train_data, eval_data)
     return {"cell": cell, "seed": seed, "settings": settings, "config": asdict(cfg), **res}
 
@@ -299,22 +369,25 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="dev", help="dev, heldout, heldout-stop24 (used), or a comma list of seeds")
+    ap.add_argument("--seeds", default="dev", help="dev, heldout, heldout-1825 / heldout-stop24 (used), or a comma list of seeds")
     ap.add_argument("--cells", default=",".join(c[0] for c in CELLS))
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report", action="store_true", help="print the held-out table and exit")
+    ap.add_argument("--round", type=int, default=3, choices=(2, 3), help="2: the second round's settings and task")
     ap.add_argument("--set", action="append", default=[], help="tuning on dev seeds: KEY=VALUE (a SETTINGS key or a RunConfig field)")
     args = ap.parse_args(argv)
-    settings = json.loads(json.dumps(SETTINGS))
+    settings = json.loads(json.dumps(SETTINGS_ROUND2 if args.round == 2 else SETTINGS))
     for item in args.set:
         k, v = item.split("=", 1)
         value = json.loads(v) if v[:1] in "0123456789-[{tfn" else v
-        if k in settings:
+        if k in settings or k in DATA_KEYS:
             settings[k] = value
         else:
             settings["run"][k] = value
-    named = {"dev": DEV_SEEDS, "heldout": HELD_OUT_SEEDS, "heldout-stop24": HELD_OUT_SEEDS_STOP24}
+    named = {"dev": DEV_SEEDS, "heldout": HELD_OUT_SEEDS, "heldout-frozen": HELD_OUT_SEEDS_FROZEN,
+             "heldout-1825": HELD_OUT_SEEDS_1825,
+             "heldout-stop24": HELD_OUT_SEEDS_STOP24}
     seeds = named.get(args.seeds) or tuple(int(s) for s in args.seeds.split(","))
     rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()] if args.out.exists() else []
     rows = [r for r in rows if r["settings"] == settings]
