@@ -362,7 +362,8 @@ class GSWAConfig(Settings):
     )
     score_input: Literal["summary", "squared_deviation"] = Field(
         "summary",
-        description="What the attention scorers (`self_attn`, `cross_attn`, `text_guided`, `text_cross_attn`) read per view: `summary` (the LayerNorm'd "
+        description="What the attention scorers (`self_attn`, `cross_attn`, `text_guided`, `text_cross_attn`) "
+        "read per view: `summary` (the LayerNorm'd "
         "summary, the paper's) or `squared_deviation` (per channel, the squared difference between a view's "
         "LayerNorm'd summary and the mean over its image's tiles: how unlike the other tiles it is, with "
         "no sign, so tiles that differ from the rest in opposite directions all score high). See the "
