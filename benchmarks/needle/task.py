@@ -626,23 +626,25 @@ def evaluate(model: Any, handle: Any, data: NeedleData, ids: torch.Tensor, chunk
 def make_optimizer(model: Any, cfg: RunConfig) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
     """AdamW over a run's trainable parameters (shared by the needle tasks): the language model and
     projector at ``lr``, the vision tower at ``vision_lr`` (``None``: ``lr``), GSWA at ``gswa_lr``
-    without weight decay. Returns the optimizer and GSWA's trainable parameters."""
-    gswa_params = [p for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
-    host = [(n, p) for n, p in model.named_parameters() if not n.startswith("gswa.") and p.requires_grad]
+    with ``gswa_eps`` and ``gswa_weight_decay`` (on its 2-D weights only with
+    ``gswa_decay_matrices_only``). GSWA's groups are marked ``"gswa": True`` (for
+    ``gswa_lr_schedule``). Returns the optimizer and GSWA's trainable parameters."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    gswa_named = [(n, p) for n, p in trainable if n.startswith("gswa.")]
+    host = [(n, p) for n, p in trainable if not n.startswith("gswa.")]
     vision = [p for n, p in host if "vision_tower" in n]
     groups = [{"params": [p for n, p in host if "vision_tower" not in n], "lr": cfg.lr}]
     if vision:
         groups.append({"params": vision, "lr": cfg.lr if cfg.vision_lr is None else cfg.vision_lr})
-    if gswa_params and cfg.gswa_decay_matrices_only:  # decay the 2-D weights only, not norms and biases
-        named = [(n, p) for n, p in model.named_parameters() if n.startswith("gswa.") and p.requires_grad]
+    gswa = {"lr": cfg.gswa_lr, "eps": cfg.gswa_eps, "gswa": True}
+    if cfg.gswa_decay_matrices_only:  # decay the 2-D weights only, not norms and biases
         for decayed in (True, False):
-            ps = [p for n, p in named if (p.dim() >= 2) == decayed]
+            ps = [p for n, p in gswa_named if (p.dim() >= 2) == decayed]
             if ps:
-                groups.append({"params": ps, "lr": cfg.gswa_lr, "eps": cfg.gswa_eps,
-                               "weight_decay": cfg.gswa_weight_decay if decayed else 0.0})
-    elif gswa_params:
-        groups.append({"params": gswa_params, "lr": cfg.gswa_lr, "weight_decay": cfg.gswa_weight_decay, "eps": cfg.gswa_eps})
-    return torch.optim.AdamW(groups), gswa_params
+                groups.append({"params": ps, **gswa, "weight_decay": cfg.gswa_weight_decay if decayed else 0.0})
+    elif gswa_named:
+        groups.append({"params": [p for n, p in gswa_named], **gswa, "weight_decay": cfg.gswa_weight_decay})
+    return torch.optim.AdamW(groups), [p for n, p in gswa_named]
 
 
 class ImportanceTerm:
@@ -707,10 +709,6 @@ def train(
     opt, gswa_params = make_optimizer(model, cfg)
     if cfg.gswa_lr_schedule not in ("constant", "linear"):
         raise ValueError(f"gswa_lr_schedule must be 'constant' or 'linear', got {cfg.gswa_lr_schedule!r}")
-    mine = {id(p) for p in gswa_params}
-    for g in opt.param_groups:
-        if any(id(p) in mine for p in g["params"]):
-            g["gswa_lr0"] = g["lr"]
     order = torch.Generator().manual_seed(cfg.seed)
     target_ids = answer_ids()
     tpv = (cfg.tile // 14) ** 2 // 4
@@ -832,8 +830,8 @@ def train(
         opt.step()
         if cfg.gswa_lr_schedule == "linear":  # GSWA's groups: lr (and so AdamW's decoupled decay) falls to 0
             for g in opt.param_groups:
-                if "gswa_lr0" in g:
-                    g["lr"] = g["gswa_lr0"] * (1.0 - step / cfg.steps)
+                if g.get("gswa"):
+                    g["lr"] = cfg.gswa_lr * (1.0 - step / cfg.steps)
         if cfg.gswa_reset_at and step == cfg.gswa_reset_at and handle is not None:
             reset_to_identity(model, opt, gswa_params)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
