@@ -923,6 +923,9 @@ BEST: dict[str, Any] = {
 #: (``run.py --recommended``), chosen on :data:`DEV_SEEDS` only: GSWA reads each view's mean token
 #: instead of its CLS token (``summary: mean``), scores how unlike the other tiles each tile is
 #: (``score_input: squared_deviation``) and learns at 3e-3 instead of 1e-2. ``summary: mean`` was
-#: added in the third attempt (tag ``smean``: every colour found on all 32 dev seeds, docs/needle.md).
-RECOMMENDED: dict[str, Any] = {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean"}
+#: added in the third attempt (tag ``smean``: every colour found on all 32 dev seeds, docs/needle.md);
+#: the distinctiveness term at weight 1, temperature 1 (``distinct_weight``) in the fifth (tag ``dist1``:
+#: the first configuration to meet :data:`DEV_CRITERION`, committed before the third held-out draw ran).
+RECOMMENDED: dict[str, Any] = {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean",
+                               "distinct_weight": 1.0}
 BEST["config"].update(RECOMMENDED)
