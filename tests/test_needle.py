@@ -370,6 +370,8 @@ def test_report_lists_every_seed_with_its_colours():
     assert lines[0].split("|")[1:4] == [" setting ", " mode ", " seed "]
     assert len(lines) == 4 and lines[2].split("|")[3].strip() == "3" and lines[2].split("|")[7].strip() == "50"
     assert "| config |" in report.per_seed([*rows, {**rows[0], "tag": "u"}])
+    with_prior = report.per_seed([{**rows[0], "prior_hit_rate": 0.25}, rows[1]]).splitlines()
+    assert with_prior[0].endswith("| prior hit % |") and with_prior[2].endswith("| 25.0 |") and with_prior[3].endswith("| - |")
 
 
 @pytest.mark.needle
