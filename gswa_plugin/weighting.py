@@ -289,7 +289,8 @@ class GSWAModule(nn.Module):
 def _target_cross_entropy(
     w: torch.Tensor, score: torch.Tensor, mask: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """The part :func:`importance_loss` and :func:`distinctiveness_loss` share, on padded tiles.
+    """The part [`importance_loss`][gswa_plugin.weighting.importance_loss] and
+    [`distinctiveness_loss`][gswa_plugin.weighting.distinctiveness_loss] share, on padded tiles.
 
     ``w`` (GSWA's tile weights), ``score`` (detached) and ``mask`` are ``[images, T_max]``. Per image
     with at least two tiles, ``score`` is standardised over the image's tiles and turned into the
@@ -368,9 +369,9 @@ def distinctiveness_loss(
 
     ``weights``: GSWA's flat per-view weights (``[views]``); ``summaries``: the flat per-view
     summaries GSWA read (``[views, D]``; detached here). Per image with at least two tiles,
-    :func:`tile_distinctiveness` is standardised over the image's tiles and turned into the target
+    [`tile_distinctiveness`][gswa_plugin.weighting.tile_distinctiveness] is standardised over the image's tiles and turned into the target
     ``softmax(z / temperature)``; the term is the cross-entropy from it to ``w_i / sum(w)``, averaged
-    over those images (the thumbnail is left out), as in :func:`importance_loss`. Send its gradient
+    over those images (the thumbnail is left out), as in [`importance_loss`][gswa_plugin.weighting.importance_loss]. Send its gradient
     to GSWA's parameters only (``loss.backward(inputs=gswa_params)``): the summaries are the host's.
 
     Why: it gives GSWA a reason to keep every distinct tile high that does not depend on whether

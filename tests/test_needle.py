@@ -255,6 +255,16 @@ def test_fifth_attempt_distinct_term_moves_gswa_only_and_reports_the_prior():
     assert [term.distinct_weight_at(s) for s in (0, 59, 60, 80, 100)] == [2.0, 2.0, 2.0, 1.0, 0.0]
 
 
+def test_prior_at_init_is_the_untrained_distinctiveness_ranking():
+    from benchmarks.needle import prior_init
+
+    data = needle.make_data(8, seed=3)
+    res = prior_init.prior_at_init(2, data)
+    model, handle = needle.build_model(needle.RunConfig(mode="value", seed=2, **needle.RECOMMENDED))
+    ev = needle.evaluate(model, handle, data, needle.prompt_ids(None, tokens_per_view=1))
+    assert res["prior_hit_rate_init"] == ev["prior_hit_rate"] and set(res["prior_hit_by_answer_init"]) == set(needle.COLOURS)
+
+
 def test_dynamics_measures_what_the_scorer_reads():
     """dynamics.py's distinctiveness (squared deviation from the image's mean tile) and grey levels."""
     from benchmarks.needle import dynamics
