@@ -286,6 +286,32 @@ class GSWAModule(nn.Module):
         return per_slot[padded.image_index, padded.slot]
 
 
+def _target_cross_entropy(
+    w: torch.Tensor, score: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """The part [`importance_loss`][gswa_plugin.weighting.importance_loss] and
+    [`distinctiveness_loss`][gswa_plugin.weighting.distinctiveness_loss] share, on padded tiles.
+
+    ``w`` (GSWA's tile weights), ``score`` (detached) and ``mask`` are ``[images, T_max]``. Per image
+    with at least two tiles, ``score`` is standardised over the image's tiles and turned into the
+    target ``softmax(z / temperature)`` (a spread below 1e-4 of the scores' mean size counts as none:
+    a uniform target); the result is the cross-entropy from it to GSWA's distribution
+    ``w_i / sum(w)``, averaged over those images (0 when there is none)."""
+    n = mask.sum(-1)
+    valid = n >= 2
+    m = mask.to(score.dtype)
+    nf = n.clamp_min(1).to(score.dtype)[:, None]
+    mean = (score * m).sum(-1, keepdim=True) / nf
+    std = (((score - mean) ** 2 * m).sum(-1, keepdim=True) / nf).sqrt()
+    # a spread below 1e-4 of the scores' size is rounding (two tiles are always equally distinct): no preference
+    floor = ((score.abs() * m).sum(-1, keepdim=True) / nf * 1e-4).clamp_min(torch.finfo(score.dtype).tiny ** 0.5)
+    z = ((score - mean) / torch.maximum(std, floor)).masked_fill(~mask, float("-inf"))
+    target = torch.softmax(z / temperature, dim=-1).masked_fill(~mask, 0.0)
+    q = (w / w.masked_fill(~mask, 0.0).sum(-1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12)
+    per_image = -(target * q.log()).masked_fill(~mask, 0.0).sum(-1)
+    return (per_image * valid.to(per_image.dtype)).sum() / valid.sum().clamp_min(1).to(per_image.dtype)
+
+
 def importance_loss(
     weights: torch.Tensor, grads: torch.Tensor, layout: TileLayout, temperature: float = 1.0
 ) -> torch.Tensor:
@@ -310,19 +336,55 @@ def importance_loss(
             f"{tuple(weights.shape)} and {tuple(grads.shape)}"
         )
     padded = pad_summaries(torch.stack([weights.float(), -grads.detach().float()], dim=-1), layout)
-    w, a = padded.tokens[:, 1:, 0], padded.tokens[:, 1:, 1]
-    mask = padded.tile_mask
-    n = mask.sum(-1)
-    valid = n >= 2
-    m = mask.to(a.dtype)
-    nf = n.clamp_min(1).to(a.dtype)[:, None]
-    mean = (a * m).sum(-1, keepdim=True) / nf
-    std = (((a - mean) ** 2 * m).sum(-1, keepdim=True) / nf).sqrt()
-    z = ((a - mean) / std.clamp_min(torch.finfo(a.dtype).tiny ** 0.5)).masked_fill(~mask, float("-inf"))
-    target = torch.softmax(z / temperature, dim=-1).masked_fill(~mask, 0.0)
-    q = (w / w.masked_fill(~mask, 0.0).sum(-1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12)
-    per_image = -(target * q.log()).masked_fill(~mask, 0.0).sum(-1)
-    return (per_image * valid.to(per_image.dtype)).sum() / valid.sum().clamp_min(1).to(per_image.dtype)
+    return _target_cross_entropy(padded.tokens[:, 1:, 0], padded.tokens[:, 1:, 1], padded.tile_mask, temperature)
+
+
+def tile_distinctiveness(summaries: torch.Tensor, layout: TileLayout) -> torch.Tensor:
+    """How unlike the other tiles of its image each view is: ``d_i = sum_c (LN0(s_i) - mean_j LN0(s_j))_c**2``.
+
+    ``summaries``: the flat per-view summaries GSWA reads (``[views, D]``); ``LN0`` is a layer norm
+    without parameters and the mean runs over the image's tiles (the thumbnail left out). Returns
+    ``[views]`` (float32, detached); thumbnails and single-view images get 0. Parameter-free: the
+    ``squared_deviation`` score input summed over channels, before any training."""
+    if summaries.dim() != 2 or summaries.shape[0] != layout.num_views:
+        raise LayoutError(
+            f"tile_distinctiveness needs flat summaries [views, dim] with {layout.num_views} views, "
+            f"got {tuple(summaries.shape)}"
+        )
+    s = F.layer_norm(summaries.detach().float(), summaries.shape[-1:])
+    padded = pad_summaries(s, layout)
+    h, mask = padded.tokens[:, 1:], padded.tile_mask
+    m = mask[..., None].to(h.dtype)
+    mean = (h * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
+    d = (((h - mean) ** 2) * m).sum(-1) * (mask.sum(-1, keepdim=True) >= 2)  # [images, T_max]
+    per_slot = torch.cat([torch.zeros_like(d[:, :1]), d], dim=1)  # slot 0: the thumbnail
+    return per_slot[padded.image_index, padded.slot]
+
+
+def distinctiveness_loss(
+    weights: torch.Tensor, summaries: torch.Tensor, layout: TileLayout, temperature: float = 1.0
+) -> torch.Tensor:
+    """An unsupervised training term: GSWA's tile distribution against how distinct each tile is
+    within its image (beyond the paper).
+
+    ``weights``: GSWA's flat per-view weights (``[views]``); ``summaries``: the flat per-view
+    summaries GSWA read (``[views, D]``; detached here). Per image with at least two tiles,
+    [`tile_distinctiveness`][gswa_plugin.weighting.tile_distinctiveness] is standardised over the image's tiles and turned into the target
+    ``softmax(z / temperature)``; the term is the cross-entropy from it to ``w_i / sum(w)``, averaged
+    over those images (the thumbnail is left out), as in [`importance_loss`][gswa_plugin.weighting.importance_loss]. Send its gradient
+    to GSWA's parameters only (``loss.backward(inputs=gswa_params)``): the summaries are the host's.
+
+    Why: it gives GSWA a reason to keep every distinct tile high that does not depend on whether
+    the task loss, at that moment, asks for the tile; it never sees where the information is.
+    """
+    if weights.dim() != 1 or summaries.dim() != 2 or summaries.shape[0] != weights.shape[0]:
+        raise LayoutError(
+            f"distinctiveness_loss needs flat per-view weights [views] and summaries [views, dim] of the "
+            f"same views, got {tuple(weights.shape)} and {tuple(summaries.shape)}"
+        )
+    score = pad_summaries(tile_distinctiveness(summaries, layout)[:, None], layout).tokens[:, 1:, 0]
+    padded = pad_summaries(weights.float()[:, None], layout)
+    return _target_cross_entropy(padded.tokens[:, 1:, 0], score, padded.tile_mask, temperature)
 
 
 def count_parameters(module: nn.Module) -> int:

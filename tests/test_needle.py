@@ -153,7 +153,8 @@ def test_third_attempt_candidates_keep_the_forward_and_act():
     torch.testing.assert_close(rel, torch.tensor([0.25, 1.0, 0.25, 1.0, 1.0, 1 / 3, 1.0]))
     data = needle.make_data(8, seed=3)
     # the recommended configuration (mean-token summaries since the third attempt) starts at identity
-    assert needle.RECOMMENDED == {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean"}
+    assert needle.RECOMMENDED == {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean",
+                                  "distinct_weight": 1.0}
     model, handle = needle.build_model(needle.RunConfig(mode="value", seed=2, **needle.RECOMMENDED))
     assert model.gswa.is_identity() and handle.config.summary == "mean"
     w = needle.evaluate(model, handle, data, needle.prompt_ids(None, tokens_per_view=1))["weights"]
@@ -217,6 +218,51 @@ def test_fourth_attempt_candidates_reach_the_optimizer_and_keep_identity():
     assert float(needle.low_weight_term(logits, 2.0)) == 0.0
     logits[0, 0, 3] = -5.0
     assert float(needle.low_weight_term(logits, 2.0)) > 0.0
+
+
+def test_fifth_attempt_distinct_term_moves_gswa_only_and_reports_the_prior():
+    """The distinctiveness term (``distinct_weight``) alone, with a host that cannot learn (lr 0) and a
+    gradient-free answer path, moves GSWA from its identity start, and GSWA only (encoder trained or
+    frozen); the anneal schedule; evaluation reports the parameter-free prior's hit rate."""
+    data = needle.make_data(8, seed=3)
+    for frozen in (False, True):
+        cfg = needle.RunConfig(mode="value", seed=2, steps=2, batch_size=8, eval_every=0, lr=0.0, vision_lr=0.0,
+                               frozen_encoder=frozen, **{**needle.RECOMMENDED, "distinct_weight": 1.0})
+        before, _ = needle.build_model(cfg)
+        res = needle.train(cfg, data, data, keep_model=True)
+        model = res["model"]
+        assert not model.gswa.is_identity() and (res["weights"] - 1).abs().max() > 0
+        host = {n: p for n, p in model.named_parameters() if not n.startswith("gswa.")}
+        assert all(torch.equal(p, host[n]) for n, p in before.named_parameters() if n in host)  # lr 0: unchanged
+        assert 0.0 <= res["prior_hit_rate"] <= 1.0 and set(res["prior_hit_by_answer"]) == set(needle.COLOURS)
+    # with the term at 0 the same run leaves GSWA where the answer loss alone puts it
+    plain = needle.train(needle.RunConfig(**{**cfg.__dict__, "distinct_weight": 0.0}), data, data)
+    assert not torch.equal(plain["weights"], res["weights"])
+    # one backward of the term alone (the answer loss times 0): a gradient on GSWA, none on the host
+    cfg = needle.RunConfig(mode="value", seed=2, **{**needle.RECOMMENDED, "distinct_weight": 1.0})
+    model, _ = needle.build_model(cfg)
+    opt, gswa_params = needle.make_optimizer(model, cfg)
+    term = needle.ImportanceTerm(model, cfg, gswa_params)
+    model.train()
+    logits = needle._forward(model, needle.prompt_ids(None, tokens_per_view=1), data.pixel_values)
+    term.backward(0.0 * logits.sum())
+    term.hook.remove()
+    assert model.gswa.scorer.query.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for n, p in model.named_parameters() if not n.startswith("gswa."))
+    term = needle.ImportanceTerm(model, needle.RunConfig(steps=100, distinct_weight=2.0, distinct_anneal_start=60),
+                                 [])
+    term.hook.remove()
+    assert [term.distinct_weight_at(s) for s in (0, 59, 60, 80, 100)] == [2.0, 2.0, 2.0, 1.0, 0.0]
+
+
+def test_prior_at_init_is_the_untrained_distinctiveness_ranking():
+    from benchmarks.needle import prior_init
+
+    data = needle.make_data(8, seed=3)
+    res = prior_init.prior_at_init(2, data)
+    model, handle = needle.build_model(needle.RunConfig(mode="value", seed=2, **needle.RECOMMENDED))
+    ev = needle.evaluate(model, handle, data, needle.prompt_ids(None, tokens_per_view=1))
+    assert res["prior_hit_rate_init"] == ev["prior_hit_rate"] and set(res["prior_hit_by_answer_init"]) == set(needle.COLOURS)
 
 
 def test_dynamics_measures_what_the_scorer_reads():
@@ -334,6 +380,8 @@ def test_report_lists_every_seed_with_its_colours():
     assert lines[0].split("|")[1:4] == [" setting ", " mode ", " seed "]
     assert len(lines) == 4 and lines[2].split("|")[3].strip() == "3" and lines[2].split("|")[7].strip() == "50"
     assert "| config |" in report.per_seed([*rows, {**rows[0], "tag": "u"}])
+    with_prior = report.per_seed([{**rows[0], "prior_hit_rate": 0.25}, rows[1]]).splitlines()
+    assert with_prior[0].endswith("| prior hit % |") and with_prior[2].endswith("| 25.0 |") and with_prior[3].endswith("| - |")
 
 
 @pytest.mark.needle

@@ -90,7 +90,8 @@ def _table(rows: list[dict]) -> str:
 
 
 def per_seed(rows: list[dict]) -> str:
-    """Every run: accuracy, hit rate and hit rate per answer colour."""
+    """Every run: accuracy, hit rate, hit rate per answer colour and, where recorded, the hit rate of
+    the parameter-free prior (the distinctiveness term's target)."""
     md = _per_seed(rows)
     if len({r["variant"] for r in rows}) == 1:  # one variant (named in the text): leave its column out
         md = "\n".join("|".join(c for i, c in enumerate(line.split("|")) if i != 4) for line in md.splitlines())
@@ -101,13 +102,18 @@ def _per_seed(rows: list[dict]) -> str:
     rows = sorted(rows, key=lambda r: (r.get("tag", "default"), list(SETTING_TITLES).index(r["setting"]),
                                        MODES.index(r["mode"]), r["variant"], r["seed"]))
     colours = next((list(r["hit_by_answer"]) for r in rows if r.get("hit_by_answer")), [])
+    # the parameter-free prior (argmax of each tile's distinctiveness in what GSWA read), where recorded
+    prior = any(r.get("prior_hit_rate") is not None for r in rows)
     lines = [
-        "| config | setting | mode | variant | seed | acc. % | hit % | " + " | ".join(colours) + " |",
-        "|---" * (7 + len(colours)) + "|",
+        "| config | setting | mode | variant | seed | acc. % | hit % | " + " | ".join(colours) + " |"
+        + (" prior hit % |" if prior else ""),
+        "|---" * (7 + len(colours) + prior) + "|",
     ]
     for r in rows:
         by = r.get("hit_by_answer") or {}
         cols = [("-" if c not in by or by[c] != by[c] else f"{100 * by[c]:.0f}") for c in colours]
+        if prior:
+            cols.append("-" if r.get("prior_hit_rate") is None else f"{100 * r['prior_hit_rate']:.1f}")
         hit = "-" if r["hit_rate"] is None else f"{100 * r['hit_rate']:.1f}"
         lines.append(
             f"| {r.get('tag', 'default')} | {r['setting']} | {r['mode']} | {r['variant']} | {r['seed']} | "

@@ -335,6 +335,14 @@ class RunConfig:
             step by the gradient's running RMS, so a gradient of any size moves GSWA by about
             ``gswa_lr`` per step, even while the host does not yet answer from the image (gradients
             near 0); a larger ``eps`` makes such steps proportionally smaller.
+        distinct_weight, distinct_temperature: adds ``distinct_weight`` times
+            :func:`gswa_plugin.weighting.distinctiveness_loss` (GSWA's tile distribution against
+            ``softmax(z / distinct_temperature)`` of each tile's standardised, parameter-free
+            distinctiveness in the summaries GSWA reads); its gradient reaches GSWA's parameters
+            only. An unsupervised reason to keep every distinct tile high, whatever the answer loss
+            asks at that moment (fifth attempt). 0: none.
+        distinct_anneal_start: from this step on, ``distinct_weight`` falls linearly to 0 at the last
+            step (0: constant weight).
     """
 
     mode: str = "value"
@@ -381,6 +389,9 @@ class RunConfig:
     gswa_reset_at: int = 0
     low_weight_margin: float = 2.0
     standardise_summaries: bool = False
+    distinct_weight: float = 0.0
+    distinct_temperature: float = 1.0
+    distinct_anneal_start: int = 0
 
 
 def reset_to_identity(model: Any, opt: torch.optim.Optimizer, gswa_params: list[torch.Tensor]) -> None:
@@ -600,15 +611,24 @@ def evaluate(model: Any, handle: Any, data: NeedleData, ids: torch.Tensor, chunk
     """Held-out accuracy, hit rate, mean needle weight and the tile weights ``[images, 9]``."""
     from gswa_plugin import api
 
+    from gswa_plugin.weighting import tile_distinctiveness
+
     was_training = model.training
     model.eval()
     colour_ids = answer_ids()
-    correct, weights = [], []
+    correct, weights, distinct = [], [], []
+    seen: dict[str, Any] = {}
+    hook = None
+    if handle is not None:
+        hook = model.gswa.register_forward_pre_hook(lambda m, args: seen.__setitem__("s", args[:2]))
     for s in range(0, len(data), chunk):
         logits = _forward(model, ids, data.pixel_values[s : s + chunk])
         correct.append(logits[:, colour_ids].argmax(-1) == data.answer[s : s + chunk])
         if handle is not None:
             weights.append(torch.stack(api.last_weights(model)).float())
+            distinct.append(tile_distinctiveness(*seen.pop("s")).view(weights[-1].shape[0], -1)[:, :-1])  # thumbnail last
+    if hook is not None:
+        hook.remove()
     model.train(was_training)
     res: dict[str, Any] = {"accuracy": float(torch.cat(correct).float().mean())}
     if weights:
@@ -618,6 +638,10 @@ def evaluate(model: Any, handle: Any, data: NeedleData, ids: torch.Tensor, chunk
         res["needle_weight"] = float(w[has].gather(1, data.needle[has][:, None]).mean())
         res["weights"] = w
         res["hit_by_answer"] = hit_rate_by_answer(w, data)
+        # the parameter-free prior (the distinctiveness term's target): its argmax is the most distinct tile
+        d = torch.cat(distinct)
+        res["prior_hit_rate"] = float((d[has].argmax(-1) == data.needle[has]).float().mean())
+        res["prior_hit_by_answer"] = hit_rate_by_answer(d, data)
     else:
         res.update(hit_rate=None, needle_weight=None, weights=None)
     return res
@@ -648,42 +672,60 @@ def make_optimizer(model: Any, cfg: RunConfig) -> tuple[torch.optim.Optimizer, l
 
 
 class ImportanceTerm:
-    """Wires ``cfg.importance_weight`` into a training loop (shared by the needle tasks).
+    """Wires ``cfg.importance_weight`` and ``cfg.distinct_weight`` into a training loop (shared by
+    the needle tasks).
 
-    A forward hook on ``model.gswa`` keeps the flat view weights ``w`` of each training forward and
-    their layout, and a tensor hook keeps ``dL/dw``; :meth:`backward` runs the task loss's backward
-    (keeping the graph), then adds ``importance_weight`` times
-    :func:`gswa_plugin.weighting.importance_loss` with its gradient sent to ``gswa_params`` only.
-    After :meth:`backward`, :attr:`last` holds ``(w, dL/dw, layout)`` of that step (detached), for
-    diagnostics. With ``importance_weight == 0`` it only records them (the loss's backward as usual).
+    A forward hook on ``model.gswa`` keeps the flat view weights ``w`` of each training forward,
+    the summaries GSWA read and their layout, and a tensor hook keeps ``dL/dw``; :meth:`backward`
+    runs the task loss's backward (keeping the graph), then adds ``importance_weight`` times
+    :func:`gswa_plugin.weighting.importance_loss` and :meth:`distinct_weight_at` times
+    :func:`gswa_plugin.weighting.distinctiveness_loss`, their gradient sent to ``gswa_params``
+    only. After :meth:`backward`, :attr:`last` holds ``(w, dL/dw, layout)`` of that step (detached),
+    for diagnostics. With both weights 0 it only records them (the loss's backward as usual).
     Remove :attr:`hook` when done.
     """
 
     def __init__(self, model: Any, cfg: RunConfig, gswa_params: list[torch.Tensor]):
         self.weight, self.temperature, self.params = cfg.importance_weight, cfg.importance_temperature, gswa_params
+        self.cfg = cfg
+        self.step = 0  # the training step (0-based), for the distinctiveness weight's schedule
         self._seen: dict[str, Any] = {}
         self.last: tuple[torch.Tensor, torch.Tensor, Any] | None = None
 
         def _keep(module: Any, args: Any, w: torch.Tensor) -> None:
             if module.training and w.requires_grad:
-                self._seen["w"] = (w, args[1])
+                self._seen["w"] = (w, args[1], args[0].detach())
                 w.register_hook(lambda g: self._seen.__setitem__("grad", g.detach()))
 
         self.hook = model.gswa.register_forward_hook(_keep)
 
+    def distinct_weight_at(self, step: int) -> float:
+        """``distinct_weight`` at training step ``step`` (0-based): constant, or from
+        ``distinct_anneal_start`` on falling linearly to 0 at the last step."""
+        c = self.cfg
+        if not c.distinct_anneal_start or step < c.distinct_anneal_start:
+            return c.distinct_weight
+        return c.distinct_weight * max(0.0, 1.0 - (step - c.distinct_anneal_start) / max(1, c.steps - c.distinct_anneal_start))
+
     def backward(self, loss: torch.Tensor) -> None:
-        from gswa_plugin.weighting import importance_loss
+        from gswa_plugin.weighting import distinctiveness_loss, importance_loss
 
         kept = self._seen.pop("w", None)
-        loss.backward(retain_graph=bool(self.weight) and kept is not None)
+        distinct = self.distinct_weight_at(self.step)
+        loss.backward(retain_graph=bool(self.weight or distinct) and kept is not None)
         grad = self._seen.pop("grad", None)
         if kept is None or grad is None:
             self.last = None
             return
-        w, layout = kept
+        w, layout, summaries = kept
         self.last = (w.detach(), grad, layout)
+        aux = None
         if self.weight:
             aux = self.weight * importance_loss(w, grad, layout, self.temperature)
+        if distinct:
+            d = distinct * distinctiveness_loss(w, summaries, layout, self.cfg.distinct_temperature)
+            aux = d if aux is None else aux + d
+        if aux is not None:
             aux.backward(inputs=self.params)
 
 
@@ -760,7 +802,8 @@ def train(
                 captured["pool"] = (args[0].detach(), w)
 
         hooks.append(model.gswa.register_forward_hook(_pool))
-    importance = ImportanceTerm(model, cfg, gswa_params) if handle is not None and cfg.importance_weight else None
+    importance = (ImportanceTerm(model, cfg, gswa_params)
+                  if handle is not None and (cfg.importance_weight or cfg.distinct_weight) else None)
     if importance is not None:
         hooks.append(importance.hook)
     if handle is not None and cfg.train_min_weight:
@@ -821,6 +864,7 @@ def train(
             loss = loss + cfg.readout_weight * torch.nn.functional.cross_entropy(readout[1](pooled), train_data.answer[idx])
         opt.zero_grad(set_to_none=True)
         if importance is not None:
+            importance.step = step - 1
             importance.backward(loss)
         else:
             loss.backward()
@@ -857,6 +901,8 @@ def train(
         "history": history,
         "weights": final["weights"],
         "hit_by_answer": final.get("hit_by_answer"),
+        "prior_hit_rate": final.get("prior_hit_rate"),
+        "prior_hit_by_answer": final.get("prior_hit_by_answer"),
         "hit_by_answer_history": by_answer,
     }
 
@@ -877,6 +923,9 @@ BEST: dict[str, Any] = {
 #: (``run.py --recommended``), chosen on :data:`DEV_SEEDS` only: GSWA reads each view's mean token
 #: instead of its CLS token (``summary: mean``), scores how unlike the other tiles each tile is
 #: (``score_input: squared_deviation``) and learns at 3e-3 instead of 1e-2. ``summary: mean`` was
-#: added in the third attempt (tag ``smean``: every colour found on all 32 dev seeds, docs/needle.md).
-RECOMMENDED: dict[str, Any] = {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean"}
+#: added in the third attempt (tag ``smean``: every colour found on all 32 dev seeds, docs/needle.md);
+#: the distinctiveness term at weight 1, temperature 1 (``distinct_weight``) in the fifth (tag ``dist1``:
+#: the first configuration to meet :data:`DEV_CRITERION`, committed before the third held-out draw ran).
+RECOMMENDED: dict[str, Any] = {"score_input": "squared_deviation", "gswa_lr": 3e-3, "summary": "mean",
+                               "distinct_weight": 1.0}
 BEST["config"].update(RECOMMENDED)
