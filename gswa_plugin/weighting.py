@@ -289,7 +289,7 @@ class GSWAModule(nn.Module):
 def _target_cross_entropy(
     w: torch.Tensor, score: torch.Tensor, mask: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """The part :func:`importance_loss` and :func:`distinctiveness_loss` share, on padded tiles.
+    """The part [`importance_loss`][gswa_plugin.weighting.importance_loss] and [`distinctiveness_loss`][gswa_plugin.weighting.distinctiveness_loss] share, on padded tiles.
 
     ``w`` (GSWA's tile weights), ``score`` (detached) and ``mask`` are ``[images, T_max]``. Per image
     with at least two tiles, ``score`` is standardised over the image's tiles and turned into the
@@ -368,9 +368,9 @@ def distinctiveness_loss(
 
     ``weights``: GSWA's flat per-view weights (``[views]``); ``summaries``: the flat per-view
     summaries GSWA read (``[views, D]``; detached here). Per image with at least two tiles,
-    :func:`tile_distinctiveness` is standardised over the image's tiles and turned into the target
+    [`tile_distinctiveness`][gswa_plugin.weighting.tile_distinctiveness] is standardised over the image's tiles and turned into the target
     ``softmax(z / temperature)``; the term is the cross-entropy from it to ``w_i / sum(w)``, averaged
-    over those images (the thumbnail is left out), as in :func:`importance_loss`. Send its gradient
+    over those images (the thumbnail is left out), as in [`importance_loss`][gswa_plugin.weighting.importance_loss]. Send its gradient
     to GSWA's parameters only (``loss.backward(inputs=gswa_params)``): the summaries are the host's.
 
     Why: it gives GSWA a reason to keep every distinct tile high that does not depend on whether
@@ -384,6 +384,28 @@ def distinctiveness_loss(
     score = pad_summaries(tile_distinctiveness(summaries, layout)[:, None], layout).tokens[:, 1:, 0]
     padded = pad_summaries(weights.float()[:, None], layout)
     return _target_cross_entropy(padded.tokens[:, 1:, 0], score, padded.tile_mask, temperature)
+
+
+def distinct_term(
+    module: nn.Module,
+    summaries: torch.Tensor,
+    layout: TileLayout,
+    temperature: float = 1.0,
+    text: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[`distinctiveness_loss`][gswa_plugin.weighting.distinctiveness_loss] of the weights ``module`` gives to *detached* summaries (and text).
+
+    What the ``distinct_weight`` key adds to a training forward (see
+    [`aux_loss`][gswa_plugin.api.aux_loss]): GSWA runs a second time on the same inputs, cut off
+    from the host's graph, so the term's gradient reaches GSWA's parameters only and it can be
+    added to the task loss before one ``backward()``. The second run costs one more GSWA forward
+    (a small share of the image encoding; see the docs page 'Cost benchmark')."""
+    s = summaries.detach()
+    if getattr(module, "uses_text", False):
+        weights = module(s, layout, text=None if text is None else text.detach())
+    else:
+        weights = module(s, layout)
+    return distinctiveness_loss(weights, s, layout, temperature)
 
 
 def count_parameters(module: nn.Module) -> int:
