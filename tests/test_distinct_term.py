@@ -130,3 +130,27 @@ def test_gswa_trainer_scales_the_term_like_a_loss_normalised_for_accumulation(in
     task = model(**batch, num_items_in_batch=n).loss
     gswa_plugin.aux_loss(model)
     torch.testing.assert_close(loss.detach(), task.detach() + aux / 4)
+
+
+def test_key_gives_gswa_the_gradient_of_the_benchmark_route(inputs):
+    """The needle benchmark adds `distinctiveness_loss` of the seam's own weights with its gradient
+    sent to GSWA only (`backward(inputs=gswa_params)`); the key's rerun on detached summaries gives
+    GSWA the same gradient, so the benchmark's result is the key's."""
+    model = _model(distinct_weight=1.0, identity_init=False)
+    seen = {}
+
+    def keep(module, args, w):
+        seen.setdefault("call", (args[0], args[1], w))
+
+    model.gswa.register_forward_hook(keep)
+    model.train()
+    model(**inputs)
+    params = [p for p in model.gswa.parameters() if p.requires_grad]
+    summaries, layout, weights = seen["call"]
+    bench = torch.autograd.grad(distinctiveness_loss(weights, summaries, layout, 1.0), params, allow_unused=True)
+    key = torch.autograd.grad(gswa_plugin.aux_loss(model), params, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in key)
+    for a, b in zip(bench, key):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
