@@ -20,7 +20,7 @@ from gswa_plugin._version import __version__
 # `gswa` command line, which starts with it) does not import torch before a command needs it.
 _LAZY: dict[str, str] = {
     "Adapter": "gswa_plugin.adapters._base",
-    **dict.fromkeys(("disable", "enable", "last_weights", "set_budget", "set_tiles", "tiles"), "gswa_plugin.api"),
+    **dict.fromkeys(("aux_loss", "disable", "enable", "last_weights", "set_budget", "set_tiles", "tiles"), "gswa_plugin.api"),
     **dict.fromkeys(("load", "read_saved", "save"), "gswa_plugin.checkpoint"),
     "GSWAConfig": "gswa_plugin.config",
     **dict.fromkeys(
@@ -53,7 +53,7 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:  # pragma: no cover - what the names are, for type checkers and the API docs
     from gswa_plugin.adapters._base import Adapter
-    from gswa_plugin.api import disable, enable, last_weights, set_budget, set_tiles, tiles
+    from gswa_plugin.api import aux_loss, disable, enable, last_weights, set_budget, set_tiles, tiles
     from gswa_plugin.checkpoint import load, read_saved, save
     from gswa_plugin.config import GSWAConfig
     from gswa_plugin.errors import (
@@ -105,6 +105,7 @@ __all__ = [
     "UnsupportedRequestError",
     "WrongFamilyError",
     "__version__",
+    "aux_loss",
     "disable",
     "enable",
     "get_handle",

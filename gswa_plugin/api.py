@@ -159,6 +159,7 @@ def _install_seam_watch(model: nn.Module, handle: GSWAHandle) -> None:
         return handle.state.get("process_calls", 0)
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        handle.state["model_calls"] = handle.state.get("model_calls", 0) + 1  # tells the aux terms' calls apart
         if not handle.seam_verified and not handle.state.get("seam_watch_generate"):
             handle.state["seam_watch_start"] = calls()
 
@@ -294,6 +295,30 @@ def last_weights(model: nn.Module) -> list[torch.Tensor]:
     if handle.last_batch is None:
         raise NotEnabledError("GSWA has not seen a forward with images yet on this model")
     return handle.last_batch.tile_weights()
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor:
+    """GSWA's own training terms of the forwards since the last call (then cleared): add it to the
+    task loss before ``backward()``.
+
+    Today the one term is the distinctiveness term (``distinct_weight`` times
+    [`distinct_term`][gswa_plugin.weighting.distinct_term]); its gradient reaches GSWA's
+    parameters only. A 0-dim zero on GSWA's device when there is none (``distinct_weight: 0``,
+    evaluation mode, ``torch.no_grad()``). The terms are kept per thread. If a training forward
+    adds a term while the previous call's was never collected, a ``UserWarning`` says so (once)
+    and the stale term is dropped.
+
+    ```python
+    loss = model(**batch).loss + gswa_plugin.aux_loss(model)
+    loss.backward()
+    ```
+    """
+    handle = get_handle(model)
+    term = handle.pop_aux()
+    if term is not None:
+        return term
+    ref = next(handle.module.parameters(), None)
+    return torch.zeros((), device=ref.device if ref is not None else None)
 
 
 def set_tiles(model: nn.Module, views_per_image: Sequence[int] | None) -> None:

@@ -369,6 +369,17 @@ class GSWAConfig(Settings):
         "no sign, so tiles that differ from the rest in opposite directions all score high). See the "
         "docs page 'Needle-tile benchmark'.",
     )
+    distinct_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of the distinctiveness term while training (beyond the paper): GSWA's tile distribution "
+        "is pulled towards how unlike the other tiles of its image each tile is, an unsupervised reason to keep "
+        "every distinct tile high. Its gradient reaches GSWA's parameters only. Add `gswa_plugin.aux_loss(model)` "
+        "to your loss (the transformers `GSWATrainer` does it). 0: off. See the docs page 'Training'.",
+    )
+    distinct_temperature: float = Field(
+        1.0, gt=0, description="Temperature of the distinctiveness term's target (below 1: sharper)."
+    )
     identity_init: bool = Field(
         True,
         description="Initialise the scoring layer so that attention is uniform: an untrained GSWA changes no output bit.",

@@ -8,6 +8,7 @@ hook caller it was given, so nothing below the plugin manager needs to know abou
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ from gswa_plugin._host import HostArray
 from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import LayoutError, NotEnabledError
 from gswa_plugin.layout import TileBatch, TileLayout, image_slots, prepare_indices
-from gswa_plugin.weighting import GSWAModule
+from gswa_plugin.weighting import GSWAModule, distinct_term
 
 #: Attribute of the model holding GSWA's parameters (hence the ``gswa.`` prefix of their names).
 MODULE_ATTR = "gswa"
@@ -57,6 +58,7 @@ class GSWAHandle:
         # any thread, for ``last_weights`` read from another thread than the forward's.
         self._local = threading.local()
         self._latest_batch: TileBatch | None = None
+        self._aux_warned = False
 
     @property
     def state(self) -> dict[str, Any]:
@@ -103,7 +105,35 @@ class GSWAHandle:
             raise RuntimeError("no gswa_process_tiles implementation returned a batch")  # pragma: no cover
         self.last_batch = result
         self.hook.gswa_weights_computed(weights=result.tile_weights(), batch=result, handle=self)
+        if self.config.distinct_weight and self.module.training and torch.is_grad_enabled():
+            term = distinct_term(self.module, summaries, layout, self.config.distinct_temperature, extra.get("text"))
+            self._add_aux(self.config.distinct_weight * term)
         return result.features
+
+    # training terms of GSWA's own (``distinct_weight``), collected by ``gswa_plugin.aux_loss`` -----
+    def _add_aux(self, term: torch.Tensor) -> None:
+        call = self.state.get("model_calls", 0)
+        pending = getattr(self._local, "aux", None)
+        if pending is not None and pending[0] != call:
+            # the previous training call's term was never added to a loss: say so once, drop it
+            if not self._aux_warned:
+                self._aux_warned = True
+                warnings.warn(
+                    f"GSWA's `distinct_weight` is {self.config.distinct_weight}, but the term of the previous "
+                    "training call was never collected, so it trains nothing: add `gswa_plugin.aux_loss(model)` "
+                    "to the loss after each forward (the transformers GSWATrainer does it), or set "
+                    "`distinct_weight: 0`",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            pending = None
+        self._local.aux = (call, term if pending is None else pending[1] + term)
+
+    def pop_aux(self) -> torch.Tensor | None:
+        """The training terms of this thread's forwards since the last call (then cleared), or ``None``."""
+        pending = getattr(self._local, "aux", None)
+        self._local.aux = None
+        return None if pending is None else pending[1]
 
     def text_per_image(self, layout: TileLayout) -> torch.Tensor | None:
         """For the question-aware variants: the pooled text of the call (kept in

@@ -387,6 +387,28 @@ def distinctiveness_loss(
     return _target_cross_entropy(padded.tokens[:, 1:, 0], score, padded.tile_mask, temperature)
 
 
+def distinct_term(
+    module: nn.Module,
+    summaries: torch.Tensor,
+    layout: TileLayout,
+    temperature: float = 1.0,
+    text: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[`distinctiveness_loss`][gswa_plugin.weighting.distinctiveness_loss] of the weights ``module`` gives to *detached* summaries (and text).
+
+    What the ``distinct_weight`` key adds to a training forward (see
+    [`aux_loss`][gswa_plugin.api.aux_loss]): GSWA runs a second time on the same inputs, cut off
+    from the host's graph, so the term's gradient reaches GSWA's parameters only and it can be
+    added to the task loss before one ``backward()``. The second run costs one more GSWA forward
+    (a small share of the image encoding; see the docs page 'Cost benchmark')."""
+    s = summaries.detach()
+    if getattr(module, "uses_text", False):
+        weights = module(s, layout, text=None if text is None else text.detach())
+    else:
+        weights = module(s, layout)
+    return distinctiveness_loss(weights, s, layout, temperature)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -262,6 +262,32 @@ class GSWATrainer(_trainer_base()):  # type: ignore[misc]
         self.gswa_skipped_checkpoints: list[tuple[Path, str]] = []
         self._gswa_staging: str | None = None
 
+    # GSWA's own training terms (``distinct_weight``) join the task loss ------------------------
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
+        """``Trainer.compute_loss`` plus [`gswa_plugin.aux_loss`][gswa_plugin.api.aux_loss] (0 unless
+        the GSWA config sets ``distinct_weight``)."""
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        host = unwrap(model)
+        if not is_enabled(host):
+            return out
+        aux = api.aux_loss(host)
+        if self._gswa_loss_scaled_for_ga(kwargs.get("num_items_in_batch")):
+            # the Trainer will not divide this loss by the accumulation steps: scale the term as the task loss
+            aux = aux / getattr(self, "current_gradient_accumulation_steps", 1)
+        if return_outputs:
+            loss, outputs = out
+            return loss + aux.to(loss.device), outputs
+        return out + aux.to(out.device)
+
+    def _gswa_loss_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
+        # mirrors Trainer.training_step (transformers 5): a loss normalised by num_items_in_batch, or
+        # by compute_loss_func, is not divided by the gradient-accumulation steps afterwards
+        fixed = getattr(self, "loss_is_scaled_for_ga", None)
+        if fixed is not None:
+            return bool(fixed)
+        accepts = getattr(self, "model_accepts_loss_kwargs", False)
+        return bool((accepts and num_items_in_batch is not None) or getattr(self, "compute_loss_func", None) is not None)
+
     # resuming: the newest complete checkpoint --------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; ``resume_from_checkpoint=True`` (``gswa train --resume latest``) resumes
