@@ -159,7 +159,8 @@ def _install_seam_watch(model: nn.Module, handle: GSWAHandle) -> None:
         return handle.state.get("process_calls", 0)
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        handle.state["model_calls"] = handle.state.get("model_calls", 0) + 1  # tells the aux terms' calls apart
+        if handle._distinct_weight and module.training:
+            handle.state["model_calls"] = handle.state.get("model_calls", 0) + 1  # tells the aux terms' calls apart
         if not handle.seam_verified and not handle.state.get("seam_watch_generate"):
             handle.state["seam_watch_start"] = calls()
 

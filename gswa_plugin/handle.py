@@ -19,7 +19,7 @@ from gswa_plugin._host import HostArray
 from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import LayoutError, NotEnabledError
 from gswa_plugin.layout import TileBatch, TileLayout, image_slots, prepare_indices
-from gswa_plugin.weighting import GSWAModule, distinct_term
+from gswa_plugin.weighting import GSWAModule
 
 #: Attribute of the model holding GSWA's parameters (hence the ``gswa.`` prefix of their names).
 MODULE_ATTR = "gswa"
@@ -59,6 +59,17 @@ class GSWAHandle:
         self._local = threading.local()
         self._latest_batch: TileBatch | None = None
         self._aux_warned = False
+
+    @property
+    def config(self) -> GSWAConfig:
+        """The [`GSWAConfig`][gswa_plugin.config.GSWAConfig] in force."""
+        return self._config
+
+    @config.setter
+    def config(self, config: GSWAConfig) -> None:
+        self._config = config
+        # a plain float for the seam's check: reading a pydantic field there breaks torch.compile's graph
+        self._distinct_weight = float(config.distinct_weight)
 
     @property
     def state(self) -> dict[str, Any]:
@@ -105,13 +116,12 @@ class GSWAHandle:
             raise RuntimeError("no gswa_process_tiles implementation returned a batch")  # pragma: no cover
         self.last_batch = result
         self.hook.gswa_weights_computed(weights=result.tile_weights(), batch=result, handle=self)
-        if self.config.distinct_weight and self.module.training and torch.is_grad_enabled():
-            term = distinct_term(self.module, summaries, layout, self.config.distinct_temperature, extra.get("text"))
-            self._add_aux(self.config.distinct_weight * term)
         return result.features
 
     # training terms of GSWA's own (``distinct_weight``), collected by ``gswa_plugin.aux_loss`` -----
-    def _add_aux(self, term: torch.Tensor) -> None:
+    def add_aux(self, term: torch.Tensor) -> None:
+        """Keep a training term of this thread's forward for ``gswa_plugin.aux_loss`` (summed with
+        the others of the same model call)."""
         call = self.state.get("model_calls", 0)
         pending = getattr(self._local, "aux", None)
         if pending is not None and pending[0] != call:
