@@ -210,6 +210,10 @@ def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
     frozen = tuple(int(s) for s in np.random.default_rng(2619).integers(1_000_000, 10_000_000, 8))
     assert tn.HELD_OUT_SEEDS_FROZEN == frozen and not set(frozen) & (used | set(tn.HELD_OUT_SEEDS))
     assert not set(tn.HELD_OUT_SEEDS_1825) & (set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24))
+    # the fourth round's fresh draw meets no dev seed, no used draw and not the unused frozen draw
+    budget = tuple(int(s) for s in np.random.default_rng(2620).integers(1_000_000, 10_000_000, 8))
+    assert tn.HELD_OUT_SEEDS_BUDGET == budget and len(set(budget)) == 8
+    assert not set(budget) & (used | set(tn.HELD_OUT_SEEDS) | set(frozen))
 
 
 def test_two_needle_images_can_leave_the_asked_needle_out():
