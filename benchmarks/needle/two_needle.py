@@ -18,8 +18,13 @@ host's initialisation. Every seed's row is reported. The first two held-out draw
 ``numpy.random.default_rng(2618).integers(1_000_000, 10_000_000, 8)``.
 
     nice -n 19 python benchmarks/needle/two_needle.py --seeds dev --out benchmarks/needle/two_needle_dev.jsonl
-    nice -n 19 python benchmarks/needle/two_needle.py --seeds heldout --jobs 2
-    python benchmarks/needle/two_needle.py --seeds heldout --report      # the table
+    nice -n 19 python benchmarks/needle/two_needle.py --seeds heldout-budget         # fourth round
+    python benchmarks/needle/two_needle.py --seeds heldout-budget --report --keep 2   # the tables
+    python benchmarks/needle/two_needle.py --round 3 --seeds heldout --report        # third round
+
+The fourth round (``--round 4``, the default) trains as the third and also evaluates every trained
+model under token budgets of 2 and 3 visual tokens per image (:func:`evaluate_budgets`); each cell
+is trained with every token or under the budget as :data:`CELL_BUDGET_TRAIN` says.
 
 With GSWA the training loop records where the answer loss's per-tile gradient points
 (``grad_asked`` / ``grad_other``, see :data:`GRAD_STEPS`) and the hit rate per question.
