@@ -165,7 +165,8 @@ def test_parameter_shares_name_an_unknown_variant():
 def test_bench_measures_the_question_aware_variants_with_their_text(tmp_path, monkeypatch, variant):
     """`gswa bench --config` with a question-aware variant stopped in the modes table (its GSWA,
     given non-identity parameters, saw no text at the directly called seam), and the seam table
-    timed GSWA without its text path (an identity module was called with ``text=None``). Every
+    timed GSWA without its text path (an identity module was called with ``text=None``; also in
+    the memory pass's image encoding). Every
     GSWA forward of the run must now receive the pooled prompt, and each prompt length is said."""
     from gswa_plugin.weighting import TextGuidedScorer
 
@@ -183,10 +184,10 @@ def test_bench_measures_the_question_aware_variants_with_their_text(tmp_path, mo
     result = CliRunner().invoke(
         app,
         ["bench", "--shapes", "tiny", "--tiles", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
-         "--no-memory", "--config", str(config), "--prompt-tokens", "20", "--json", str(out)],
+         "--config", str(config), "--prompt-tokens", "20", "--json", str(out)],
     )
     assert result.exit_code == 0, result.output
-    assert texts and None not in texts  # the seam table, the modes table, the op counts
+    assert texts and None not in texts  # the seam table, its memory pass, the modes table, the op counts
     assert set(texts) == {(1, bench.SHAPES["tiny"].text_hidden)}
     assert f"variant {variant}" in result.output and "prompt 20 text tokens before the image" in result.output
     data = json.loads(out.read_text())

@@ -615,9 +615,11 @@ def _peaks(host: _Host, cfg: GSWAConfig, inputs: dict[str, Any]) -> tuple[int, i
 
     model = host.model
     views = inputs["pixel_values"].shape[0]
+    capture: list[Callable[[], None]] = [lambda: None]
 
     def encode() -> None:
         with torch.no_grad():
+            capture[0]()  # a question-aware variant's pooled prompt, as the forward's hook makes it
             model.model.get_image_features(pixel_values=inputs["pixel_values"])
 
     def step() -> None:
@@ -627,9 +629,11 @@ def _peaks(host: _Host, cfg: GSWAConfig, inputs: dict[str, Any]) -> tuple[int, i
     for fn in (encode, step):
         peaks = []
         for with_gswa in (False, True):
+            capture[0] = lambda: None
             if with_gswa:
-                api.enable(model, cfg)
+                handle = api.enable(model, cfg)
                 api.set_tiles(model, [views])
+                capture[0] = text_capture(handle, model, inputs["input_ids"])
             try:
                 with PeakMemory() as mem:
                     fn()
