@@ -389,6 +389,13 @@ def test_two_needle_budget_keeps_the_thumbnail_and_the_best_tiles():
         )
         assert sel.quotas[9] == 1 and sum(sel.quotas) == keep
         assert [v for v in range(9) if sel.quotas[v]] == tiles
+    for keep, tiles in ((1, [1]), (2, [1, 4])):  # without the thumbnail: every token to the tiles
+        spec = tn.budget_spec(keep, "gswa", 0, thumbnail=False)
+        sel = budget.select_tokens(
+            feats, torch.arange(10), weights, feats, layout, spec["keep"], spec["method"],
+            thumbnail_share=spec["thumbnail_share"],
+        )
+        assert sel.quotas[9] == 0 and [v for v in range(9) if sel.quotas[v]] == tiles
 
 
 def test_two_needle_task_evaluates_and_trains_under_a_budget():

@@ -251,16 +251,21 @@ def evaluate(model: Any, handle: Any, data: TwoNeedleData, prompt: torch.Tensor,
 BUDGET_METHODS: tuple[str, ...] = ("gswa", "uniform", "random", "globalcom")
 
 
-def budget_spec(keep: int, method: str, seed: int) -> dict[str, Any]:
+def budget_spec(keep: int, method: str, seed: int, thumbnail: bool = True) -> dict[str, Any]:
     """The ``budget:`` block of one evaluation: ``keep`` visual tokens per image (28 px tiles: one
     per view), exactly one of them the thumbnail's, the other ``keep - 1`` given to tiles by
-    ``method``."""
+    ``method``. ``thumbnail=False``: all ``keep`` go to tiles, the thumbnail keeps none (``keep: 1``
+    as the fraction 1/10 of the 10 views, since a count of 1 is refused as ambiguous)."""
+    if not thumbnail:
+        count: float | int = keep / (task.GRID * task.GRID + 1) if keep == 1 else int(keep)
+        return {"keep": count, "method": method, "thumbnail_share": 0.0, "seed": seed}
     return {"keep": int(keep), "method": method, "thumbnail_share": 1.0 / keep, "seed": seed}
 
 
 @torch.no_grad()
 def evaluate_budgets(
-    model: Any, handle: Any, cfg: task.RunConfig, data: TwoNeedleData, prompt: torch.Tensor, keeps: list[int]
+    model: Any, handle: Any, cfg: task.RunConfig, data: TwoNeedleData, prompt: torch.Tensor, keeps: list[int],
+    thumbnail: bool = True,
 ) -> dict[str, dict[str, float]]:
     """The trained model's accuracy under token budgets, per ``method@keep``: ``accuracy``, and over
     the images with the asked needle how often its tile kept its token (``kept_asked``) and the other
@@ -280,7 +285,7 @@ def evaluate_budgets(
     try:
         for keep in keeps:
             for method in BUDGET_METHODS:
-                api.set_budget(model, budget_spec(keep, method, cfg.seed))
+                api.set_budget(model, budget_spec(keep, method, cfg.seed, thumbnail))
                 correct, kept = [], []
                 for s in range(0, len(data), 128):
                     sl = slice(s, s + 128)
@@ -315,6 +320,7 @@ def train(
     eval_data: TwoNeedleData,
     budget_keeps: list[int] | None = None,
     budget_train: int | None = None,
+    budget_thumbnail: bool = True,
 ) -> dict[str, Any]:
     """One run: the training loop of ``task.train`` with one question per sample; with
     ``budget_keeps`` the trained model is also evaluated under those token budgets (``budget``).
@@ -322,7 +328,8 @@ def train(
     ``budget_train``: train under a budget of that many visual tokens per image (the thumbnail's
     and ``budget_train - 1`` tiles'; :func:`budget_spec`): a GSWA cell with ``method: gswa``, the
     host without GSWA with ``uniform`` through an identity GSWA whose parameters stay frozen (removed
-    before the evaluation). The full-token and budget evaluations are as without it."""
+    before the evaluation). The full-token and budget evaluations are as without it.
+    ``budget_thumbnail=False``: every budget gives the thumbnail no token (:func:`budget_spec`)."""
     from gswa_plugin import api
 
     start = time.perf_counter()
@@ -331,7 +338,8 @@ def train(
         if handle is None:
             frozen = api.enable(model, {"variant": "self_attn", "mode": "value", "summary": cfg.summary, "seed": cfg.seed})
             frozen.module.requires_grad_(False)
-        api.set_budget(model, budget_spec(budget_train, "uniform" if handle is None else "gswa", cfg.seed))
+        method = "uniform" if handle is None else "gswa"
+        api.set_budget(model, budget_spec(budget_train, method, cfg.seed, budget_thumbnail))
     opt, gswa = task.make_optimizer(model, cfg)
     order = torch.Generator().manual_seed(cfg.seed)
     answers = task.answer_ids()
@@ -370,7 +378,7 @@ def train(
             api.set_budget(model, None)
     res = evaluate(model, handle, eval_data, prompt)
     if budget_keeps:
-        res["budget"] = evaluate_budgets(model, handle, cfg, eval_data, prompt, budget_keeps)
+        res["budget"] = evaluate_budgets(model, handle, cfg, eval_data, prompt, budget_keeps, budget_thumbnail)
     if grad_top:
         top, tiles = torch.cat(grad_top), torch.cat(grad_tiles)
         res["grad_asked"] = float((top == tiles[:, 0]).float().mean())
@@ -452,7 +460,7 @@ ROUNDS: dict[int, dict[str, Any]] = {2: SETTINGS_ROUND2, 3: SETTINGS, 4: SETTING
 
 
 #: ``--set`` keys that shape the images rather than the run (``make_image``'s ``asked_absent``).
-DATA_KEYS: tuple[str, ...] = ("asked_absent", "budget_eval", "budget_train")
+DATA_KEYS: tuple[str, ...] = ("asked_absent", "budget_eval", "budget_train", "budget_thumbnail")
 
 
 def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
@@ -466,7 +474,10 @@ def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     absent = settings.get("asked_absent", 0.0)
     train_data = make_data(settings["train_images"], seed=seed * 10 + 1, tile=cfg.tile, proc=proc, asked_absent=absent)
     eval_data = make_data(settings["eval_images"], seed=seed * 10 + 2, tile=cfg.tile, proc=proc, asked_absent=absent)
-    res = train(cfg, train_data, eval_data, settings.get("budget_eval"), settings.get("budget_train"))
+    res = train(
+        cfg, train_data, eval_data, settings.get("budget_eval"), settings.get("budget_train"),
+        settings.get("budget_thumbnail", True),
+    )
     return {"cell": cell, "seed": seed, "settings": settings, "config": asdict(cfg), **res}
 
 
