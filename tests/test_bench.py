@@ -159,3 +159,39 @@ def test_parameter_shares_name_an_unknown_variant():
         parameter_shares({"variant": "no_such_variant"})
     assert len(info.value.problems) == 1 and "no_such_variant" in info.value.problems[0]
     assert "text_guided" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("variant", ["text_guided", "text_cross_attn"])
+def test_bench_measures_the_question_aware_variants_with_their_text(tmp_path, monkeypatch, variant):
+    """`gswa bench --config` with a question-aware variant stopped in the modes table (its GSWA,
+    given non-identity parameters, saw no text at the directly called seam), and the seam table
+    timed GSWA without its text path (an identity module was called with ``text=None``; also in
+    the memory pass's image encoding). Every
+    GSWA forward of the run must now receive the pooled prompt, and each prompt length is said."""
+    from gswa_plugin.weighting import TextGuidedScorer
+
+    texts = []
+    original = TextGuidedScorer.forward
+
+    def spy(self, tokens, tile_mask, text=None):
+        texts.append(None if text is None else tuple(text.shape))
+        return original(self, tokens, tile_mask, text)
+
+    monkeypatch.setattr(TextGuidedScorer, "forward", spy)
+    config = tmp_path / "gswa.yaml"
+    config.write_text(f"gswa:\n  variant: {variant}\n")
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "--shapes", "tiny", "--tiles", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
+         "--config", str(config), "--prompt-tokens", "20", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert texts and None not in texts  # the seam table, its memory pass, the modes table, the op counts
+    assert set(texts) == {(1, bench.SHAPES["tiny"].text_hidden)}
+    assert f"variant {variant}" in result.output and "prompt 20 text tokens before the image" in result.output
+    data = json.loads(out.read_text())
+    assert data["shapes"]["prompt_tokens"] == 20 and data["gswa_config"]["variant"] == variant
+    assert all(v > 0 for row in data["rows"] for values in row["ratios"].values() for v in values)
+    modes = json.loads((tmp_path / "bench_modes.json").read_text())
+    assert all(v[0] > 0 for per_stage in modes["ratios"].values() for v in per_stage.values())

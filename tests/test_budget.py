@@ -340,3 +340,33 @@ def test_labels_are_shortened_with_the_call_and_gswa_trains_through_it(model, in
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is not None for p in model.gswa.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("variant", ["text_guided", "text_cross_attn"])
+def test_question_aware_variants_select_by_the_question_in_forward_and_generate(model, processor, inputs, variant):
+    """The budget runs the seam before ``generate()`` is entered, where a question-aware GSWA found
+    no text yet (``LayoutError``); forward worked. Now both read the prompt: generate keeps the
+    tokens that a forward of the same call keeps, with the same weights and the same first logits,
+    and another question moves the weights."""
+    from gswa_plugin.testing.tiny import sample_image
+
+    handle = gswa_plugin.enable(model, {**CFG, "variant": variant, "budget": {"keep": 0.5}})
+    peaked(model)
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, -1]
+    mask, weights = handle.last_budget.selection.flat_mask.clone(), handle.last_batch.weights.clone()
+    with torch.no_grad():
+        out = gen(model, inputs, 2)
+    assert torch.equal(handle.last_budget.selection.flat_mask, mask)
+    assert torch.equal(handle.last_batch.weights, weights)
+    assert torch.allclose(out.logits[0], logits, atol=1e-5)
+    other = processor(
+        text=["<IMG_CONTEXT> what colour is the tile", "how many shapes <IMG_CONTEXT> ?"],
+        images=[sample_image("astronaut"), sample_image("coffee").resize((300, 100))],
+        return_tensors="pt",
+        padding=True,
+    )
+    with torch.no_grad():
+        gen(model, other, 1)
+    assert handle.last_batch.weights.shape == weights.shape
+    assert not torch.allclose(handle.last_batch.weights, weights)

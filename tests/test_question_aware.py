@@ -210,6 +210,10 @@ def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
     frozen = tuple(int(s) for s in np.random.default_rng(2619).integers(1_000_000, 10_000_000, 8))
     assert tn.HELD_OUT_SEEDS_FROZEN == frozen and not set(frozen) & (used | set(tn.HELD_OUT_SEEDS))
     assert not set(tn.HELD_OUT_SEEDS_1825) & (set(tn.DEV_SEEDS) | set(tn.HELD_OUT_SEEDS_STOP24))
+    # the fourth round's fresh draw meets no dev seed, no used draw and not the unused frozen draw
+    budget = tuple(int(s) for s in np.random.default_rng(2620).integers(1_000_000, 10_000_000, 8))
+    assert tn.HELD_OUT_SEEDS_BUDGET == budget and len(set(budget)) == 8
+    assert not set(budget) & (used | set(tn.HELD_OUT_SEEDS) | set(frozen))
 
 
 def test_two_needle_images_can_leave_the_asked_needle_out():
@@ -365,3 +369,50 @@ def test_two_needle_misses_breaks_a_run_down_by_needle_colour(capsys):
         assert all(0 <= v <= 1 for v in out[word]["grad_on_asked_by_colour"].values())
     with pytest.raises(SystemExit):
         tm.main(["9580646"])
+
+
+def test_two_needle_budget_keeps_the_thumbnail_and_the_best_tiles():
+    """Fourth round (issue 18): a budget of ``keep`` tokens per image keeps exactly one thumbnail
+    token and the ``keep - 1`` tiles with the largest weights (``method: gswa``)."""
+    from benchmarks.needle import two_needle as tn
+    from gswa_plugin import budget
+    from gswa_plugin.layout import TileLayout
+
+    layout = TileLayout((10,), "last")
+    weights = torch.tensor([0.2, 3.0, 0.1, 0.5, 2.5, 0.4, 0.9, 0.3, 1.1, 1.0])  # thumbnail last
+    feats = torch.randn(10, 4)
+    for keep, tiles in ((2, [1]), (3, [1, 4])):
+        spec = tn.budget_spec(keep, "gswa", 0)
+        sel = budget.select_tokens(
+            feats, torch.arange(10), weights, feats, layout, spec["keep"], spec["method"],
+            thumbnail_share=spec["thumbnail_share"],
+        )
+        assert sel.quotas[9] == 1 and sum(sel.quotas) == keep
+        assert [v for v in range(9) if sel.quotas[v]] == tiles
+    for keep, tiles in ((1, [1]), (2, [1, 4])):  # without the thumbnail: every token to the tiles
+        spec = tn.budget_spec(keep, "gswa", 0, thumbnail=False)
+        sel = budget.select_tokens(
+            feats, torch.arange(10), weights, feats, layout, spec["keep"], spec["method"],
+            thumbnail_share=spec["thumbnail_share"],
+        )
+        assert sel.quotas[9] == 0 and [v for v in range(9) if sel.quotas[v]] == tiles
+
+
+def test_two_needle_task_evaluates_and_trains_under_a_budget():
+    """``budget_eval`` / ``budget_train`` of the two-needle task run for a GSWA cell and for the host
+    without GSWA (an identity GSWA for the budget, removed afterwards), in a few steps."""
+    from dataclasses import replace
+
+    from benchmarks.needle import task
+    from benchmarks.needle import two_needle as tn
+
+    data = tn.make_data(8, seed=7, asked_absent=0.25)
+    for mode, variant in (("value", "text_guided"), ("none", "self_attn")):
+        for budget_train in (None, 2):
+            cfg = replace(task.RunConfig(), mode=mode, variant=variant, seed=3, steps=2, text_layers=1, eval_every=0)
+            res = tn.train(cfg, data, data, budget_keeps=[2, 3], budget_train=budget_train)
+            assert set(res["budget"]) == {f"{m}@{k}" for k in (2, 3) for m in tn.BUDGET_METHODS}
+            for got in res["budget"].values():
+                assert all(0.0 <= got[k] <= 1.0 for k in ("accuracy", "kept_asked", "kept_other"))
+            if mode == "none":  # identity GSWA: the weights are all 1, so gswa and uniform keep the same tiles
+                assert res["budget"]["gswa@2"] == res["budget"]["uniform@2"]

@@ -41,6 +41,7 @@ from torch import nn
 from gswa_plugin import budget as budget_math
 from gswa_plugin.adapters._anyres import _TOKEN_WEIGHTS
 from gswa_plugin.adapters._base import patch_method, wants_tuple
+from gswa_plugin.adapters._text import capture_text
 from gswa_plugin.errors import ConfigError, LayoutError
 from gswa_plugin.layout import TileBatch, TileLayout
 
@@ -238,6 +239,10 @@ def install(model: nn.Module, handle: Any) -> None:
             )
         handle.state["input_ids"] = ids
         handle.prefetch_ids(ids)
+        if generating and getattr(handle.module, "uses_text", False):
+            # the seam runs here, before generate()'s own text capture: a question-aware variant
+            # reads the prompt now (a forward's pre-hook has already pooled it)
+            capture_text(model, handle, ids, kwargs.get("attention_mask"))
         seam = inner.get_image_features
         out = seam(pixel_values=pixels, return_dict=True, **_seam_kwargs(model, seam, kwargs))
         batch = handle.last_batch

@@ -98,6 +98,13 @@ def pooled_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     return F.embedding_bag(ids.clamp_min(0), weight, per_sample_weights=share, mode="sum")
 
 
+def capture_text(model: nn.Module, handle: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+    """Keep the pooled text of ``input_ids`` in ``handle.state['text']`` for the seam (what the
+    capture hooks below do; also called by the token budget, which runs the seam before
+    ``generate()`` is entered, and by the cost benchmark, which calls the seam directly)."""
+    handle.state[TEXT_KEY] = pooled_text(model, input_ids, attention_mask)
+
+
 def install_text_capture(model: nn.Module, handle: Any) -> None:
     """Keep the pooled text of every call that carries ``input_ids`` in ``handle.state['text']``
     for the seam: a forward pre-hook on ``model`` (training, evaluation, each ``generate`` step)
@@ -110,7 +117,7 @@ def install_text_capture(model: nn.Module, handle: Any) -> None:
             ids = kwargs.get("inputs") if isinstance(kwargs.get("inputs"), torch.Tensor) else None
         if ids is None or ids.dim() != 2:
             return False
-        handle.state[TEXT_KEY] = pooled_text(model, ids, kwargs.get("attention_mask"))
+        capture_text(model, handle, ids, kwargs.get("attention_mask"))
         return True
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:

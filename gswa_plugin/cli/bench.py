@@ -51,6 +51,10 @@ def bench_cmd(
     mode_tiles: Optional[int] = typer.Option(None, help="Tiles of the modes tables' image. Default 2; --full 12."),
     mode_text_layers: int = typer.Option(2, help="Language-model layers run for the modes tables."),
     full: bool = typer.Option(False, help="The long run: every tile count, modes at 12 + 1 tiles."),
+    prompt_tokens: Optional[int] = typer.Option(
+        None, help="Text tokens before the image (default 32; 32 answer tokens follow it). The question-aware "
+        "variants pool every text token of the call."
+    ),
 ) -> None:
     """Measure GSWA's time, parameters and memory as ratios of the host's, at each tile count.
 
@@ -78,6 +82,7 @@ def bench_cmd(
                 config=config,
                 memory=memory,
                 threads=threads,
+                prompt_tokens=prompt_tokens,
             )
         )
     modes_result = None
@@ -92,6 +97,7 @@ def bench_cmd(
                 dtype=dtype,
                 device=device,
                 config=config,
+                prompt_tokens=prompt_tokens,
             )
     for line in bench.describe(result):
         console.print(line, highlight=False, markup=False, soft_wrap=True)

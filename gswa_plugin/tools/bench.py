@@ -38,7 +38,7 @@ import math
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -115,6 +115,19 @@ SHAPES: dict[str, HostShapes] = {
         answer_tokens=8,
     ),
 }
+
+
+def resolve_shapes(shapes: HostShapes | str, prompt_tokens: int | None = None) -> HostShapes:
+    """``shapes`` by name (or as given), with ``prompt_tokens`` text tokens before the image when set."""
+    if isinstance(shapes, str):
+        if shapes not in SHAPES:
+            raise ConfigError([f"unknown shapes {shapes!r}; choose one of {', '.join(SHAPES)}"])
+        shapes = SHAPES[shapes]
+    if prompt_tokens is not None:
+        if int(prompt_tokens) < 1:
+            raise ConfigError([f"prompt_tokens must be >= 1, got {prompt_tokens}"], "gswa bench")
+        shapes = replace(shapes, prompt_tokens=int(prompt_tokens))
+    return shapes
 
 
 def host_config(shapes: HostShapes, vision_layers: int | None = None, text_layers: int | None = None) -> Any:
@@ -374,6 +387,18 @@ def _make_inputs(shapes: HostShapes, views: int, device: torch.device, dtype: to
     }
 
 
+def text_capture(handle: Any, model: nn.Module, ids: torch.Tensor) -> Callable[[], None]:
+    """What the model's forward pre-hook does before the seam for a question-aware variant: pool
+    the call's text (``ids`` looked up in the host's input embedding table) into ``handle.state``.
+    The benchmarks that call the seam directly run it first, inside GSWA's timed work (it is part
+    of GSWA's cost); for an image-only variant it does nothing."""
+    if not getattr(handle.module, "uses_text", False):
+        return lambda: None
+    from gswa_plugin.adapters._text import capture_text
+
+    return lambda: capture_text(model, handle, ids)
+
+
 def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
     sync()
     start = time.perf_counter()
@@ -552,9 +577,11 @@ def _gswa_times(
     with _seam_stand_in(model, outputs):
         handle = api.enable(model, cfg)
         seam = model.model.get_image_features
+        capture = text_capture(handle, model, inputs["input_ids"])
 
         def forward() -> torch.Tensor:
             handle.state["input_ids"] = inputs["input_ids"]
+            capture()  # question-aware variants: the prompt's pooled embedding, as the forward's hook makes it
             return seam(pixel_values=inputs["pixel_values"]).pooler_output
 
         def train() -> None:
@@ -571,11 +598,12 @@ def _gswa_times(
             bwd = 0.0
             for _ in range(inner_reps):
                 feats.grad = None
-                handle.module.zero_grad(set_to_none=True)
+                model.zero_grad(set_to_none=True)  # GSWA's, and the input table's from the text path
                 bwd += _timed(train, host.sync)
             bwd /= inner_reps
         finally:
             api.disable(model)
+            model.zero_grad(set_to_none=True)
             feats.grad = None
     return fwd, bwd, counter.ops
 
@@ -587,9 +615,11 @@ def _peaks(host: _Host, cfg: GSWAConfig, inputs: dict[str, Any]) -> tuple[int, i
 
     model = host.model
     views = inputs["pixel_values"].shape[0]
+    capture: list[Callable[[], None]] = [lambda: None]
 
     def encode() -> None:
         with torch.no_grad():
+            capture[0]()  # a question-aware variant's pooled prompt, as the forward's hook makes it
             model.model.get_image_features(pixel_values=inputs["pixel_values"])
 
     def step() -> None:
@@ -599,9 +629,11 @@ def _peaks(host: _Host, cfg: GSWAConfig, inputs: dict[str, Any]) -> tuple[int, i
     for fn in (encode, step):
         peaks = []
         for with_gswa in (False, True):
+            capture[0] = lambda: None
             if with_gswa:
-                api.enable(model, cfg)
+                handle = api.enable(model, cfg)
                 api.set_tiles(model, [views])
+                capture[0] = text_capture(handle, model, inputs["input_ids"])
             try:
                 with PeakMemory() as mem:
                     fn()
@@ -627,6 +659,7 @@ def run(
     memory: bool = True,
     threads: int | None = None,
     progress: bool = True,
+    prompt_tokens: int | None = None,
 ) -> BenchResult:
     """Measure GSWA's cost next to the host at each tile count (see the module docstring).
 
@@ -648,16 +681,16 @@ def run(
         threads: CPU threads for torch (default: torch's choice). On a shared machine one
             thread gives steadier ratios than several contending for cores.
         progress: show a progress bar.
+        prompt_tokens: text tokens before the image (default: the shapes' ``prompt_tokens``, 32
+            for the real sizes); the answer after it has ``answer_tokens`` (32). The question-aware
+            variants pool the embeddings of every text token of the call.
 
     Raises:
         ConfigError: an argument is out of range.
     """
     from tqdm.auto import tqdm
 
-    if isinstance(shapes, str):
-        if shapes not in SHAPES:
-            raise ConfigError([f"unknown shapes {shapes!r}; choose one of {', '.join(SHAPES)}"])
-        shapes = SHAPES[shapes]
+    shapes = resolve_shapes(shapes, prompt_tokens)
     problems = []
     if not tiles or any(int(t) < 1 for t in tiles):
         problems.append(f"tile counts must be >= 1, got {list(tiles)}")
@@ -753,7 +786,8 @@ def describe(result: BenchResult) -> list[str]:
         f"{s.vision_layers} layers, {s.image_size} px tiles, patch {s.patch_size}, {s.tokens_per_tile} tokens "
         f"per tile; projector {4 * s.vision_hidden} -> {s.text_hidden}; language model width {s.text_hidden}, "
         f"{s.text_layers} layers), random weights, {result.dtype} on {result.device} "
-        f"({result.torch_threads} threads).",
+        f"({result.torch_threads} threads); prompt {s.prompt_tokens} text tokens before the image, "
+        f"{s.answer_tokens} after it.",
         f"GSWA: variant {result.gswa_config['variant']}, hidden {result.gswa_config['hidden_size']}, "
         f"{result.gswa_config['num_layers']} block(s), {result.gswa_config['num_heads']} heads.",
         f"Ratios: median over {result.repeats} repeats, [min–max] in brackets; each repeat times host and "

@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gswa_plugin.config import GSWAConfig, resolve_config
 from gswa_plugin.errors import ConfigError
-from gswa_plugin.tools.bench import SHAPES, HostShapes, _make_inputs, _sync_for, host_config
+from gswa_plugin.tools.bench import SHAPES, HostShapes, _make_inputs, _sync_for, host_config, resolve_shapes, text_capture
 
 MODES = ("none", "embed", "value", "attn_bias")
 STAGES = ("encode", "prefill", "decode", "train")
@@ -89,9 +89,12 @@ def _stages(
     out: dict[str, float] = {}
     with torch.no_grad():
 
+        capture = text_capture(gswa, model, ids) if gswa is not None else None
+
         def encode() -> None:
             if gswa is not None:
                 gswa.state["input_ids"] = ids  # as the forward's capture hook does
+                capture()  # and, for a question-aware variant, its pooled text
             model.model.get_image_features(pixel_values=pixels)
 
         if "encode" in stages:
@@ -159,6 +162,7 @@ def run_modes(
     attn_implementation: str = "sdpa",
     modes: tuple[str, ...] = MODES[1:],
     stages: tuple[str, ...] = STAGES,
+    prompt_tokens: int | None = None,
 ) -> ModesResult:
     """Time every mode against its host (see the module docstring).
 
@@ -175,11 +179,11 @@ def run_modes(
             FlashAttention keep their fast path in ``attn_bias``; ``eager`` gets a dense mask).
         modes: the GSWA modes to measure.
         stages: the stages to time (e.g. ``("prefill", "decode")`` for a deep language model).
+        prompt_tokens: text tokens before the image (default: the shapes').
     """
     from gswa_plugin import api
 
-    if isinstance(shapes, str):
-        shapes = SHAPES[shapes]
+    shapes = resolve_shapes(shapes, prompt_tokens)
     start = time.perf_counter()
     dev = torch.device(device)
     torch_dtype = getattr(torch, dtype)
