@@ -244,3 +244,28 @@ def test_value_mode_is_refused_at_enable_with_the_fix(model):
     with pytest.raises(gswa_plugin.UnsupportedModeError, match="mode: embed"):
         enable_on_llava(model, {**GSWA, "mode": "value"})
     assert not gswa_plugin.is_enabled(model)
+
+
+def test_the_trainer_subclass_adds_the_distinctiveness_term(model, inputs, tmp_path):
+    """With ``distinct_weight`` set, the llava trainer's loss is the task loss plus
+    ``gswa_plugin.aux_loss`` (docs page 'Training', the distinctiveness term)."""
+    from transformers import TrainingArguments
+
+    prepare_llava_training_code()
+    from llava.train.llava_trainer import LLaVATrainer
+
+    cls = gswa_trainer_class(LLaVATrainer, gswa_plugin.GSWAConfig(**GSWA, distinct_weight=1.0))
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    for name in ("mm_projector_lr", "group_by_modality_length"):
+        setattr(args, name, None if name == "mm_projector_lr" else False)
+    trainer = cls(model=model, args=args)
+    model.train()
+    labels = inputs["input_ids"].clone()
+    labels[labels < 0] = -100
+    labels[inputs["attention_mask"] == 0] = -100
+    batch = {**inputs, "labels": labels}
+    loss = trainer.compute_loss(model, batch)
+    task = model(**batch).loss
+    aux = gswa_plugin.aux_loss(model)
+    assert float(aux.detach()) > 0
+    torch.testing.assert_close(loss.detach(), (task + aux).detach())

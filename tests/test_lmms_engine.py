@@ -64,7 +64,8 @@ def _launch(root: Path, config: Path, trainer_type: str, ranks: int) -> dict:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     model_dir = yaml.safe_load(config.read_text())["model_config"]["load_from_pretrained_path"]
-    return {"root": root, "config": config, "log": lines, "ranks": ranks, "trainer": trainer_type, "model": model_dir}
+    return {"root": root, "config": config, "log": lines, "ranks": ranks, "trainer": trainer_type, "model": model_dir,
+            "stderr": proc.stderr}
 
 
 @pytest.fixture(scope="module", params=list(RUNS))
@@ -151,3 +152,14 @@ def test_value_mode_trains_under_gradient_checkpointing(tmp_path, reentrant):
     assert max(moved.values()) > 1e-4, f"GSWA did not train under checkpointing: {moved}"
     later = [w for line in run["log"][1:] for image in line["weights"] for w in image]
     assert any(w != 1.0 for w in later), "the weights never left 1"
+
+
+@pytest.mark.parametrize("trainer_type", ["hf_trainer", "fsdp2_trainer"])
+def test_distinct_weight_is_collected_by_hf_trainer_and_said_not_by_fsdp2(tmp_path, trainer_type):
+    """``distinct_weight`` in the YAML: lmms-engine's ``hf_trainer`` adds the term to its loss (no
+    warning); its ``fsdp2_trainer`` does not collect it yet, and the run says so (docs page
+    'Training', the distinctiveness term)."""
+    config = write_config(tmp_path, trainer_type=trainer_type, steps=STEPS, gswa={"mode": "value", "distinct_weight": 1.0})
+    run = _launch(tmp_path, config, trainer_type, 1)
+    warned = "was never collected" in run["stderr"]
+    assert warned == (trainer_type == "fsdp2_trainer"), run["stderr"][-3000:]

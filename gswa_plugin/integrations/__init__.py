@@ -106,3 +106,33 @@ def save_into_checkpoint(
     state = gswa_state_from(state_dict, model)
     if write:
         save(inner, f"{checkpoint_dir}/{CHECKPOINT_SUBDIR}", state_dict=state)
+
+
+def with_aux_loss(trainer: Any, model: nn.Module, out: Any, return_outputs: bool, num_items_in_batch: Any) -> Any:
+    """A transformers ``Trainer.compute_loss`` result plus GSWA's own training terms
+    ([`gswa_plugin.aux_loss`][gswa_plugin.api.aux_loss]: the ``distinct_weight`` term, 0 when off).
+
+    Shared by the trainers built on transformers' ``Trainer`` (``GSWATrainer``, lmms-engine's
+    ``hf_trainer``, llava's ``LLaVATrainer``). A loss the model normalised by
+    ``num_items_in_batch`` (or one from ``compute_loss_func``) is not divided by the
+    gradient-accumulation steps afterwards (``Trainer.training_step``), so the term is divided here
+    instead; otherwise the Trainer divides both.
+    """
+    from gswa_plugin.api import aux_loss
+
+    host = unwrap(model)
+    if not is_enabled(host):
+        return out
+    aux = aux_loss(host)
+    fixed = getattr(trainer, "loss_is_scaled_for_ga", None)
+    if fixed is not None:
+        scaled = bool(fixed)
+    else:
+        accepts = getattr(trainer, "model_accepts_loss_kwargs", False)
+        scaled = bool((accepts and num_items_in_batch is not None) or getattr(trainer, "compute_loss_func", None))
+    if scaled:
+        aux = aux / getattr(trainer, "current_gradient_accumulation_steps", 1)
+    if return_outputs:
+        loss, outputs = out
+        return loss + aux.to(loss.device), outputs
+    return out + aux.to(out.device)

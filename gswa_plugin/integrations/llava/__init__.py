@@ -38,7 +38,7 @@ from gswa_plugin.api import enable
 from gswa_plugin.config import GSWAConfig, resolve_config
 from gswa_plugin.errors import AdapterNotFoundError
 from gswa_plugin.handle import is_enabled
-from gswa_plugin.integrations import require, save_into_checkpoint, unwrap
+from gswa_plugin.integrations import require, save_into_checkpoint, unwrap, with_aux_loss
 
 #: How to install the llava package next to gswa-plugin (it pins torch 2.0 / transformers 4.36).
 INSTALL = "pip install 'gswa-plugin[llava]' && pip install --no-deps llava-torch==1.2.2.post1"
@@ -88,6 +88,11 @@ def gswa_trainer_class(base: type, config: GSWAConfig) -> type:
                 kwargs["processing_class"] = kwargs.pop("tokenizer")
             super().__init__(*args, **kwargs)
             last_trainer = self
+
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kwargs: Any) -> Any:
+            # GSWA's own training terms (``distinct_weight``) join the task loss
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+            return with_aux_loss(self, model, out, return_outputs, kwargs.get("num_items_in_batch"))
 
         def _get_train_sampler(self, *args: Any) -> Any:
             # llava's override takes no dataset argument (transformers 5 passes one) and reads

@@ -41,7 +41,7 @@ from gswa_plugin.api import enable
 from gswa_plugin.config import GSWAConfig
 from gswa_plugin.errors import ConfigError
 from gswa_plugin.handle import MODULE_ATTR, get_handle, is_enabled
-from gswa_plugin.integrations import require, save_into_checkpoint, unwrap
+from gswa_plugin.integrations import require, save_into_checkpoint, unwrap, with_aux_loss
 from gswa_plugin.plugins import check_config
 
 #: The ``patch_type`` that turns GSWA on in ``model_config.monkey_patch_kwargs``.
@@ -153,7 +153,12 @@ def _wrap_trainers() -> None:
         base = registry["hf_trainer"]
 
         class GSWAHFTrainer(base):  # type: ignore[misc, valid-type]
-            """lmms-engine's ``hf_trainer`` that also writes ``<checkpoint>/gswa``."""
+            """lmms-engine's ``hf_trainer`` that also writes ``<checkpoint>/gswa`` and adds GSWA's own
+            training terms (``distinct_weight``) to the loss."""
+
+            def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kwargs: Any) -> Any:
+                out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+                return with_aux_loss(self, model, out, return_outputs, kwargs.get("num_items_in_batch"))
 
             def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
                 super()._save(output_dir, state_dict=state_dict)

@@ -34,7 +34,7 @@ from gswa_plugin import checkpoint as ckpt
 from gswa_plugin.config import GSWAConfig, resolve_config
 from gswa_plugin.errors import CheckpointError
 from gswa_plugin.handle import MODULE_ATTR, get_handle, is_enabled
-from gswa_plugin.integrations import unwrap
+from gswa_plugin.integrations import unwrap, with_aux_loss
 from gswa_plugin.integrations.transformers.callback import GSWADiagnosticsCallback
 from gswa_plugin.integrations.transformers.checkpoints import (
     STAGING_DIR,
@@ -265,28 +265,9 @@ class GSWATrainer(_trainer_base()):  # type: ignore[misc]
     # GSWA's own training terms (``distinct_weight``) join the task loss ------------------------
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
         """``Trainer.compute_loss`` plus [`gswa_plugin.aux_loss`][gswa_plugin.api.aux_loss] (0 unless
-        the GSWA config sets ``distinct_weight``)."""
+        the GSWA config sets ``distinct_weight``), scaled for gradient accumulation like the task loss."""
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
-        host = unwrap(model)
-        if not is_enabled(host):
-            return out
-        aux = api.aux_loss(host)
-        if self._gswa_loss_scaled_for_ga(kwargs.get("num_items_in_batch")):
-            # the Trainer will not divide this loss by the accumulation steps: scale the term as the task loss
-            aux = aux / getattr(self, "current_gradient_accumulation_steps", 1)
-        if return_outputs:
-            loss, outputs = out
-            return loss + aux.to(loss.device), outputs
-        return out + aux.to(out.device)
-
-    def _gswa_loss_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
-        # mirrors Trainer.training_step (transformers 5): a loss normalised by num_items_in_batch, or
-        # by compute_loss_func, is not divided by the gradient-accumulation steps afterwards
-        fixed = getattr(self, "loss_is_scaled_for_ga", None)
-        if fixed is not None:
-            return bool(fixed)
-        accepts = getattr(self, "model_accepts_loss_kwargs", False)
-        return bool((accepts and num_items_in_batch is not None) or getattr(self, "compute_loss_func", None) is not None)
+        return with_aux_loss(self, model, out, return_outputs, kwargs.get("num_items_in_batch"))
 
     # resuming: the newest complete checkpoint --------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
