@@ -339,6 +339,14 @@ def importance_loss(
     return _target_cross_entropy(padded.tokens[:, 1:, 0], padded.tokens[:, 1:, 1], padded.tile_mask, temperature)
 
 
+def _padded_distinctiveness(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``d`` on padded tiles: ``h`` the layer-normed tile summaries ``[images, T_max, D]``, ``mask``
+    ``[images, T_max]``; 0 for padding and for images with fewer than two tiles."""
+    m = mask[..., None].to(h.dtype)
+    mean = (h * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
+    return (((h - mean) ** 2) * m).sum(-1) * (mask.sum(-1, keepdim=True) >= 2)
+
+
 def tile_distinctiveness(summaries: torch.Tensor, layout: TileLayout) -> torch.Tensor:
     """How unlike the other tiles of its image each view is: ``d_i = sum_c (LN0(s_i) - mean_j LN0(s_j))_c**2``.
 
@@ -353,10 +361,7 @@ def tile_distinctiveness(summaries: torch.Tensor, layout: TileLayout) -> torch.T
         )
     s = F.layer_norm(summaries.detach().float(), summaries.shape[-1:])
     padded = pad_summaries(s, layout)
-    h, mask = padded.tokens[:, 1:], padded.tile_mask
-    m = mask[..., None].to(h.dtype)
-    mean = (h * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
-    d = (((h - mean) ** 2) * m).sum(-1) * (mask.sum(-1, keepdim=True) >= 2)  # [images, T_max]
+    d = _padded_distinctiveness(padded.tokens[:, 1:], padded.tile_mask)  # [images, T_max]
     per_slot = torch.cat([torch.zeros_like(d[:, :1]), d], dim=1)  # slot 0: the thumbnail
     return per_slot[padded.image_index, padded.slot]
 
@@ -377,14 +382,17 @@ def distinctiveness_loss(
     Why: it gives GSWA a reason to keep every distinct tile high that does not depend on whether
     the task loss, at that moment, asks for the tile; it never sees where the information is.
     """
-    if weights.dim() != 1 or summaries.dim() != 2 or summaries.shape[0] != weights.shape[0]:
+    if (weights.dim() != 1 or summaries.dim() != 2 or summaries.shape[0] != weights.shape[0]
+            or weights.shape[0] != layout.num_views):
         raise LayoutError(
             f"distinctiveness_loss needs flat per-view weights [views] and summaries [views, dim] of the "
-            f"same views, got {tuple(weights.shape)} and {tuple(summaries.shape)}"
+            f"same views (the layout's {layout.num_views}), got {tuple(weights.shape)} and {tuple(summaries.shape)}"
         )
-    score = pad_summaries(tile_distinctiveness(summaries, layout)[:, None], layout).tokens[:, 1:, 0]
-    padded = pad_summaries(weights.float()[:, None], layout)
-    return _target_cross_entropy(padded.tokens[:, 1:, 0], score, padded.tile_mask, temperature)
+    s = F.layer_norm(summaries.detach().float(), summaries.shape[-1:])
+    # weights and summaries padded together, once
+    padded = pad_summaries(torch.cat([weights.float()[:, None], s], dim=-1), layout)
+    w, h, mask = padded.tokens[:, 1:, 0], padded.tokens[:, 1:, 1:], padded.tile_mask
+    return _target_cross_entropy(w, _padded_distinctiveness(h, mask), mask, temperature)
 
 
 def distinct_term(
