@@ -154,3 +154,22 @@ def test_key_gives_gswa_the_gradient_of_the_benchmark_route(inputs):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_term_under_gradient_checkpointing_is_collected_once_per_step(inputs, reentrant):
+    """A recomputed forward in the backward must not leave a stale term behind (no warning), and
+    the term still reaches GSWA's parameters."""
+    model = tiny_internvl(image_size=56)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    gswa_plugin.enable(model, {**CFG, "distinct_weight": 1.0})
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for _ in range(3):
+            task = model(**inputs, labels=inputs["input_ids"]).loss
+            aux = gswa_plugin.aux_loss(model)
+            assert float(aux.detach()) > 0
+            (task + aux).backward()
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.gswa.parameters())
+            model.zero_grad()
