@@ -150,6 +150,23 @@ def test_the_text_gets_gradients_and_training_moves_the_text_query():
     assert scorer.text_query.weight.grad is not None and scorer.text_query.weight.grad.abs().sum() > 0
 
 
+def test_the_text_path_sends_no_gradient_into_the_hosts_embedding_table():
+    """The pooled text is read from a detached table: a loss of GSWA's weights alone trains GSWA's
+    text projection and leaves the host's input embeddings without a gradient (with the table
+    attached, its backward was a dense gradient of the whole table: issue 18's training cost)."""
+    model, inputs = _internvl()
+    model.train()
+    got = []
+    hook = model.gswa.register_forward_hook(lambda m, a, out: got.append(out))
+    model(**inputs)
+    hook.remove()
+    weights = [t for t in torch.utils._pytree.tree_leaves(got) if isinstance(t, torch.Tensor) and t.requires_grad]
+    assert weights, "GSWA's module returned nothing with a gradient"
+    sum((w.float() * torch.linspace(0, 1, w.numel()).view_as(w)).sum() for w in weights).backward()
+    assert model.gswa.scorer.text_query.weight.grad.abs().sum() > 0
+    assert model.get_input_embeddings().weight.grad is None
+
+
 def test_gswa_visualize_draws_two_questions_side_by_side(tmp_path, monkeypatch):
     from PIL import Image
     from typer.testing import CliRunner

@@ -78,7 +78,8 @@ def pooled_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     Gemma 3, differs by that constant factor, which the scorer's LayerNorm removes).
 
     Image placeholders are left out, and so is padding (``attention_mask == 0``; without a mask,
-    the config's ``pad_token_id``). A row without a text position gets zeros.
+    the config's ``pad_token_id``). A row without a text position gets zeros. The table is read
+    detached: no gradient flows from GSWA into the host's embeddings.
     """
     table = input_embeddings(model)
     ids = input_ids.to(table.weight.device)
@@ -91,7 +92,11 @@ def pooled_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         pad = _pad_id(model)
         if pad is not None:
             keep &= ids != pad
-    weight = table.weight
+    # Detached: the text path trains GSWA's own text projection, never the host's embedding table.
+    # With the table attached, its backward was a dense gradient of the whole table (92,553 x 2,048
+    # at InternVL2-2B shapes): +130 ms and +655 MiB per training step in `gswa bench` (issue 18),
+    # for a side effect a plugin should not have (GSWA's loss moving the host's word embeddings).
+    weight = table.weight.detach()
     share = keep.to(weight.dtype)
     share = share / share.sum(1, keepdim=True).clamp_min(1.0)
     # the weighted mean of the table's rows, without materialising [batch, seq, dim]
