@@ -41,6 +41,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,37 @@ CELLS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def make_image(rng: np.random.Generator, tile: int, asked_absent: float = 0.0) -> tuple[Image.Image, int, int, int, int]:
+#: Fifth round (issue 18): four more needle colours, so that an allocator that keeps the wrong needle
+#: can only guess among seven colours, not three. The tiny tokenizer has only four colour words, so
+#: these colours answer with other words of its vocabulary (class labels: the tiny language model
+#: learns every answer word from scratch). Name: (RGB, answer word).
+EXTRA_COLOURS: dict[str, tuple[tuple[int, int, int], str]] = {
+    "purple": ((135, 35, 200), "cat"),
+    "orange": ((245, 135, 10), "cup"),
+    "cyan": ((20, 200, 215), "coffee"),
+    "pink": ((245, 90, 190), "person"),
+}
+
+
+def palette(colours: int = len(task.COLOURS)) -> list[tuple[str, tuple[int, int, int], str]]:
+    """The first ``colours`` needle colours as ``(name, RGB, answer word)``: ``task.COLOURS`` (its
+    own words), then :data:`EXTRA_COLOURS`. 4 (the default) is the first four rounds' palette."""
+    rows = [(name, rgb, name) for name, rgb in task.COLOURS.items()]
+    rows += [(name, rgb, word) for name, (rgb, word) in EXTRA_COLOURS.items()]
+    if not 2 <= colours <= len(rows):
+        raise ValueError(f"colours={colours}: the two-needle palette has 2 to {len(rows)} colours")
+    return rows[:colours]
+
+
+def answer_ids(colours: int = len(task.COLOURS)) -> torch.Tensor:
+    """Token ids of the answers: each palette colour's word, then ``task.NO_NEEDLE``."""
+    tok = task._tokenizer()
+    return torch.tensor([tok.convert_tokens_to_ids(w) for w in [*(r[2] for r in palette(colours)), task.NO_NEEDLE]])
+
+
+def make_image(
+    rng: np.random.Generator, tile: int, asked_absent: float = 0.0, colours: int = len(task.COLOURS)
+) -> tuple[Image.Image, int, int, int, int]:
     """One two-needle image.
 
     ``asked_absent``: the fraction of images with needles whose *asked* needle is left out (a
@@ -125,6 +156,9 @@ def make_image(rng: np.random.Generator, tile: int, asked_absent: float = 0.0) -
     such images the language model can answer one colour by exclusion (the asked shape is there and
     is not red, green or yellow: blue) without reading that needle (third round of issue 18).
     0 draws exactly the images of the first two rounds.
+
+    ``colours``: the size of the :func:`palette` the needles and the coloured outlines are drawn
+    from (4, the default, draws exactly the first four rounds' images).
 
     Returns:
         ``(image, asked, answer, asked_tile, other_tile)``: the picture, the asked shape (index in
@@ -136,7 +170,8 @@ def make_image(rng: np.random.Generator, tile: int, asked_absent: float = 0.0) -
     bg = int(rng.integers(215, 250))
     img = Image.new("RGB", (size, size), (bg, bg, bg))
     draw = ImageDraw.Draw(img)
-    names = list(task.COLOURS)
+    rgb = [row[1] for row in palette(colours)]
+    names = list(range(len(rgb)))
     asked = int(rng.integers(len(ASKED)))
     tiles = rng.choice(task.GRID * task.GRID, size=2, replace=False)  # square's tile, circle's tile
     colours = rng.choice(len(names), size=2, replace=False)  # two different colours
@@ -159,12 +194,12 @@ def make_image(rng: np.random.Generator, tile: int, asked_absent: float = 0.0) -
         kind = int(rng.integers(3))
         if t in needles:
             shape, colour = needles[t]
-            task._shape(draw, box, shape, fill=task.COLOURS[names[colour]])
+            task._shape(draw, box, shape, fill=rgb[colour])
         elif rng.random() < 0.5:
             g = int(rng.integers(90, 170))
             task._shape(draw, box, kind, fill=(g, g, g))
         else:
-            colour = task.COLOURS[names[int(rng.integers(len(names)))]]
+            colour = rgb[int(rng.integers(len(names)))]
             task._shape(draw, box, kind, outline=colour, width=max(1, tile // 28))
     return img, asked, answer, asked_tile, other_tile
 
@@ -179,25 +214,29 @@ class TwoNeedleData:
     answer: torch.Tensor
     asked_tile: torch.Tensor
     other_tile: torch.Tensor
+    #: the answers' token ids (:func:`answer_ids` of the palette the images were drawn with)
+    answers: torch.Tensor = dataclass_field(default_factory=answer_ids)
 
     def __len__(self) -> int:
         return int(self.answer.shape[0])
 
 
-def make_data(n: int, seed: int, tile: int = 28, proc: Any = None, asked_absent: float = 0.0) -> TwoNeedleData:
+def make_data(
+    n: int, seed: int, tile: int = 28, proc: Any = None, asked_absent: float = 0.0, colours: int = len(task.COLOURS)
+) -> TwoNeedleData:
     rng = np.random.default_rng(seed)
     proc = proc or task.processor(tile)
     rows: list[tuple] = []
     pix = []
     for _ in range(n):
-        img, *row = make_image(rng, tile, asked_absent)
+        img, *row = make_image(rng, tile, asked_absent, colours)
         pv = proc.image_processor(images=[img], return_tensors="pt")["pixel_values"]
         if pv.shape[0] != task.GRID * task.GRID + 1:
             raise RuntimeError(f"the processor cut an image into {pv.shape[0]} views, expected 10")
         pix.append(pv)
         rows.append(tuple(row))
     cols = [torch.tensor(c) for c in zip(*rows)]
-    return TwoNeedleData(torch.stack(pix), *cols)
+    return TwoNeedleData(torch.stack(pix), *cols, answers=answer_ids(colours))
 
 
 def prompts(tokens_per_view: int) -> torch.Tensor:
@@ -225,7 +264,7 @@ def evaluate(model: Any, handle: Any, data: TwoNeedleData, prompt: torch.Tensor,
 
     was = model.training
     model.eval()
-    answers = task.answer_ids()
+    answers = data.answers
     correct, weights = [], []
     for s in range(0, len(data), chunk):
         sl = slice(s, s + chunk)
@@ -279,7 +318,7 @@ def evaluate_budgets(
         assert handle.module.is_identity()
     was = model.training
     model.eval()
-    answers = task.answer_ids()
+    answers = data.answers
     has = data.asked_tile >= 0
     out: dict[str, dict[str, float]] = {}
     try:
@@ -342,7 +381,7 @@ def train(
         api.set_budget(model, budget_spec(budget_train, method, cfg.seed, budget_thumbnail))
     opt, gswa = task.make_optimizer(model, cfg)
     order = torch.Generator().manual_seed(cfg.seed)
-    answers = task.answer_ids()
+    answers = train_data.answers
     prompt = prompts((cfg.tile // 14) ** 2 // 4)
     # with GSWA the per-tile gradient dL/dw is always recorded (diagnostics); it joins the loss
     # only with ``importance_weight`` (task.ImportanceTerm, the same wiring as the single-needle task)
@@ -455,12 +494,18 @@ def cell_settings(settings: dict[str, Any], cell: str, per_cell: bool) -> dict[s
     return settings if budget_train is None else {**settings, "budget_train": budget_train}
 
 
+#: Fifth round (issue 18): the fourth round's settings on images with eight needle colours
+#: (:data:`EXTRA_COLOURS`), so that keeping the wrong needle leaves a guess among seven colours; the
+#: budget lowers what an image-only allocator can reach: about 0.4 + 0.6 x (1/2 + 1/2 x 1/7) = 0.74
+#: against the fourth round's 0.80. Cells trained as :data:`CELL_BUDGET_TRAIN` says.
+SETTINGS_ROUND5: dict[str, Any] = {**json.loads(json.dumps(SETTINGS_ROUND4)), "colours": 8}
+
 #: Settings by ``--round``.
-ROUNDS: dict[int, dict[str, Any]] = {2: SETTINGS_ROUND2, 3: SETTINGS, 4: SETTINGS_ROUND4}
+ROUNDS: dict[int, dict[str, Any]] = {2: SETTINGS_ROUND2, 3: SETTINGS, 4: SETTINGS_ROUND4, 5: SETTINGS_ROUND5}
 
 
 #: ``--set`` keys that shape the images rather than the run (``make_image``'s ``asked_absent``).
-DATA_KEYS: tuple[str, ...] = ("asked_absent", "budget_eval", "budget_train", "budget_thumbnail")
+DATA_KEYS: tuple[str, ...] = ("asked_absent", "colours", "budget_eval", "budget_train", "budget_thumbnail")
 
 
 def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
@@ -471,9 +516,9 @@ def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     cfg = replace(cfg, **settings.get("run", {}))
     proc = task.processor(cfg.tile)
     # each seed resamples its images: training and evaluation data from the seed's own generators
-    absent = settings.get("asked_absent", 0.0)
-    train_data = make_data(settings["train_images"], seed=seed * 10 + 1, tile=cfg.tile, proc=proc, asked_absent=absent)
-    eval_data = make_data(settings["eval_images"], seed=seed * 10 + 2, tile=cfg.tile, proc=proc, asked_absent=absent)
+    absent, colours = settings.get("asked_absent", 0.0), settings.get("colours", len(task.COLOURS))
+    train_data = make_data(settings["train_images"], seed * 10 + 1, cfg.tile, proc, absent, colours)
+    eval_data = make_data(settings["eval_images"], seed * 10 + 2, cfg.tile, proc, absent, colours)
     res = train(
         cfg, train_data, eval_data, settings.get("budget_eval"), settings.get("budget_train"),
         settings.get("budget_thumbnail", True),
@@ -552,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report", action="store_true", help="print the held-out table and exit")
     ap.add_argument("--round", type=int, default=4, choices=sorted(ROUNDS),
-                    help="2: the second round's settings and task; 3: the third round's; 4: 3 + token budgets")
+                    help="2: the second round's settings and task; 3: the third round's; 4: 3 + token budgets; "
+                    "5: 4 on images with eight needle colours")
     ap.add_argument("--keep", type=int, default=2, help="--report: the budget (visual tokens per image) of the table")
     ap.add_argument("--set", action="append", default=[], help="tuning on dev seeds: KEY=VALUE (a SETTINGS key or a RunConfig field)")
     args = ap.parse_args(argv)
@@ -570,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
              "heldout-stop24": HELD_OUT_SEEDS_STOP24}
     seeds = named.get(args.seeds) or tuple(int(s) for s in args.seeds.split(","))
     # fourth round: each cell with its own budget_train (CELL_BUDGET_TRAIN) unless --set gives one
-    per_cell = args.round == 4 and "budget_train" not in settings
+    per_cell = args.round >= 4 and "budget_train" not in settings
     cells = args.cells.split(",")
     wanted = {c: cell_settings(settings, c, per_cell) for c in [c[0] for c in CELLS]}
     rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()] if args.out.exists() else []
