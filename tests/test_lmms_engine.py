@@ -158,7 +158,8 @@ def test_value_mode_trains_under_gradient_checkpointing(tmp_path, reentrant):
 def test_distinct_weight_is_collected_by_hf_trainer(tmp_path):
     """``distinct_weight`` in the YAML: lmms-engine's ``hf_trainer`` adds the term to its loss (no
     warning that it was never collected)."""
-    config = write_config(tmp_path, trainer_type="hf_trainer", steps=STEPS, gswa={"mode": "value", "distinct_weight": 1.0})
+    gswa = {"mode": "value", "distinct_weight": 1.0}
+    config = write_config(tmp_path, trainer_type="hf_trainer", steps=STEPS, gswa=gswa)
     run = _launch(tmp_path, config, "hf_trainer", 1)
     assert "was never collected" not in run["stderr"], run["stderr"][-3000:]
 
@@ -190,3 +191,62 @@ def test_distinct_weight_is_added_to_the_fsdp2_trainer_loss(tmp_path):
              for w in runs}
     moved = [k for k in final[1.0] if not torch.equal(final[1.0][k], final[0.0][k])]
     assert moved, "the term did not change GSWA's training"
+
+
+def test_fsdp2_training_step_scales_the_term_like_the_task_loss(tmp_path):
+    """lmms-engine's own ``FSDP2SFTTrainer.training_step`` (run here on the tiny model, one gloo
+    rank, the first of 2 accumulated micro-batches) in GSWA's ``fsdp2_trainer``: GSWA's gradient is
+    that of ``(task loss + term) / 2``, the term divided by the accumulation steps exactly once,
+    like the task loss. On the code before the trainer collected it, it was that of
+    ``task loss / 2``."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from lmms_engine.train.registry import TRAINER_REGISTER
+
+    from gswa_plugin.integrations.lmms_engine import register
+    from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+
+    register()
+    processor = tiny_internvl_processor(image_size=56, max_patches=6)
+    text, images = ["<IMG_CONTEXT> describe the image"], [sample_image("coffee")]
+    batch = dict(processor(text=text, images=images, return_tensors="pt"))
+    batch["labels"] = batch["input_ids"]
+    model = tiny_internvl(image_size=56)
+    gswa_plugin.enable(model, {"mode": "value", "summary": "mean", "score_input": "squared_deviation",
+                               "hidden_size": 32, "num_heads": 4, "distinct_weight": 1.0})
+    params = dict(model.gswa.named_parameters())
+
+    def gswa_grads() -> dict[str, torch.Tensor]:
+        grads = {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return grads
+
+    trainer = object.__new__(TRAINER_REGISTER["fsdp2_trainer"])  # only what training_step reads
+    trainer.model = trainer.fsdp2_model = model
+    trainer.args = SimpleNamespace(bf16=False, gradient_accumulation_steps=2, device="cpu")
+    trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer.scheduler = SimpleNamespace(get_last_lr=lambda: [0.0])
+    trainer.accumulated_grad_steps = 0
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        metrics = trainer.training_step(batch)
+    finally:
+        dist.destroy_process_group()
+    assert trainer.accumulated_grad_steps == 1  # accumulating: no optimizer step yet
+    stepped = gswa_grads()
+    model.train()
+    task = model(**batch).loss
+    aux = gswa_plugin.aux_loss(model)
+    assert float(aux.detach()) > 0
+    ((task + aux) / 2).backward()
+    expected = gswa_grads()
+    (model(**batch).loss / 2).backward()
+    gswa_plugin.aux_loss(model)
+    task_only = gswa_grads()
+    assert set(stepped) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(stepped[k], expected[k])
+    assert any(not torch.allclose(expected[k], task_only.get(k, torch.zeros_like(expected[k]))) for k in expected)
+    # logged undivided, with the term
+    assert metrics["train/loss"] == pytest.approx(float((task + aux).detach()), rel=1e-5)
