@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def _launch(root: Path, config: Path, trainer_type: str, ranks: int) -> dict:
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     model_dir = yaml.safe_load(config.read_text())["model_config"]["load_from_pretrained_path"]
     return {"root": root, "config": config, "log": lines, "ranks": ranks, "trainer": trainer_type, "model": model_dir,
-            "stderr": proc.stderr}
+            "stdout": proc.stdout, "stderr": proc.stderr}
 
 
 @pytest.fixture(scope="module", params=list(RUNS))
@@ -154,12 +155,98 @@ def test_value_mode_trains_under_gradient_checkpointing(tmp_path, reentrant):
     assert any(w != 1.0 for w in later), "the weights never left 1"
 
 
-@pytest.mark.parametrize("trainer_type", ["hf_trainer", "fsdp2_trainer"])
-def test_distinct_weight_is_collected_by_hf_trainer_and_said_not_by_fsdp2(tmp_path, trainer_type):
+def test_distinct_weight_is_collected_by_hf_trainer(tmp_path):
     """``distinct_weight`` in the YAML: lmms-engine's ``hf_trainer`` adds the term to its loss (no
-    warning); its ``fsdp2_trainer`` does not collect it yet, and the run says so (docs page
-    'Training', the distinctiveness term)."""
-    config = write_config(tmp_path, trainer_type=trainer_type, steps=STEPS, gswa={"mode": "value", "distinct_weight": 1.0})
-    run = _launch(tmp_path, config, trainer_type, 1)
-    warned = "was never collected" in run["stderr"]
-    assert warned == (trainer_type == "fsdp2_trainer"), run["stderr"][-3000:]
+    warning that it was never collected)."""
+    gswa = {"mode": "value", "distinct_weight": 1.0}
+    config = write_config(tmp_path, trainer_type="hf_trainer", steps=STEPS, gswa=gswa)
+    run = _launch(tmp_path, config, "hf_trainer", 1)
+    assert "was never collected" not in run["stderr"], run["stderr"][-3000:]
+
+
+def _fsdp2_losses(stdout: str) -> list[float]:
+    """``train/loss`` of every step, from the metrics lmms-engine's ``Tracking.log`` prints."""
+    return [float(m) for m in re.findall(r"'train/loss': ([-+0-9.eE]+)", stdout)]
+
+
+def test_distinct_weight_is_added_to_the_fsdp2_trainer_loss(tmp_path):
+    """``distinct_weight: 1`` with lmms-engine's ``fsdp2_trainer``, against the same run with 0: no
+    warning that the term was never collected; the first step's loss (GSWA still the identity, so
+    the task loss is the same in both runs) is larger by the term; GSWA's parameters end elsewhere
+    (the term's gradient reached them). On the code before the trainer collected it, both runs
+    gave identical losses and parameters, and the warning."""
+    runs = {}
+    for weight in (1.0, 0.0):
+        root = tmp_path / f"w{weight:g}"
+        root.mkdir()
+        config = write_config(root, trainer_type="fsdp2_trainer", steps=STEPS,
+                              gswa={"mode": "value", "distinct_weight": weight})
+        runs[weight] = _launch(root, config, "fsdp2_trainer", 1)
+    assert "was never collected" not in runs[1.0]["stderr"], runs[1.0]["stderr"][-3000:]
+    on, off = (_fsdp2_losses(runs[w]["stdout"]) for w in (1.0, 0.0))
+    assert len(on) == len(off) == STEPS, (on, off)
+    assert runs[1.0]["log"][0]["weights"] == runs[0.0]["log"][0]["weights"]  # identity at step 1 in both
+    assert on[0] - off[0] > 1e-2, f"the logged loss lacks the term: {on[0]} with it, {off[0]} without"
+    final = {w: load_file(str(runs[w]["root"] / "out" / f"checkpoint-{STEPS}" / "gswa" / "gswa.safetensors"))
+             for w in runs}
+    moved = [k for k in final[1.0] if not torch.equal(final[1.0][k], final[0.0][k])]
+    assert moved, "the term did not change GSWA's training"
+
+
+def test_fsdp2_training_step_scales_the_term_like_the_task_loss(tmp_path):
+    """lmms-engine's own ``FSDP2SFTTrainer.training_step`` (run here on the tiny model, one gloo
+    rank, the first of 2 accumulated micro-batches) in GSWA's ``fsdp2_trainer``: GSWA's gradient is
+    that of ``(task loss + term) / 2``, the term divided by the accumulation steps exactly once,
+    like the task loss. On the code before the trainer collected it, it was that of
+    ``task loss / 2``."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from lmms_engine.train.registry import TRAINER_REGISTER
+
+    from gswa_plugin.integrations.lmms_engine import register
+    from gswa_plugin.testing.tiny import sample_image, tiny_internvl, tiny_internvl_processor
+
+    register()
+    processor = tiny_internvl_processor(image_size=56, max_patches=6)
+    text, images = ["<IMG_CONTEXT> describe the image"], [sample_image("coffee")]
+    batch = dict(processor(text=text, images=images, return_tensors="pt"))
+    batch["labels"] = batch["input_ids"]
+    model = tiny_internvl(image_size=56)
+    gswa_plugin.enable(model, {"mode": "value", "summary": "mean", "score_input": "squared_deviation",
+                               "hidden_size": 32, "num_heads": 4, "distinct_weight": 1.0})
+    params = dict(model.gswa.named_parameters())
+
+    def gswa_grads() -> dict[str, torch.Tensor]:
+        grads = {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return grads
+
+    trainer = object.__new__(TRAINER_REGISTER["fsdp2_trainer"])  # only what training_step reads
+    trainer.model = trainer.fsdp2_model = model
+    trainer.args = SimpleNamespace(bf16=False, gradient_accumulation_steps=2, device="cpu")
+    trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer.scheduler = SimpleNamespace(get_last_lr=lambda: [0.0])
+    trainer.accumulated_grad_steps = 0
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        metrics = trainer.training_step(batch)
+    finally:
+        dist.destroy_process_group()
+    assert trainer.accumulated_grad_steps == 1  # accumulating: no optimizer step yet
+    stepped = gswa_grads()
+    model.train()
+    task = model(**batch).loss
+    aux = gswa_plugin.aux_loss(model)
+    assert float(aux.detach()) > 0
+    ((task + aux) / 2).backward()
+    expected = gswa_grads()
+    (model(**batch).loss / 2).backward()
+    gswa_plugin.aux_loss(model)
+    task_only = gswa_grads()
+    assert set(stepped) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(stepped[k], expected[k])
+    assert any(not torch.allclose(expected[k], task_only.get(k, torch.zeros_like(expected[k]))) for k in expected)
+    # logged undivided, with the term
+    assert metrics["train/loss"] == pytest.approx(float((task + aux).detach()), rel=1e-5)

@@ -113,10 +113,12 @@ def with_aux_loss(trainer: Any, model: nn.Module, out: Any, return_outputs: bool
     ([`gswa_plugin.aux_loss`][gswa_plugin.api.aux_loss]: the ``distinct_weight`` term, 0 when off).
 
     Shared by the trainers built on transformers' ``Trainer`` (``GSWATrainer``, lmms-engine's
-    ``hf_trainer``, llava's ``LLaVATrainer``). A loss the model normalised by
-    ``num_items_in_batch`` (or one from ``compute_loss_func``) is not divided by the
-    gradient-accumulation steps afterwards (``Trainer.training_step``), so the term is divided here
-    instead; otherwise the Trainer divides both.
+    ``hf_trainer``, llava's ``LLaVATrainer``) and by lmms-engine's ``fsdp2_trainer``. A loss the
+    model normalised by ``num_items_in_batch`` (or one from ``compute_loss_func``) is not divided by
+    the gradient-accumulation steps afterwards (``Trainer.training_step``), so the term is divided
+    here instead; otherwise the Trainer divides both. A trainer's ``loss_is_scaled_for_ga`` (as in
+    transformers) decides instead when set: ``fsdp2_trainer`` sets it to False, its
+    ``training_step`` dividing every loss.
     """
     from gswa_plugin.api import aux_loss
 

@@ -18,7 +18,8 @@ lmms-engine is extended by import-time registries; this module registers, when
   written with [`gswa_plugin.save`][gswa_plugin.checkpoint.save] to ``<checkpoint>/gswa`` next to every checkpoint and
   the
   final model (the model's own checkpoint holds them too, under ``gswa.``), so
-  [`gswa_plugin.load`][gswa_plugin.checkpoint.load] works on the result;
+  [`gswa_plugin.load`][gswa_plugin.checkpoint.load] works on the result; both add GSWA's
+  ``distinct_weight`` term to the loss they backpropagate;
 * a data processor ``internvl`` (``@register_processor``) for transformers' native InternVL
   classes, which lmms-engine lacks: chat messages in lmms-engine's OpenAI-style format ->
   ``input_ids``, ``labels`` (assistant turns only) and ``pixel_values`` (every tile of every image,
@@ -146,7 +147,8 @@ def register(model_types: Iterable[str] = ()) -> None:
 
 def _wrap_trainers() -> None:
     """Replace the ``hf_trainer`` / ``fsdp2_trainer`` registry entries with subclasses that also
-    write GSWA into every checkpoint; without GSWA on the model they behave exactly as before."""
+    write GSWA into every checkpoint and add GSWA's training terms to the loss; without GSWA on
+    the model they behave exactly as before."""
     registry = lmms_engine_module("lmms_engine.train.registry").TRAINER_REGISTER
     lmms_engine_module("lmms_engine.train")  # importing it registers lmms-engine's trainers
     if "hf_trainer" in registry:
@@ -178,7 +180,17 @@ def _wrap_trainers() -> None:
 
         class GSWAFSDP2Trainer(base):  # type: ignore[misc, valid-type]
             """lmms-engine's ``fsdp2_trainer`` that also writes ``<checkpoint>/gswa`` (rank 0, after
-            gathering GSWA's sharded parameters on every rank)."""
+            gathering GSWA's sharded parameters on every rank) and adds GSWA's own training terms
+            (``distinct_weight``) to the loss."""
+
+            # lmms-engine 0.1.4's `FSDP2SFTTrainer.training_step` divides whatever `compute_loss`
+            # returns by `args.gradient_accumulation_steps` before `backward()` (and averages it over
+            # ranks for the log; FSDP2 averages the gradients): the term added in `compute_loss` is
+            # scaled exactly like the task loss, so `with_aux_loss` must not divide it again.
+            loss_is_scaled_for_ga = False
+
+            def compute_loss(self, batch: Any) -> Any:
+                return with_aux_loss(self, self.model, super().compute_loss(batch), False, None)
 
             def save_checkpoints(self, output_path: str, step: int, total_limit: int | None = None) -> None:
                 super().save_checkpoints(output_path, step, total_limit=total_limit)
