@@ -231,6 +231,44 @@ def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
     budget = tuple(int(s) for s in np.random.default_rng(2620).integers(1_000_000, 10_000_000, 8))
     assert tn.HELD_OUT_SEEDS_BUDGET == budget and len(set(budget)) == 8
     assert not set(budget) & (used | set(tn.HELD_OUT_SEEDS) | set(frozen))
+    # the fifth round's fresh draw meets none of them either
+    fifth = tuple(int(s) for s in np.random.default_rng(2621).integers(1_000_000, 10_000_000, 8))
+    assert tn.HELD_OUT_SEEDS_5 == fifth and len(set(fifth)) == 8
+    assert not set(fifth) & (used | set(tn.HELD_OUT_SEEDS) | set(frozen) | set(budget))
+
+
+def test_two_needle_eight_colour_palette():
+    """``colours: 8`` (issue 18, fifth round): the needles take any of eight colours, each answered
+    by its own word of the tiny vocabulary; 4 draws the earlier rounds' images and answers."""
+    import numpy as np
+
+    from benchmarks.needle import task
+    from benchmarks.needle import two_needle as tn
+
+    rows = tn.palette(8)
+    words = [w for _, _, w in rows]
+    assert len(set(words)) == 8 and task.NO_NEEDLE not in words
+    assert len({rgb for _, rgb, _ in rows}) == 8
+    ids = tn.answer_ids(8)
+    assert len(set(ids.tolist())) == 9 and task._tokenizer().unk_token_id not in ids.tolist()
+    assert torch.equal(tn.answer_ids(4), task.answer_ids())
+    with pytest.raises(ValueError, match="2 to 8 colours"):
+        tn.palette(9)
+    tile, seen = 28, set()
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        img, asked, answer, asked_tile, _ = tn.make_image(rng, tile, 0.0, colours=8)
+        if asked_tile < 0:
+            assert answer == 8
+            continue
+        seen.add(answer)
+        r, c = divmod(asked_tile, task.GRID)
+        box = np.asarray(img)[r * tile + tile // 2 - 2 : r * tile + tile // 2 + 3, c * tile + tile // 2 - 2 : c * tile + tile // 2 + 3]
+        assert (np.abs(box.reshape(-1, 3) - np.asarray(rows[answer][1])).sum(-1) < 10).any()
+    assert seen & {4, 5, 6, 7}, "no needle took one of the four extra colours"
+    four = tn.make_data(6, seed=9, asked_absent=0.25)
+    default = tn.make_data(6, seed=9, asked_absent=0.25, colours=4)
+    assert torch.equal(four.pixel_values, default.pixel_values) and torch.equal(four.answer, default.answer)
 
 
 def test_two_needle_images_can_leave_the_asked_needle_out():
