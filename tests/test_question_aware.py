@@ -458,17 +458,26 @@ def test_two_needle_budget_mix_trains_some_steps_under_the_budget(monkeypatch):
 
     def record_eval(model, handle, *args, **kwargs):
         seen.append(api.get_handle(model).config.budget)
-        params.append(torch.cat([p.detach().flatten() for n, p in model.named_parameters() if not n.startswith("gswa.")]))
+        for gswa in (False, True):
+            ps = [p.detach().flatten() for n, p in model.named_parameters() if n.startswith("gswa.") == gswa]
+            params.append(torch.cat(ps).clone())
         return evaluate(model, handle, *args, **kwargs)
 
     monkeypatch.setattr(api, "set_budget", record_set)
     monkeypatch.setattr(tn, "evaluate", record_eval)
     res = {None: tn.train(cfg, data, data), **{mix: tn.train(cfg, data, data, budget_mix=mix) for mix in (0.0, 1.0)}}
     drop = lambda r: {k: v for k, v in r.items() if k != "wall_s"}  # noqa: E731
-    assert drop(res[None]) == drop(res[0.0]) and torch.equal(params[0], params[1])
-    assert not torch.allclose(params[2], params[1])  # the host trained on 2-token steps moved elsewhere
+    host, gswa = params[0::2], params[1::2]  # per run: the host's parameters, GSWA's
+    assert drop(res[None]) == drop(res[0.0]) and torch.equal(host[0], host[1]) and torch.equal(gswa[0], gswa[1])
+    assert not torch.allclose(host[2], host[1])  # the host trained on 2-token steps moved elsewhere
     # None / 0.0: set_budget never called; 1.0: the budget once before the first step, removed after
     assert calls == [tn.budget_spec(2, "gswa", 3), None]
     assert len(seen) == 3 and all(b is None or not b.active for b in seen)
+    # budget_mix_gswa=False: the budget steps (here all) train the host only, GSWA stays as built
+    built = tn.task.build_model(cfg)[0]
+    start = torch.cat([p.detach().flatten() for n, p in built.named_parameters() if n.startswith("gswa.")])
+    tn.train(cfg, data, data, budget_mix=1.0, budget_mix_gswa=False)
+    assert torch.equal(params[-1], start) and not torch.allclose(params[-2], host[1])
+    assert not torch.equal(gswa[2], start)  # with the default, the budget steps move GSWA too
     with pytest.raises(ValueError, match="budget_mix"):
         tn.train(cfg, data, data, budget_train=2, budget_mix=0.5)

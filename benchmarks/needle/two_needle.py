@@ -374,6 +374,7 @@ def train(
     budget_thumbnail: bool = True,
     budget_mix: float = 0.0,
     budget_mix_keep: int = 2,
+    budget_mix_gswa: bool = True,
 ) -> dict[str, Any]:
     """One run: the training loop of ``task.train`` with one question per sample; with
     ``budget_keeps`` the trained model is also evaluated under those token budgets (``budget``).
@@ -387,8 +388,9 @@ def train(
     :func:`budget_mix_steps`) under a budget of ``budget_mix_keep`` visual tokens per image
     (``method: gswa``, :func:`budget_spec`), the others with every token; the budget is removed
     before the evaluation. The full-token steps give GSWA the gradient of every tile's weight, the
-    budget steps show the language model the few tokens it gets at evaluation. The grad diagnostics
-    count the full-token steps only."""
+    budget steps show the language model the few tokens it gets at evaluation (with
+    ``budget_mix_gswa=False`` they leave GSWA's parameters alone: no importance term, no gradient,
+    no optimizer step for them). The grad diagnostics count the full-token steps only."""
     from gswa_plugin import api
 
     start = time.perf_counter()
@@ -427,7 +429,13 @@ def train(
             logits = _forward(model, prompt[train_data.asked[idx]], train_data.pixel_values[idx])
             loss = torch.nn.functional.cross_entropy(logits[:, answers], train_data.answer[idx])
             opt.zero_grad(set_to_none=True)
-            if importance is None:
+            if under and not budget_mix_gswa:
+                loss.backward()
+                for p in gswa:
+                    p.grad = None  # AdamW skips a parameter without a gradient (no decay, no moments)
+                if importance is not None:
+                    importance._seen.clear()
+            elif importance is None:
                 loss.backward()
             else:
                 importance.backward(loss)
@@ -539,6 +547,7 @@ ROUNDS: dict[int, dict[str, Any]] = {2: SETTINGS_ROUND2, 3: SETTINGS, 4: SETTING
 #: ``--set`` keys that shape the images rather than the run (``make_image``'s ``asked_absent``).
 DATA_KEYS: tuple[str, ...] = (
     "asked_absent", "colours", "budget_eval", "budget_train", "budget_thumbnail", "budget_mix", "budget_mix_keep",
+    "budget_mix_gswa",
 )
 
 
@@ -556,6 +565,7 @@ def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     res = train(
         cfg, train_data, eval_data, settings.get("budget_eval"), settings.get("budget_train"),
         settings.get("budget_thumbnail", True), settings.get("budget_mix", 0.0), settings.get("budget_mix_keep", 2),
+        settings.get("budget_mix_gswa", True),
     )
     return {"cell": cell, "seed": seed, "settings": settings, "config": asdict(cfg), **res}
 
