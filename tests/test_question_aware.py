@@ -466,7 +466,7 @@ def test_two_needle_budget_mix_trains_some_steps_under_the_budget(monkeypatch):
     monkeypatch.setattr(api, "set_budget", record_set)
     monkeypatch.setattr(tn, "evaluate", record_eval)
     res = {None: tn.train(cfg, data, data), **{mix: tn.train(cfg, data, data, budget_mix=mix) for mix in (0.0, 1.0)}}
-    drop = lambda r: {k: v for k, v in r.items() if k != "wall_s"}  # noqa: E731
+    drop = lambda r: {k: v for k, v in r.items() if k != "wall_s"}
     host, gswa = params[0::2], params[1::2]  # per run: the host's parameters, GSWA's
     assert drop(res[None]) == drop(res[0.0]) and torch.equal(host[0], host[1]) and torch.equal(gswa[0], gswa[1])
     assert not torch.allclose(host[2], host[1])  # the host trained on 2-token steps moved elsewhere
