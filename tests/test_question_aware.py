@@ -438,7 +438,8 @@ def test_two_needle_task_evaluates_and_trains_under_a_budget():
 def test_two_needle_budget_mix_trains_some_steps_under_the_budget(monkeypatch):
     """``budget_mix`` of the two-needle task: the chosen fraction of the steps runs under the
     evaluation budget (so 1.0 trains differently from 0.0, which is the run without it, bit for bit),
-    and the budget is gone when the model is evaluated with every token."""
+    those steps leave GSWA alone unless ``budget_mix_gswa``, and the budget is gone when the model is
+    evaluated with every token."""
     from dataclasses import replace
 
     from benchmarks.needle import task
@@ -473,11 +474,12 @@ def test_two_needle_budget_mix_trains_some_steps_under_the_budget(monkeypatch):
     # None / 0.0: set_budget never called; 1.0: the budget once before the first step, removed after
     assert calls == [tn.budget_spec(2, "gswa", 3), None]
     assert len(seen) == 3 and all(b is None or not b.active for b in seen)
-    # budget_mix_gswa=False: the budget steps (here all) train the host only, GSWA stays as built
+    # by default the budget steps (here all) train the host only: GSWA stays as built;
+    # budget_mix_gswa=True: they train GSWA too
     built = tn.task.build_model(cfg)[0]
     start = torch.cat([p.detach().flatten() for n, p in built.named_parameters() if n.startswith("gswa.")])
-    tn.train(cfg, data, data, budget_mix=1.0, budget_mix_gswa=False)
-    assert torch.equal(params[-1], start) and not torch.allclose(params[-2], host[1])
-    assert not torch.equal(gswa[2], start)  # with the default, the budget steps move GSWA too
+    assert torch.equal(gswa[2], start) and not torch.equal(gswa[0], start)
+    tn.train(cfg, data, data, budget_mix=1.0, budget_mix_gswa=True)
+    assert not torch.equal(params[-1], start) and not torch.allclose(params[-2], host[1])
     with pytest.raises(ValueError, match="budget_mix"):
         tn.train(cfg, data, data, budget_train=2, budget_mix=0.5)

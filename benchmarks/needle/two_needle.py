@@ -26,8 +26,8 @@ The fourth round (``--round 4``, the default) trains as the third and also evalu
 model under token budgets of 2 and 3 visual tokens per image (:func:`evaluate_budgets`); each cell
 is trained with every token or under the budget as :data:`CELL_BUDGET_TRAIN` says.
 ``--set budget_mix=F`` (explored on development seeds only): a GSWA cell trained with every token
-runs a fraction ``F`` of its steps under a budget (``budget_mix_keep`` tokens, default 2; with
-``budget_mix_gswa=false`` those steps leave GSWA's parameters alone); see :func:`train`.
+runs a fraction ``F`` of its steps under a budget (``budget_mix_keep`` tokens, default 2) that
+train the host only (``budget_mix_gswa=true``: GSWA too); see :func:`train`.
 
 With GSWA the training loop records where the answer loss's per-tile gradient points
 (``grad_asked`` / ``grad_other``, see :data:`GRAD_STEPS`) and the hit rate per question.
@@ -377,7 +377,7 @@ def train(
     budget_thumbnail: bool = True,
     budget_mix: float = 0.0,
     budget_mix_keep: int = 2,
-    budget_mix_gswa: bool = True,
+    budget_mix_gswa: bool = False,
 ) -> dict[str, Any]:
     """One run: the training loop of ``task.train`` with one question per sample; with
     ``budget_keeps`` the trained model is also evaluated under those token budgets (``budget``).
@@ -391,9 +391,11 @@ def train(
     :func:`budget_mix_steps`) under a budget of ``budget_mix_keep`` visual tokens per image
     (``method: gswa``, :func:`budget_spec`), the others with every token; the budget is removed
     before the evaluation. The full-token steps give GSWA the gradient of every tile's weight, the
-    budget steps show the language model the few tokens it gets at evaluation (with
-    ``budget_mix_gswa=False`` they leave GSWA's parameters alone: no importance term, no gradient,
-    no optimizer step for them). The grad diagnostics count the full-token steps only."""
+    budget steps show the language model the few tokens it gets at evaluation and leave GSWA's
+    parameters alone (no importance term, no gradient, no optimizer step for them); with
+    ``budget_mix_gswa=True`` they train GSWA too (its loss and importance term under the budget,
+    where a dropped tile's weight gets no gradient). The grad diagnostics count the full-token
+    steps only."""
     from gswa_plugin import api
 
     start = time.perf_counter()
@@ -568,7 +570,7 @@ def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     res = train(
         cfg, train_data, eval_data, settings.get("budget_eval"), settings.get("budget_train"),
         settings.get("budget_thumbnail", True), settings.get("budget_mix", 0.0), settings.get("budget_mix_keep", 2),
-        settings.get("budget_mix_gswa", True),
+        settings.get("budget_mix_gswa", False),
     )
     return {"cell": cell, "seed": seed, "settings": settings, "config": asdict(cfg), **res}
 
