@@ -483,3 +483,8 @@ def test_two_needle_budget_mix_trains_some_steps_under_the_budget(monkeypatch):
     assert not torch.equal(params[-1], start) and not torch.allclose(params[-2], host[1])
     with pytest.raises(ValueError, match="budget_mix"):
         tn.train(cfg, data, data, budget_train=2, budget_mix=0.5)
+    # --set budget_mix reaches the cells trained with every token only (the others keep their rows)
+    mixed = {**tn.SETTINGS_ROUND5, "budget_mix": 0.5}
+    assert tn.cell_settings(mixed, "text_guided", True) == mixed
+    assert tn.cell_settings(mixed, "self_attn", True) == tn.cell_settings(tn.SETTINGS_ROUND5, "self_attn", True)
+    assert tn.cell_settings(mixed, "no GSWA", False) == tn.SETTINGS_ROUND5

@@ -448,7 +448,8 @@ def train(
                     g = importance.last[1].view(len(idx), -1)[:, :-1]  # thumbnail last
                     has = train_data.asked_tile[idx] >= 0
                     grad_top.append(g[has].argmin(-1))
-                    grad_tiles.append(torch.stack([train_data.asked_tile[idx][has], train_data.other_tile[idx][has]], -1))
+                    tiles = [train_data.asked_tile[idx][has], train_data.other_tile[idx][has]]
+                    grad_tiles.append(torch.stack(tiles, -1))
             opt.step()
     finally:
         if under:
@@ -532,10 +533,17 @@ SETTINGS_ROUND4: dict[str, Any] = {**json.loads(json.dumps(SETTINGS)), "budget_e
 CELL_BUDGET_TRAIN: dict[str, int | None] = {"text_guided": None, "text_cross_attn": None, "self_attn": 2, "no GSWA": 2}
 
 
+#: The settings of ``budget_mix`` (:func:`train`); only a GSWA cell trained with every token keeps them.
+MIX_KEYS: tuple[str, ...] = ("budget_mix", "budget_mix_keep", "budget_mix_gswa")
+
+
 def cell_settings(settings: dict[str, Any], cell: str, per_cell: bool) -> dict[str, Any]:
     """The settings one cell runs with: ``settings``, plus with ``per_cell`` (fourth round) the
-    cell's :data:`CELL_BUDGET_TRAIN` entry."""
+    cell's :data:`CELL_BUDGET_TRAIN` entry; a cell without GSWA or trained under a budget drops the
+    :data:`MIX_KEYS` (so its settings, and its rows, are those of the run without them)."""
     budget_train = CELL_BUDGET_TRAIN.get(cell) if per_cell else None
+    if budget_train is not None or settings.get("budget_train") or next(c[1] for c in CELLS if c[0] == cell) == "none":
+        settings = {k: v for k, v in settings.items() if k not in MIX_KEYS}
     return settings if budget_train is None else {**settings, "budget_train": budget_train}
 
 
