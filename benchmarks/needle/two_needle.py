@@ -25,12 +25,13 @@ host's initialisation. Every seed's row is reported. The first two held-out draw
 The fourth round (``--round 4``, the default) trains as the third and also evaluates every trained
 model under token budgets of 2 and 3 visual tokens per image (:func:`evaluate_budgets`); each cell
 is trained with every token or under the budget as :data:`CELL_BUDGET_TRAIN` says.
-``--set budget_mix=F`` (explored on development seeds only): a GSWA cell trained with every token
-runs a fraction ``F`` of its steps under a budget (``budget_mix_keep`` tokens, default 2) that
-train the host only (``budget_mix_gswa=true``: GSWA too); see :func:`train`.
 
 With GSWA the training loop records where the answer loss's per-tile gradient points
 (``grad_asked`` / ``grad_other``, see :data:`GRAD_STEPS`) and the hit rate per question.
+
+``--set budget_mix=F`` (explored on development seeds only): a GSWA cell trained with every token
+runs a fraction ``F`` of its steps under a budget (``budget_mix_keep`` tokens, default 2) that
+train the host only (``budget_mix_gswa=true``: GSWA too); see :func:`train`.
 
 Results go to ``two_needle.jsonl`` beside this file (one line per run; reruns skip done runs).
 """
