@@ -471,3 +471,58 @@ def test_two_needle_task_evaluates_and_trains_under_a_budget():
                 assert all(0.0 <= got[k] <= 1.0 for k in ("accuracy", "kept_asked", "kept_other"))
             if mode == "none":  # identity GSWA: the weights are all 1, so gswa and uniform keep the same tiles
                 assert res["budget"]["gswa@2"] == res["budget"]["uniform@2"]
+
+
+def test_two_needle_budget_mix_trains_some_steps_under_the_budget(monkeypatch):
+    """``budget_mix`` of the two-needle task: the chosen fraction of the steps runs under the
+    evaluation budget (so 1.0 trains differently from 0.0, which is the run without it, bit for bit),
+    those steps leave GSWA alone unless ``budget_mix_gswa``, and the budget is gone when the model is
+    evaluated with every token."""
+    from dataclasses import replace
+
+    from benchmarks.needle import task
+    from benchmarks.needle import two_needle as tn
+    from gswa_plugin import api
+
+    data = tn.make_data(8, seed=7, asked_absent=0.25)
+    cfg = replace(task.RunConfig(), mode="value", variant="text_guided", seed=3, steps=3, text_layers=1, eval_every=0)
+    assert len(tn.budget_mix_steps(cfg, 0.5)) == 2 and tn.budget_mix_steps(cfg, 0.5) == tn.budget_mix_steps(cfg, 0.5)
+    assert tn.budget_mix_steps(cfg, 0.0) == frozenset() and tn.budget_mix_steps(cfg, 1.0) == {0, 1, 2}
+    calls, seen, params = [], [], []
+    set_budget, evaluate = api.set_budget, tn.evaluate
+
+    def record_set(model, budget):
+        calls.append(budget)
+        return set_budget(model, budget)
+
+    def record_eval(model, handle, *args, **kwargs):
+        seen.append(api.get_handle(model).config.budget)
+        for gswa in (False, True):
+            ps = [p.detach().flatten() for n, p in model.named_parameters() if n.startswith("gswa.") == gswa]
+            params.append(torch.cat(ps).clone())
+        return evaluate(model, handle, *args, **kwargs)
+
+    monkeypatch.setattr(api, "set_budget", record_set)
+    monkeypatch.setattr(tn, "evaluate", record_eval)
+    res = {None: tn.train(cfg, data, data), **{mix: tn.train(cfg, data, data, budget_mix=mix) for mix in (0.0, 1.0)}}
+    drop = lambda r: {k: v for k, v in r.items() if k != "wall_s"}
+    host, gswa = params[0::2], params[1::2]  # per run: the host's parameters, GSWA's
+    assert drop(res[None]) == drop(res[0.0]) and torch.equal(host[0], host[1]) and torch.equal(gswa[0], gswa[1])
+    assert not torch.allclose(host[2], host[1])  # the host trained on 2-token steps moved elsewhere
+    # None / 0.0: set_budget never called; 1.0: the budget once before the first step, removed after
+    assert calls == [tn.budget_spec(2, "gswa", 3), None]
+    assert len(seen) == 3 and all(b is None or not b.active for b in seen)
+    # by default the budget steps (here all) train the host only: GSWA stays as built;
+    # budget_mix_gswa=True: they train GSWA too
+    built = tn.task.build_model(cfg)[0]
+    start = torch.cat([p.detach().flatten() for n, p in built.named_parameters() if n.startswith("gswa.")])
+    assert torch.equal(gswa[2], start) and not torch.equal(gswa[0], start)
+    tn.train(cfg, data, data, budget_mix=1.0, budget_mix_gswa=True)
+    assert not torch.equal(params[-1], start) and not torch.allclose(params[-2], host[1])
+    with pytest.raises(ValueError, match="budget_mix"):
+        tn.train(cfg, data, data, budget_train=2, budget_mix=0.5)
+    # --set budget_mix reaches the cells trained with every token only (the others keep their rows)
+    mixed = {**tn.SETTINGS_ROUND5, "budget_mix": 0.5}
+    assert tn.cell_settings(mixed, "text_guided", True) == mixed
+    assert tn.cell_settings(mixed, "self_attn", True) == tn.cell_settings(tn.SETTINGS_ROUND5, "self_attn", True)
+    assert tn.cell_settings(mixed, "no GSWA", False) == tn.SETTINGS_ROUND5

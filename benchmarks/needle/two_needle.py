@@ -32,6 +32,10 @@ the default) is the fourth on images with eight needle colours (:data:`SETTINGS_
 With GSWA the training loop records where the answer loss's per-tile gradient points
 (``grad_asked`` / ``grad_other``, see :data:`GRAD_STEPS`) and the hit rate per question.
 
+``--set budget_mix=F`` (explored on development seeds only): a GSWA cell trained with every token
+runs a fraction ``F`` of its steps under a budget (``budget_mix_keep`` tokens, default 2) that
+train the host only (``budget_mix_gswa=true``: GSWA too); see :func:`train`.
+
 Results go to ``two_needle.jsonl`` beside this file (one line per run; reruns skip done runs).
 """
 
@@ -365,6 +369,18 @@ def evaluate_budgets(
     return out
 
 
+def budget_mix_steps(cfg: task.RunConfig, fraction: float) -> frozenset[int]:
+    """The training steps that ``budget_mix`` runs under the budget: ``round(fraction * steps)`` of
+    them, drawn without replacement by a generator of their own seeded from ``cfg.seed`` (the data
+    order's generator is left alone). Empty for ``fraction`` 0."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"budget_mix must lie in [0, 1], got {fraction}")
+    count = round(fraction * cfg.steps)
+    if not count:
+        return frozenset()
+    return frozenset(int(s) for s in np.random.default_rng((cfg.seed, 18)).permutation(cfg.steps)[:count])
+
+
 #: The diagnostic ``grad_asked`` / ``grad_other`` of a run: over the training images with needles of
 #: the last GRAD_STEPS steps, how often the tile with the most negative ``dL/dw`` (the target
 #: :func:`gswa_plugin.weighting.importance_loss` puts first) is the asked / the other needle's tile.
@@ -378,6 +394,9 @@ def train(
     budget_keeps: list[int] | None = None,
     budget_train: int | None = None,
     budget_thumbnail: bool = True,
+    budget_mix: float = 0.0,
+    budget_mix_keep: int = 2,
+    budget_mix_gswa: bool = False,
 ) -> dict[str, Any]:
     """One run: the training loop of ``task.train`` with one question per sample; with
     ``budget_keeps`` the trained model is also evaluated under those token budgets (``budget``).
@@ -386,11 +405,25 @@ def train(
     and ``budget_train - 1`` tiles'; :func:`budget_spec`): a GSWA cell with ``method: gswa``, the
     host without GSWA with ``uniform`` through an identity GSWA whose parameters stay frozen (removed
     before the evaluation). The full-token and budget evaluations are as without it.
-    ``budget_thumbnail=False``: every budget gives the thumbnail no token (:func:`budget_spec`)."""
+    ``budget_thumbnail=False``: every budget gives the thumbnail no token (:func:`budget_spec`).
+    ``budget_mix``: a GSWA cell trained with every token runs that fraction of its steps (chosen by
+    :func:`budget_mix_steps`) under a budget of ``budget_mix_keep`` visual tokens per image
+    (``method: gswa``, :func:`budget_spec`), the others with every token; the budget is removed
+    before the evaluation. The full-token steps give GSWA the gradient of every tile's weight, the
+    budget steps show the language model the few tokens it gets at evaluation and leave GSWA's
+    parameters alone (no importance term, no gradient, no optimizer step for them); with
+    ``budget_mix_gswa=True`` they train GSWA too (its loss and importance term under the budget,
+    where a dropped tile's weight gets no gradient). The grad diagnostics count the full-token
+    steps only."""
     from gswa_plugin import api
 
     start = time.perf_counter()
     model, handle = task.build_model(cfg)
+    mixed = budget_mix_steps(cfg, budget_mix)
+    if mixed and (handle is None or budget_train):
+        raise ValueError("budget_mix needs a GSWA cell trained with every token (no budget_train)")
+    mix_spec = budget_spec(budget_mix_keep, "gswa", cfg.seed, budget_thumbnail)
+    under = False  # whether the mix budget is set now
     if budget_train:
         if handle is None:
             frozen = api.enable(model, {"variant": "self_attn", "mode": "value", "summary": cfg.summary, "seed": cfg.seed})
@@ -408,24 +441,38 @@ def train(
     grad_tiles: list[torch.Tensor] = []
     model.train()
     n, pos, perm = len(train_data), 0, None
-    for step in range(cfg.steps):
-        if perm is None or pos + cfg.batch_size > n:
-            perm, pos = torch.randperm(n, generator=order), 0
-        idx = perm[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        logits = _forward(model, prompt[train_data.asked[idx]], train_data.pixel_values[idx])
-        loss = torch.nn.functional.cross_entropy(logits[:, answers], train_data.answer[idx])
-        opt.zero_grad(set_to_none=True)
-        if importance is None:
-            loss.backward()
-        else:
-            importance.backward(loss)
-            if importance.last is not None and step >= cfg.steps - GRAD_STEPS:
-                g = importance.last[1].view(len(idx), -1)[:, :-1]  # thumbnail last
-                has = train_data.asked_tile[idx] >= 0
-                grad_top.append(g[has].argmin(-1))
-                grad_tiles.append(torch.stack([train_data.asked_tile[idx][has], train_data.other_tile[idx][has]], -1))
-        opt.step()
+    try:
+        for step in range(cfg.steps):
+            if (step in mixed) != under:
+                under = not under
+                api.set_budget(model, mix_spec if under else None)
+            if perm is None or pos + cfg.batch_size > n:
+                perm, pos = torch.randperm(n, generator=order), 0
+            idx = perm[pos : pos + cfg.batch_size]
+            pos += cfg.batch_size
+            logits = _forward(model, prompt[train_data.asked[idx]], train_data.pixel_values[idx])
+            loss = torch.nn.functional.cross_entropy(logits[:, answers], train_data.answer[idx])
+            opt.zero_grad(set_to_none=True)
+            if under and not budget_mix_gswa:
+                loss.backward()
+                for p in gswa:
+                    p.grad = None  # AdamW skips a parameter without a gradient (no decay, no moments)
+                if importance is not None:
+                    importance._seen.clear()
+            elif importance is None:
+                loss.backward()
+            else:
+                importance.backward(loss)
+                if importance.last is not None and step >= cfg.steps - GRAD_STEPS and not under:
+                    g = importance.last[1].view(len(idx), -1)[:, :-1]  # thumbnail last
+                    has = train_data.asked_tile[idx] >= 0
+                    grad_top.append(g[has].argmin(-1))
+                    tiles = [train_data.asked_tile[idx][has], train_data.other_tile[idx][has]]
+                    grad_tiles.append(torch.stack(tiles, -1))
+            opt.step()
+    finally:
+        if under:
+            api.set_budget(model, None)
     if importance is not None:
         importance.hook.remove()
     if budget_train:
@@ -505,10 +552,17 @@ SETTINGS_ROUND4: dict[str, Any] = {**json.loads(json.dumps(SETTINGS)), "budget_e
 CELL_BUDGET_TRAIN: dict[str, int | None] = {"text_guided": None, "text_cross_attn": None, "self_attn": 2, "no GSWA": 2}
 
 
+#: The settings of ``budget_mix`` (:func:`train`); only a GSWA cell trained with every token keeps them.
+MIX_KEYS: tuple[str, ...] = ("budget_mix", "budget_mix_keep", "budget_mix_gswa")
+
+
 def cell_settings(settings: dict[str, Any], cell: str, per_cell: bool) -> dict[str, Any]:
     """The settings one cell runs with: ``settings``, plus with ``per_cell`` (fourth round) the
-    cell's :data:`CELL_BUDGET_TRAIN` entry."""
+    cell's :data:`CELL_BUDGET_TRAIN` entry; a cell without GSWA or trained under a budget drops the
+    :data:`MIX_KEYS` (so its settings, and its rows, are those of the run without them)."""
     budget_train = CELL_BUDGET_TRAIN.get(cell) if per_cell else None
+    if budget_train is not None or settings.get("budget_train") or next(c[1] for c in CELLS if c[0] == cell) == "none":
+        settings = {k: v for k, v in settings.items() if k not in MIX_KEYS}
     return settings if budget_train is None else {**settings, "budget_train": budget_train}
 
 
@@ -523,7 +577,10 @@ ROUNDS: dict[int, dict[str, Any]] = {2: SETTINGS_ROUND2, 3: SETTINGS, 4: SETTING
 
 
 #: ``--set`` keys that shape the images rather than the run (``make_image``'s ``asked_absent``).
-DATA_KEYS: tuple[str, ...] = ("asked_absent", "colours", "budget_eval", "budget_train", "budget_thumbnail")
+DATA_KEYS: tuple[str, ...] = (
+    "asked_absent", "colours", "budget_eval", "budget_train", "budget_thumbnail", "budget_mix", "budget_mix_keep",
+    "budget_mix_gswa",
+)
 
 
 def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
@@ -539,7 +596,8 @@ def run_cell(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     eval_data = make_data(settings["eval_images"], seed * 10 + 2, cfg.tile, proc, absent, colours)
     res = train(
         cfg, train_data, eval_data, settings.get("budget_eval"), settings.get("budget_train"),
-        settings.get("budget_thumbnail", True),
+        settings.get("budget_thumbnail", True), settings.get("budget_mix", 0.0), settings.get("budget_mix_keep", 2),
+        settings.get("budget_mix_gswa", False),
     )
     return {"cell": cell, "seed": seed, "settings": settings, "config": asdict(cfg), **res}
 
