@@ -235,6 +235,13 @@ def test_the_two_needle_images_hold_the_asked_shape_where_the_labels_say():
     fifth = tuple(int(s) for s in np.random.default_rng(2621).integers(1_000_000, 10_000_000, 8))
     assert tn.HELD_OUT_SEEDS_5 == fifth and len(set(fifth)) == 8
     assert not set(fifth) & (used | set(tn.HELD_OUT_SEEDS) | set(frozen) | set(budget))
+    sixth = tuple(int(s) for s in np.random.default_rng(2622).integers(1_000_000, 10_000_000, 8))
+    assert tn.HELD_OUT_SEEDS_6 == sixth and len(set(sixth)) == 8
+    assert not set(sixth) & (used | set(tn.HELD_OUT_SEEDS) | set(frozen) | set(budget) | set(fifth))
+    # the sixth round's settings give the mix to the question-aware cells only
+    assert tn.cell_settings(tn.SETTINGS_ROUND6, "text_cross_attn", True)["budget_mix"] == 0.5
+    assert tn.cell_settings(tn.SETTINGS_ROUND6, "self_attn", True) == tn.cell_settings(tn.SETTINGS_ROUND5, "self_attn", True)
+    assert tn.cell_settings(tn.SETTINGS_ROUND6, "no GSWA", True) == tn.cell_settings(tn.SETTINGS_ROUND5, "no GSWA", True)
 
 
 def test_two_needle_eight_colour_palette():
