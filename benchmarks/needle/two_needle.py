@@ -19,15 +19,18 @@ host's initialisation. Every seed's row is reported. The first two held-out draw
 fifth rounds have their own draws, :data:`HELD_OUT_SEEDS_BUDGET` and :data:`HELD_OUT_SEEDS_5`).
 
     nice -n 19 python benchmarks/needle/two_needle.py --seeds dev --out benchmarks/needle/two_needle_dev.jsonl
-    nice -n 19 python benchmarks/needle/two_needle.py --seeds heldout-5              # fifth round
-    python benchmarks/needle/two_needle.py --seeds heldout-5 --report --keep 2        # the tables
+    nice -n 19 python benchmarks/needle/two_needle.py --seeds heldout-6              # sixth round
+    python benchmarks/needle/two_needle.py --seeds heldout-6 --report --keep 2        # the tables
+    python benchmarks/needle/two_needle.py --round 5 --seeds heldout-5 --report --keep 2
     python benchmarks/needle/two_needle.py --round 4 --seeds heldout-budget --report --keep 2
     python benchmarks/needle/two_needle.py --round 3 --seeds heldout --report        # third round
 
 The fourth round (``--round 4``) trains as the third and also evaluates every trained model under
 token budgets of 2 and 3 visual tokens per image (:func:`evaluate_budgets`); each cell is trained
-with every token or under the budget as :data:`CELL_BUDGET_TRAIN` says. The fifth (``--round 5``,
-the default) is the fourth on images with eight needle colours (:data:`SETTINGS_ROUND5`).
+with every token or under the budget as :data:`CELL_BUDGET_TRAIN` says. The fifth (``--round 5``)
+is the fourth on images with eight needle colours (:data:`SETTINGS_ROUND5`); the sixth
+(``--round 6``, the default) the fifth with ``budget_mix: 0.5`` for the question-aware cells
+(:data:`SETTINGS_ROUND6`).
 
 With GSWA the training loop records where the answer loss's per-tile gradient points
 (``grad_asked`` / ``grad_other``, see :data:`GRAD_STEPS`) and the hit rate per question.
@@ -690,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report", action="store_true", help="print the held-out table and exit")
-    ap.add_argument("--round", type=int, default=5, choices=sorted(ROUNDS),
+    ap.add_argument("--round", type=int, default=6, choices=sorted(ROUNDS),
                     help="2: the second round's settings and task; 3: the third round's; 4: 3 + token budgets; "
                     "5: 4 on images with eight needle colours; 6: 5 with budget_mix 0.5 for the question-aware cells")
     ap.add_argument("--keep", type=int, default=2, help="--report: the budget (visual tokens per image) of the table")
