@@ -699,6 +699,10 @@ class ImportanceTerm:
 
         self.hook = model.gswa.register_forward_hook(_keep)
 
+    def discard(self) -> None:
+        """Forget what the hook kept of a step whose loss is backpropagated without the term."""
+        self._seen.clear()
+
     def distinct_weight_at(self, step: int) -> float:
         """``distinct_weight`` at training step ``step`` (0-based): constant, or from
         ``distinct_anneal_start`` on falling linearly to 0 at the last step."""

@@ -208,17 +208,16 @@ def make_image(
     img = Image.new("RGB", (size, size), (bg, bg, bg))
     draw = ImageDraw.Draw(img)
     rgb = [row[1] for row in palette(colours)]
-    names = list(range(len(rgb)))
     asked = int(rng.integers(len(ASKED)))
     tiles = rng.choice(task.GRID * task.GRID, size=2, replace=False)  # square's tile, circle's tile
-    colours = rng.choice(len(names), size=2, replace=False)  # two different colours
-    needles = {int(tiles[0]): (0, int(colours[0])), int(tiles[1]): (1, int(colours[1]))}
-    answer, asked_tile, other_tile = int(colours[asked]), int(tiles[asked]), int(tiles[1 - asked])
+    pair = rng.choice(len(rgb), size=2, replace=False)  # two different colours
+    needles = {int(tiles[0]): (0, int(pair[0])), int(tiles[1]): (1, int(pair[1]))}
+    answer, asked_tile, other_tile = int(pair[asked]), int(tiles[asked]), int(tiles[1 - asked])
     if rng.random() < task.NO_NEEDLE_FRACTION:
-        needles, answer, asked_tile, other_tile = {}, len(names), -1, -1
+        needles, answer, asked_tile, other_tile = {}, len(rgb), -1, -1
     elif asked_absent and rng.random() < asked_absent:
         del needles[asked_tile]
-        answer, asked_tile = len(names), -1
+        answer, asked_tile = len(rgb), -1
     for t in range(task.GRID * task.GRID):
         r, c = divmod(t, task.GRID)
         if t in needles:  # large: a square's corners then fill the corners of the tile's 2x2 patches
@@ -236,7 +235,7 @@ def make_image(
             g = int(rng.integers(90, 170))
             task._shape(draw, box, kind, fill=(g, g, g))
         else:
-            colour = rgb[int(rng.integers(len(names)))]
+            colour = rgb[int(rng.integers(len(rgb)))]
             task._shape(draw, box, kind, outline=colour, width=max(1, tile // 28))
     return img, asked, answer, asked_tile, other_tile
 
@@ -473,7 +472,7 @@ def train(
                 for p in gswa:
                     p.grad = None  # AdamW skips a parameter without a gradient (no decay, no moments)
                 if importance is not None:
-                    importance._seen.clear()
+                    importance.discard()
             elif importance is None:
                 loss.backward()
             else:

@@ -94,7 +94,7 @@ def pooled_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
             keep &= ids != pad
     # Detached: the text path trains GSWA's own text projection, never the host's embedding table.
     # With the table attached, its backward was a dense gradient of the whole table (92,553 x 2,048
-    # at InternVL2-2B shapes): +130 ms and +655 MiB per training step in `gswa bench` (issue 18),
+    # at InternVL2-2B shapes): +141 ms and +655 MiB per training step in `gswa bench` (issue 18),
     # for a side effect a plugin should not have (GSWA's loss moving the host's word embeddings).
     weight = table.weight.detach()
     share = keep.to(weight.dtype)

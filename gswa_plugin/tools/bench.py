@@ -598,12 +598,11 @@ def _gswa_times(
             bwd = 0.0
             for _ in range(inner_reps):
                 feats.grad = None
-                model.zero_grad(set_to_none=True)  # GSWA's, and the input table's from the text path
+                handle.module.zero_grad(set_to_none=True)  # the text path reads the input table detached
                 bwd += _timed(train, host.sync)
             bwd /= inner_reps
         finally:
             api.disable(model)
-            model.zero_grad(set_to_none=True)
             feats.grad = None
     return fwd, bwd, counter.ops
 
